@@ -1,0 +1,3 @@
+from .backbones import STViTR
+
+__all__ = ['STViTR']

@@ -1,0 +1,3 @@
+from .stvit_r import STViTR
+
+__all__ = ['STViTR']

@@ -1,0 +1,280 @@
+"""STViT-R backbone for MMDetection: a Swin Transformer whose stage 3 sparsifies every 7x7 window to a few
+semantic tokens and recovers the full-resolution map (dumbbell units), with four NCHW outputs for an FPN.
+
+Paper: Chang et al., "Making Vision Transformers Efficient from A Token Sparsification View", CVPR 2023,
+arXiv 2303.08685. Official code (Apache-2.0): changsn/STViT-R-Object-Detection
+``mmdet/models/backbones/swin_transformer.py`` (``SwinTransformer`` + ``Deit``) and changsn/STViT-R. Swin:
+microsoft/Swin-Transformer (MIT). mmdet's ``SwinTransformer`` (Apache-2.0) is the model for the detection duties
+(out_indices, norms, frozen stages, init_cfg). Written anew here; parameter names follow the official checkpoints.
+"""
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmengine.runner.checkpoint import CheckpointLoader
+from mmdet.registry import MODELS
+from mmdet.utils import OptMultiConfig
+
+from ...utils.checkpoint_safety import allow_mmengine_checkpoints
+from ...utils.ckpt_convert import convert_to_stvit, filter_ignorable
+from ..layers.attention import check_attn_impl
+from ..layers.stvit_stage import STViTStage, dumbbell_pattern, swin_pattern
+from ..layers.window_ops import PAD_MASK_MODES, pad_to_multiple
+
+ARCH_SETTINGS: Dict[str, Dict] = {
+    'tiny': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
+    'small': dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
+    'base': dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.3),
+}
+
+SPARSE_STAGE = 2  # stage 3 (stride 16) is the sparsified one
+
+
+class ConvBN(nn.Sequential):
+    """Conv3x3 (stride 2, no bias) + BatchNorm; official ``Conv2d_BN`` (submodules ``c``, ``bn``)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__(OrderedDict(c=nn.Conv2d(in_ch, out_ch, 3, 2, 1, bias=False), bn=nn.BatchNorm2d(out_ch)))
+
+
+class ConvStem(nn.Module):
+    """STViT-R stem: pad to x4, then [Conv3x3 s2 + BN + Hardswish] x 2 (3 -> C/2 -> C); no LayerNorm.
+
+    Official: ``PatchEmbed`` in ``layers.py`` (keys ``patch_embed.proj.{0,2}.{c,bn}``).
+    """
+
+    def __init__(self, embed_dims: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(ConvBN(3, embed_dims // 2), nn.Hardswish(), ConvBN(embed_dims // 2, embed_dims),
+                                  nn.Hardswish())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, ceil(H/4), ceil(W/4), C)."""
+        x = pad_to_multiple(x.permute(0, 2, 3, 1), 4).permute(0, 3, 1, 2)  # (B, 3, H', W'), H', W' multiples of 4
+        return self.proj(x).permute(0, 2, 3, 1)  # (B, H'/4, W'/4, C)
+
+
+class PatchStem(nn.Module):
+    """Swin's stem: pad to x4, Conv4x4 stride 4, LayerNorm (keys ``patch_embed.proj``, ``patch_embed.norm``)."""
+
+    def __init__(self, embed_dims: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, embed_dims, 4, 4)
+        self.norm = nn.LayerNorm(embed_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, ceil(H/4), ceil(W/4), C)."""
+        x = pad_to_multiple(x.permute(0, 2, 3, 1), 4).permute(0, 3, 1, 2)  # (B, 3, H', W')
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))  # (B, H'/4, W'/4, C)
+
+
+@MODELS.register_module()
+class STViTR(BaseModule):
+    """STViT-R backbone: conv stem, Swin stages 1, 2, 4 and a sparsified stage 3 of dumbbell units
+    (window attention -> semantic-token generation -> refinement -> local -> global -> recovery).
+
+    Outputs: for every index in ``out_indices``, an NCHW map with channels C * 2**i at stride 4 * 2**i, each
+    through its own LayerNorm ``norm{i}``.
+
+    Args:
+        arch: ``'tiny'`` (ours: Swin-T sizes, one dumbbell unit), ``'small'`` or ``'base'`` (official).
+        embed_dims, depths, num_heads: override the arch's C, blocks per stage and heads per stage.
+        window_size: Swin window (7).
+        mlp_ratio: MLP hidden width / C.
+        qkv_bias: bias in the q / kv / qkv projections.
+        drop_path_rate: stochastic depth, linear over all blocks; None takes the arch's detection default.
+        stem: ``'conv'`` (STViT-R) or ``'patch'`` (Swin's Conv4x4 + LayerNorm).
+        sparsify: stage 3 made of dumbbell units (True) or plain alternating Swin blocks (False).
+        semantic_samples: semantic tokens per window side (3 -> 9 per window).
+        regions: key-region sides (generate, refine, recover) = (14, 21, 27): the first two in image tokens, the
+            last in semantic-grid cells.
+        layer_scale_init: initial layer scale of the semantic blocks.
+        pad_mask: ``'correct'`` (default: every padded key masked), ``'official'`` (the released code's partial
+            mask, to reproduce released checkpoints exactly) or ``'none'``.
+        attn_impl: ``'sdpa'`` (fused) or ``'reference'`` (written-out softmax attention).
+        out_indices: stages whose outputs are returned.
+        frozen_stages: -1 none; 0 the stem; k >= 1 the stem and stages 0..k-1 (with their patch merging and
+            output norms). Frozen parts stay in eval mode after ``train()``.
+        norm_eval: keep the stem BatchNorms in eval mode while training.
+        with_cp: activation checkpointing of every block, stage 3 included.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads STViT-R weights (ImageNet or a detector's
+            ``backbone.``) or converts Swin weights (official, timm or mmdet layout); missing and unexpected
+            keys are logged.
+    """
+
+    def __init__(self,
+                 arch: str = 'tiny',
+                 embed_dims: Optional[int] = None,
+                 depths: Optional[Sequence[int]] = None,
+                 num_heads: Optional[Sequence[int]] = None,
+                 window_size: int = 7,
+                 mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True,
+                 drop_path_rate: Optional[float] = None,
+                 stem: str = 'conv',
+                 sparsify: bool = True,
+                 semantic_samples: int = 3,
+                 regions: Sequence[int] = (14, 21, 27),
+                 layer_scale_init: float = 1e-5,
+                 pad_mask: str = 'correct',
+                 attn_impl: str = 'sdpa',
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 init_cfg: OptMultiConfig = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if arch not in ARCH_SETTINGS:
+            raise ValueError(f"arch must be one of {tuple(ARCH_SETTINGS)}, got '{arch}'")
+        setting = ARCH_SETTINGS[arch]
+        embed_dims = setting['embed_dims'] if embed_dims is None else embed_dims
+        depths = tuple(setting['depths'] if depths is None else depths)
+        num_heads = tuple(setting['num_heads'] if num_heads is None else num_heads)
+        drop_path_rate = setting['drop_path_rate'] if drop_path_rate is None else drop_path_rate
+        if len(depths) != 4 or len(num_heads) != 4:
+            raise ValueError(f'depths and num_heads need 4 entries, got {depths} and {num_heads}')
+        if stem not in ('conv', 'patch'):
+            raise ValueError(f"stem must be 'conv' or 'patch', got '{stem}'")
+        if pad_mask not in PAD_MASK_MODES:
+            raise ValueError(f"pad_mask must be one of {PAD_MASK_MODES}, got '{pad_mask}'")
+        check_attn_impl(attn_impl)
+        if len(regions) != 3:
+            raise ValueError(f'regions needs 3 sides (generate, refine, recover), got {regions}')
+        out_indices = tuple(out_indices)
+        if not out_indices or any(i not in range(4) for i in out_indices):
+            raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3), got {out_indices}')
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f'frozen_stages must be in [-1, 4], got {frozen_stages}')
+        for i, (d, h) in enumerate(zip(depths, num_heads)):
+            if (embed_dims * 2**i) % h:
+                raise ValueError(f'stage {i}: {embed_dims * 2**i} channels not divisible by {h} heads')
+
+        self.arch_depths = depths
+        self.embed_dims = embed_dims
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.num_features = tuple(embed_dims * 2**i for i in range(4))
+
+        self.patch_embed = ConvStem(embed_dims) if stem == 'conv' else PatchStem(embed_dims)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            pattern = dumbbell_pattern(depth) if (sparsify and i == SPARSE_STAGE) else swin_pattern(depth)
+            self.layers.append(
+                STViTStage(
+                    self.num_features[i],
+                    pattern,
+                    num_heads[i],
+                    drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                    downsample=i < 3,
+                    window_size=window_size,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    samples=semantic_samples,
+                    regions=tuple(regions),
+                    layer_scale_init=layer_scale_init,
+                    pad_mask=pad_mask,
+                    attn_impl=attn_impl,
+                    with_cp=with_cp))
+        for i in out_indices:
+            self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(B, 3, H, W) -> one (B, C * 2**i, ceil(H / 2**(i+2)), ceil(W / 2**(i+2))) map per out index."""
+        x = self.patch_embed(x)  # (B, H/4, W/4, C)
+        outs = []
+        for i, layer in enumerate(self.layers[:max(self.out_indices) + 1]):
+            if i:
+                x = self.layers[i - 1].downsample_forward(x)  # (B, Hi, Wi, Ci): patch merging halves H, W
+            x = layer(x)  # (B, Hi, Wi, Ci)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(x).permute(0, 3, 1, 2).contiguous())  # (B, Ci, Hi, Wi)
+        return tuple(outs)
+
+    # --------------------------------------------------------- frozen stages
+    def _frozen_modules(self) -> List[nn.Module]:
+        mods: List[nn.Module] = []
+        if self.frozen_stages >= 0:
+            mods.append(self.patch_embed)
+        for i in range(min(self.frozen_stages, 4)):
+            mods.append(self.layers[i])
+            if hasattr(self, f'norm{i}'):
+                mods.append(getattr(self, f'norm{i}'))
+        return mods
+
+    def _freeze_stages(self) -> None:
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'STViTR':
+        """Switch train/eval mode, keeping frozen parts (and the stem BNs if ``norm_eval``) in eval mode."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.patch_embed.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    # ---------------------------------------------------------------- weights
+    def _init_random(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for name, p in self.named_parameters():
+            if name.endswith('relative_position_bias_table'):
+                nn.init.trunc_normal_(p, std=0.02)
+
+    def init_weights(self) -> None:
+        """Random init (trunc-normal 0.02 Linear, LN/BN 1/0, layer scales kept), then, with a ``Pretrained``
+        init_cfg, load / convert the checkpoint and log missing and unexpected keys."""
+        self._init_random()
+        cfg = self.init_cfg
+        if isinstance(cfg, (list, tuple)):
+            cfg = next((c for c in cfg if c.get('type') == 'Pretrained'), None)
+        if not cfg or cfg.get('type') != 'Pretrained':
+            return
+        path = cfg.get('checkpoint')
+        if not path:
+            raise ValueError("init_cfg type 'Pretrained' needs a 'checkpoint' path")
+        allow_mmengine_checkpoints()
+        ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu', logger='current')
+        self.load_pretrained(ckpt, source=str(path))
+        self._freeze_stages()
+
+    def load_pretrained(self, checkpoint: Union[Dict, 'OrderedDict'], source: str = 'checkpoint') -> Dict:
+        """Load (converting if needed) a checkpoint object; logs and returns the report with ``missing`` and
+        ``unexpected`` keys (recomputed buffers such as ``relative_position_index`` left out)."""
+        sd, report = convert_to_stvit(
+            checkpoint, sparsify=any(p != 'window' and p != 'shifted' for p in self.layers[SPARSE_STAGE].pattern),
+            patch_stem=isinstance(self.patch_embed, PatchStem))
+        own = self.state_dict()
+        shape_mismatch = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+        if shape_mismatch:
+            raise ValueError(f'{source}: {len(shape_mismatch)} tensors do not fit this STViTR (wrong arch?): ' +
+                             ', '.join(f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}'
+                                       for k in shape_mismatch[:5]))
+        result = self.load_state_dict(sd, strict=False)
+        report['missing'] = filter_ignorable(result.missing_keys)
+        report['unexpected'] = filter_ignorable(result.unexpected_keys)
+        msg = (f'STViTR: loaded {source} ({report["layout"]} layout): {len(report["missing"])} missing, '
+               f'{len(report["unexpected"])} unexpected, {len(report["dropped"])} without counterpart, '
+               f'{report["split_qkv"]} qkv split into q/kv')
+        for name in ('missing', 'unexpected', 'dropped'):
+            if report[name]:
+                msg += f'\n  {name} keys: ' + ', '.join(report[name])
+        print_log(msg, logger='current', level=30 if report['missing'] or report['unexpected'] else 20)
+        return report

@@ -1,0 +1,154 @@
+"""The unchanged Swin pieces of STViT-R: window attention with relative position bias, the (shifted-)window
+block, and patch merging.
+
+Swin Transformer: Liu et al., ICCV 2021, arXiv 2103.14030; microsoft/Swin-Transformer and
+SwinTransformer/Swin-Transformer-Object-Detection (MIT). Parameter names follow those official checkpoints
+(``attn.qkv``, ``attn.relative_position_bias_table``, ``mlp.fc1``, ``downsample.reduction``), so STViT-R and Swin
+ImageNet weights load without renaming. Written anew here; behaviour matches mmdet's ``SwinTransformer``
+(tested: ``tests/test_swin_parity.py``).
+
+Legend: B batch, H/W map size, Hp/Wp padded to a multiple of ws, C channels, ws window size, N = ws*ws,
+nW windows, h heads, d = C / h.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, Mlp
+
+from .attention import attention, check_attn_impl
+from .window_ops import pad_to_multiple, shift_window_mask, window_partition, window_reverse
+
+
+class WindowAttention(nn.Module):
+    """Window multi-head self-attention with a learned relative position bias (W-MSA / SW-MSA).
+
+    Official counterpart: ``WindowAttention`` in microsoft/Swin-Transformer ``models/swin_transformer.py``.
+
+    Args:
+        dim: channels C.
+        window_size: ws.
+        num_heads: h.
+        qkv_bias: bias in ``qkv``.
+        attn_impl: ``'reference'`` (queries scaled first, as Swin) or ``'sdpa'``.
+    """
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
+                 attn_impl: str = 'sdpa') -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads)**-0.5
+        self.attn_impl = check_attn_impl(attn_impl)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1)**2, num_heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size),
+                                            indexing='ij')).flatten(1)  # (2, N)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)  # (N, N, 2)
+        self.register_buffer('relative_position_index', rel[..., 0] * (2 * window_size - 1) + rel[..., 1])
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def relative_position_bias(self) -> torch.Tensor:
+        """(h, N, N) bias gathered from the table."""
+        N = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # (N*N, h)
+        return bias.view(N, N, -1).permute(2, 0, 1)  # (h, N, N)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        Args:
+            x: windows (B, nW, N, C).
+            mask: additive shift mask (nW, N, N) or None.
+
+        Returns:
+            (B, nW, N, C).
+        """
+        B, nW, N, C = x.shape
+        h, d = self.num_heads, C // self.num_heads
+        q, k, v = self.qkv(x).view(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5).unbind(0)  # 3 x (B, nW, h, N, d)
+        bias = self.relative_position_bias()  # (h, N, N)
+        if mask is not None:
+            bias = bias + mask[:, None]  # (nW, h, N, N)
+        if self.attn_impl == 'reference':
+            out = attention(q * self.scale, k, v, bias, 1.0, 'reference')  # Swin scales the queries first
+        else:
+            out = attention(q, k, v, bias, self.scale, self.attn_impl)  # (B, nW, h, N, d)
+        return self.proj(out.transpose(2, 3).reshape(B, nW, N, C))  # (B, nW, N, C)
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm Swin block on an NHWC map: (shifted) window attention + MLP, no layer scale.
+
+    Official counterpart: ``SwinTransformerBlock`` (also stage-3 block j=0 of every STViT-R dumbbell unit, where
+    the shift is always 0). The map is padded to a multiple of the window AFTER ``norm1`` (padded tokens are
+    exact zeros, unmasked), as in the detection code.
+
+    Args:
+        dim: channels C; num_heads: h; window_size: ws; shift: 0 (W-MSA) or ws // 2 (SW-MSA).
+        mlp_ratio: hidden width of the MLP / C; qkv_bias: bias in ``qkv``; drop_path: stochastic depth rate.
+        attn_impl: see :class:`WindowAttention`.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift: int = 0, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, drop_path: float = 0.0, attn_impl: str = 'sdpa') -> None:
+        super().__init__()
+        if not 0 <= shift < window_size:
+            raise ValueError(f'shift {shift} must be in [0, window_size={window_size})')
+        self.window_size = window_size
+        self.shift = shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, attn_impl)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor, s: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """
+        Args:
+            x: image tokens (B, H, W, C).
+            s: semantic tokens, passed through untouched (uniform block contract of :class:`STViTStage`).
+
+        Returns:
+            (x, s) with x of shape (B, H, W, C).
+        """
+        B, H, W, C = x.shape
+        ws = self.window_size
+        y = pad_to_multiple(self.norm1(x), ws)  # (B, Hp, Wp, C)
+        Hp, Wp = y.shape[1:3]
+        mask = None
+        if self.shift:
+            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+            mask = shift_window_mask(Hp, Wp, ws, self.shift, y.device)  # (nW, N, N)
+        y = self.attn(window_partition(y, ws), mask)  # (B, nW, N, C)
+        y = window_reverse(y, ws, Hp, Wp)  # (B, Hp, Wp, C)
+        if self.shift:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + self.drop_path(y[:, :H, :W])  # (B, H, W, C)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, s
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood concat -> LayerNorm(4C) -> Linear(4C -> 2C, no bias); odd sizes padded by one.
+
+    Channel order of the concat follows the official code: (0,0), (1,0), (0,1), (1,1) as (row, col) offsets.
+
+    Args:
+        dim: input channels C.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)."""
+        x = pad_to_multiple(x, 2)  # (B, H', W', C), H' and W' even
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)  # (B, H'/2, W'/2, 4C)
+        return self.reduction(self.norm(x))  # (B, H'/2, W'/2, 2C)
+
+
+__all__ = ['WindowAttention', 'SwinBlock', 'PatchMerging']
