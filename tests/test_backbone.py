@@ -1,0 +1,203 @@
+"""STViTR as a detection backbone: shapes at odd sizes, gradients, checkpointing parity, frozen stages, FLOPs."""
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stvit_det import STViTR
+from stvit_det.models.layers import DUMBBELL_UNIT
+
+from conftest import SMALL, randomize_, small_stvit
+
+CHANNELS = {'tiny': (96, 192, 384, 768), 'small': (96, 192, 384, 768), 'base': (128, 256, 512, 1024)}
+
+
+def expected_sizes(H, W):
+    h, w = math.ceil(H / 4), math.ceil(W / 4)
+    sizes = [(h, w)]
+    for _ in range(3):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        sizes.append((h, w))
+    return sizes
+
+
+@pytest.mark.parametrize('arch', ['tiny', 'small', 'base'])
+@pytest.mark.parametrize('hw', [(224, 224), (511, 511), (112, 137), (800, 1216), (30, 30)])
+def test_output_shapes_all_archs(arch, hw):
+    """Exact shapes for every variant, computed on the meta device (no arithmetic)."""
+    model = STViTR(arch=arch).to('meta').eval()
+    outs = model(torch.empty(2, 3, *hw, device='meta'))
+    assert [tuple(o.shape) for o in outs] == [(2, c, h, w) for c, (h, w) in zip(CHANNELS[arch], expected_sizes(*hw))]
+    assert model.num_features == CHANNELS[arch]
+
+
+@pytest.mark.parametrize('hw', [(224, 224), (112, 137), (30, 30), (57, 250)])
+def test_tiny_forward_real_values(hw):
+    model = STViTR(arch='tiny')
+    model.init_weights()
+    model.eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *hw))
+    assert [tuple(o.shape[2:]) for o in outs] == expected_sizes(*hw)
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+def test_layout_and_pattern():
+    tiny, small = STViTR(arch='tiny'), STViTR(arch='small')
+    assert tiny.layers[2].pattern == DUMBBELL_UNIT
+    assert small.layers[2].pattern == DUMBBELL_UNIT * 3
+    assert small.layers[0].pattern == ('window', 'shifted')
+    assert small.layers[3].downsample is None and small.layers[2].downsample is not None
+    assert STViTR(arch='tiny', sparsify=False).layers[2].pattern == ('window', 'shifted') * 3
+    # parameter counts of the spec (section 1)
+    assert round(sum(p.numel() for p in tiny.parameters()) / 1e6, 2) == 27.55
+    assert round(sum(p.numel() for p in small.parameters()) / 1e6, 2) == 48.86
+
+
+def test_out_indices_subset():
+    model = small_stvit(out_indices=(1, 2))
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [64, 128]
+    assert not hasattr(model, 'norm0') and not hasattr(model, 'norm3')
+
+
+def test_every_parameter_gets_a_gradient():
+    model = randomize_(small_stvit(drop_path_rate=0.1))
+    model.train()
+    outs = model(torch.randn(2, 3, 75, 90))
+    sum((o * torch.randn_like(o)).sum() for o in outs).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not (p.grad != 0).any()]
+    assert missing == []
+
+
+@pytest.mark.parametrize('hw', [(75, 90), (40, 33)])
+def test_with_cp_changes_nothing(hw):
+    base = randomize_(small_stvit(drop_path_rate=0.2))
+    cp = small_stvit(drop_path_rate=0.2, with_cp=True)
+    cp.load_state_dict(base.state_dict())
+    base.train()
+    cp.train()
+    x = torch.randn(2, 3, *hw)
+    results = []
+    for model in (base, cp):
+        torch.manual_seed(7)  # same drop-path draws
+        xi = x.clone().requires_grad_()
+        outs = model(xi)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        results.append((outs, xi.grad, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (o1, g1, p1), (o2, g2, p2) = results
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-7)
+    for n in p1:
+        torch.testing.assert_close(p1[n], p2[n], rtol=1e-4, atol=1e-7, msg=n)
+
+
+def test_with_cp_is_used_in_every_stage(monkeypatch):
+    import torch.utils.checkpoint as tcp
+    calls = []
+    orig = tcp.checkpoint
+
+    def spy(fn, *args, **kwargs):
+        calls.append(type(fn).__name__)
+        return orig(fn, *args, **kwargs)
+
+    monkeypatch.setattr(tcp, 'checkpoint', spy)
+    model = small_stvit(with_cp=True)
+    model.train()
+    sum(o.sum() for o in model(torch.randn(1, 3, 64, 64))).backward()
+    assert len(calls) == sum(SMALL['depths'])
+    assert {'SemanticTokenGenerator', 'SemanticTokenBlock', 'SpatialRecovery', 'SwinBlock'} == set(calls)
+
+
+def _frozen_names(model):
+    return {n for n, p in model.named_parameters() if not p.requires_grad}
+
+
+@pytest.mark.parametrize('frozen', [-1, 0, 1, 2, 3, 4])
+def test_frozen_stages(frozen):
+    model = small_stvit(frozen_stages=frozen)
+    expected = set()
+    for n, _ in model.named_parameters():
+        if frozen >= 0 and n.startswith('patch_embed.'):
+            expected.add(n)
+        for i in range(frozen):
+            if n.startswith(f'layers.{i}.') or n.startswith(f'norm{i}.'):
+                expected.add(n)
+    assert _frozen_names(model) == expected
+    model.train()
+    assert _frozen_names(model) == expected
+    frozen_modules = [model.patch_embed] * (frozen >= 0) + [model.layers[i] for i in range(frozen)]
+    assert all(not m.training for fm in frozen_modules for m in fm.modules())
+    if frozen < 4:
+        assert model.layers[3].training
+    if frozen == 4:
+        assert not any(p.requires_grad for p in model.parameters())
+        return
+    # a training step leaves frozen weights untouched, including the stem BN statistics
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    sum(o.sum() for o in model(torch.randn(2, 3, 64, 64))).backward()
+    opt.step()
+    after = model.state_dict()
+    for k in before:
+        stem_or_frozen = (frozen >= 0 and k.startswith('patch_embed.')) or any(
+            k.startswith(f'layers.{i}.') or k.startswith(f'norm{i}.') for i in range(frozen))
+        if stem_or_frozen:
+            assert torch.equal(before[k], after[k]), k
+
+
+def test_norm_eval_keeps_stem_bn_in_eval():
+    model = small_stvit(norm_eval=True)
+    model.train()
+    bns = [m for m in model.patch_embed.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 2 and not any(bn.training for bn in bns)
+    assert model.layers[0].training
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(depths=(2, 2, 8, 2)), 'multiple of 6'),
+    (dict(depths=(2, 2, 0, 2)), 'multiple of 6'),
+    (dict(arch='huge'), 'arch'),
+    (dict(pad_mask='partial'), 'pad_mask'),
+    (dict(attn_impl='flash3'), 'attn_impl'),
+    (dict(stem='vit'), 'stem'),
+    (dict(out_indices=(0, 4)), 'out_indices'),
+    (dict(frozen_stages=5), 'frozen_stages'),
+    (dict(num_heads=(5, 6, 12, 24)), 'heads'),
+    (dict(regions=(5, 21, 27)), 'at least the window'),
+])
+def test_bad_config_values_fail_clearly(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        STViTR(**kwargs)
+
+
+def test_sdpa_equals_reference_backbone():
+    ref = randomize_(small_stvit(attn_impl='reference')).eval()
+    fast = small_stvit(attn_impl='sdpa').eval()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 93, 117)
+    with torch.no_grad():
+        for a, b in zip(ref(x), fast(x)):
+            assert float((a - b).abs().max() / a.abs().max()) < 1e-4
+
+
+def _macs(model, hw):
+    model = model.to('meta')
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.empty(1, 3, *hw, device='meta'))
+    return counter.get_total_flops() / 2
+
+
+def test_flops_small_at_most_070_of_swin_small():
+    """Matmul-aware count (FlopCounterMode) at 800x1216: STViT-R-S <= 0.70 x Swin-S (paper: -31%)."""
+    from mmdet.models.backbones import SwinTransformer
+    swin = SwinTransformer(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
+    ours = STViTR(arch='small')
+    ratio = _macs(ours, (800, 1216)) / _macs(swin, (800, 1216))
+    assert ratio <= 0.70, ratio
+    assert _macs(STViTR(arch='small', sparsify=False, stem='patch'), (800, 1216)) == pytest.approx(
+        _macs(SwinTransformer(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)), (800, 1216)),
+        rel=1e-3)

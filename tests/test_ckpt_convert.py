@@ -1,0 +1,195 @@
+"""Checkpoint compatibility: official STViT-R key layout, Swin warm start (official / timm / mmdet layouts), the
+mmdet-Swin parity of the Swin parts, the Pretrained init_cfg and tools/convert_ckpt.py."""
+import os
+import subprocess
+import sys
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from stvit_det import STViTR
+from stvit_det.utils.ckpt_convert import convert_to_stvit, detect_layout, extract_state_dict
+
+from conftest import randomize_
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BN = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
+LIN = ('weight', 'bias')
+
+
+def official_stvit_keys(depths=(2, 2, 18, 2)):
+    """The official detection checkpoint's backbone keys, written from the spec's key list (section 7.1)."""
+    keys = [f'patch_embed.proj.{i}.c.weight' for i in (0, 2)]
+    keys += [f'patch_embed.proj.{i}.bn.{n}' for i in (0, 2) for n in BN]
+    for i, depth in enumerate(depths):
+        for k in range(depth):
+            p = f'layers.{i}.blocks.{k}.'
+            common = [f'{p}{m}.{n}' for m in ('norm1', 'attn.proj', 'norm2', 'mlp.fc1', 'mlp.fc2') for n in LIN]
+            if i == 2 and k % 6:
+                keys += common + [f'{p}attn.{m}.{n}' for m in ('q', 'kv') for n in LIN]
+                keys += [f'{p}layer_scale_1', f'{p}layer_scale_2']
+            else:
+                keys += common + [f'{p}attn.qkv.{n}' for n in LIN]
+                keys += [f'{p}attn.relative_position_bias_table', f'{p}attn.relative_position_index']
+        if i < 3:
+            keys += [f'layers.{i}.downsample.norm.{n}' for n in LIN] + [f'layers.{i}.downsample.reduction.weight']
+    keys += [f'norm{i}.{n}' for i in range(4) for n in LIN]
+    return keys
+
+
+def fake_official(model, keys):
+    own = model.state_dict()
+    return OrderedDict((k, torch.randn(own[k].shape) if own[k].is_floating_point() else own[k].clone())
+                       for k in keys)
+
+
+def test_parameter_names_are_the_official_layout():
+    model = STViTR(arch='small')
+    assert set(model.state_dict()) == set(official_stvit_keys())
+
+
+@pytest.mark.parametrize('wrap', ['bare', 'model', 'detector'])
+def test_official_state_dict_loads_with_zero_missing_and_unexpected(wrap):
+    model = STViTR(arch='small')
+    sd = fake_official(model, official_stvit_keys())
+    if wrap == 'model':
+        ckpt = {'model': sd}
+    elif wrap == 'detector':  # an mmdet detector checkpoint: backbone. prefix next to neck / heads
+        ckpt = {'state_dict': {**{f'backbone.{k}': v for k, v in sd.items()}, 'neck.conv.weight': torch.zeros(1)},
+                'meta': {}}
+    else:
+        ckpt = sd
+    report = model.load_pretrained(ckpt)
+    assert report['layout'] == 'stvit'
+    assert report['missing'] == [] and report['unexpected'] == []
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in sd.items())
+
+
+def test_imagenet_checkpoint_reports_exactly_its_differences():
+    """An ImageNet STViT-R checkpoint: norm, head and attn_mask unexpected, norm0..3 missing (spec 7.1)."""
+    model = STViTR(arch='small')
+    keys = [k for k in official_stvit_keys() if not k.startswith('norm')]
+    sd = fake_official(model, keys)
+    sd.update({'norm.weight': torch.ones(768), 'norm.bias': torch.zeros(768), 'head.weight': torch.zeros(1000, 768),
+               'head.bias': torch.zeros(1000), 'layers.0.blocks.1.attn_mask': torch.zeros(4, 49, 49)})
+    report = model.load_pretrained({'model': sd})
+    assert sorted(report['missing']) == sorted(f'norm{i}.{n}' for i in range(4) for n in LIN)
+    assert sorted(report['unexpected']) == ['head.bias', 'head.weight', 'norm.bias', 'norm.weight']
+
+
+def test_wrong_arch_fails_naming_the_tensors():
+    sd = STViTR(arch='base').state_dict()
+    with pytest.raises(ValueError, match='do not fit this STViTR'):
+        STViTR(arch='small').load_pretrained(sd)
+    with pytest.raises(ValueError, match='unrecognised checkpoint layout'):
+        STViTR(arch='tiny').load_pretrained({'conv1.weight': torch.zeros(1)})
+    with pytest.raises(TypeError, match='no state dict'):
+        extract_state_dict({'meta': {'epoch': 1}})
+
+
+def _mmdet_swin(depths=(2, 2, 6, 2)):
+    from mmdet.models.backbones import SwinTransformer
+    swin = SwinTransformer(embed_dims=96, depths=depths, num_heads=(3, 6, 12, 24), drop_path_rate=0.0)
+    swin.init_weights()
+    randomize_(swin, std=0.02)
+    swin.eval()
+    return swin
+
+
+@pytest.mark.parametrize('impl', ['reference', 'sdpa'])
+def test_swin_parts_equal_mmdet_swin(impl):
+    """sparsify=False + stem='patch' loaded from an mmdet SwinTransformer state dict gives mmdet's outputs."""
+    swin = _mmdet_swin()
+    ours = STViTR(arch='tiny', stem='patch', sparsify=False, drop_path_rate=0.0, attn_impl=impl).eval()
+    report = ours.load_pretrained(swin.state_dict())
+    assert report['layout'] == 'swin_mmdet'
+    assert report['missing'] == [] and report['unexpected'] == [] and report['dropped'] == []
+    for hw in [(112, 137), (67, 95), (30, 30)]:
+        x = torch.randn(2, 3, *hw)
+        with torch.no_grad():
+            for a, b in zip(swin(x), ours(x)):
+                assert a.shape == b.shape
+                assert float((a - b).abs().max()) <= 1e-5
+
+
+def test_timm_swin_layout_converts_to_the_same_model():
+    """timm keeps each PatchMerging at the start of the next stage; after conversion the stage outputs match.
+
+    448 input: timm drops the shift of stages whose map is no larger than one window (7x7 at 224), detection Swin
+    (official and mmdet) never does, so every stage here is larger than a window."""
+    import timm
+    tm = timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, num_classes=10, img_size=448)
+    randomize_(tm, std=0.02)
+    tm.eval()
+    sd = tm.state_dict()
+    assert detect_layout(sd) == 'swin_timm'
+    ours = STViTR(arch='tiny', stem='patch', sparsify=False, drop_path_rate=0.0).eval()
+    report = ours.load_pretrained(sd)
+    assert sorted(report['missing']) == sorted(f'norm{i}.{n}' for i in range(4) for n in LIN)
+    assert report['unexpected'] == []
+    assert {'norm.weight', 'head.fc.weight'} <= set(report['dropped'])
+    feats = {}
+    for i, layer in enumerate(ours.layers):
+        layer.register_forward_hook(lambda m, a, out, i=i: feats.__setitem__(i, out))
+    x = torch.randn(1, 3, 448, 448)
+    with torch.no_grad():
+        ours(x)
+        y = tm.patch_embed(x)
+        for i, stage in enumerate(tm.layers):
+            y = stage(y)
+            assert float((y - feats[i]).abs().max()) <= 1e-5, i
+
+
+def test_swin_warm_start_splits_qkv_and_reports_the_rest():
+    swin = _mmdet_swin()
+    sd = swin.state_dict()
+    ours = STViTR(arch='tiny')
+    report = ours.load_pretrained({'state_dict': sd})
+    assert report['split_qkv'] == 5  # stage-3 blocks 1..5 of the single dumbbell unit
+    C = 384
+    for k in range(1, 6):
+        qkv_w = sd[f'stages.2.blocks.{k}.attn.w_msa.qkv.weight']
+        assert torch.equal(ours.layers[2].blocks[k].attn.q.weight, qkv_w[:C])
+        assert torch.equal(ours.layers[2].blocks[k].attn.kv.weight, qkv_w[C:])
+        assert f'layers.2.blocks.{k}.attn.relative_position_bias_table' in report['dropped']  # official naming
+    assert torch.equal(ours.layers[2].blocks[0].attn.qkv.weight, sd['stages.2.blocks.0.attn.w_msa.qkv.weight'])
+    # the conv stem and the layer scales have no Swin counterpart
+    assert all(k.startswith('patch_embed.') or 'layer_scale' in k for k in report['missing'])
+    assert sum('layer_scale' in k for k in report['missing']) == 10
+    assert any(k.startswith('patch_embed.proj.0.c') for k in report['missing'])
+    assert report['unexpected'] == []
+
+
+def test_pretrained_init_cfg_loads_from_a_path(tmp_path):
+    src = randomize_(STViTR(arch='tiny'))
+    path = tmp_path / 'stvit.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in src.state_dict().items()}}, path)
+    model = STViTR(arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    bad = STViTR(arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'missing.pth')))
+    with pytest.raises(FileNotFoundError):
+        bad.init_weights()
+
+
+def test_convert_ckpt_tool(tmp_path):
+    swin = _mmdet_swin()
+    src, dst = tmp_path / 'swin.pth', tmp_path / 'out' / 'stvit.pth'
+    torch.save({'state_dict': swin.state_dict()}, src)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools/convert_ckpt.py'), str(src), str(dst)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert 'swin_mmdet' in r.stdout and '5 qkv tensors split' in r.stdout and 'missing: patch_embed' in r.stdout
+    out = torch.load(dst, weights_only=True)
+    model = STViTR(arch='tiny')
+    report = model.load_pretrained(out)
+    assert report['unexpected'] == [] and report['layout'] == 'stvit'
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools/convert_ckpt.py'), str(tmp_path / 'nope.pth'),
+                        str(dst)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and 'not found' in r.stderr and 'nope.pth' in r.stderr
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools/convert_ckpt.py'), str(src), str(dst), '--arch',
+                        'base'], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and 'do not fit' in r.stderr

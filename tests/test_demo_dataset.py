@@ -1,0 +1,168 @@
+"""The nuclei demo dataset: conversion to COCO, the leak-free quadrant split, idempotent builds.
+
+Builds the real dataset (stardist 0.9.2 files, requirements/demo.txt) into a temporary directory once per module.
+"""
+import json
+import os.path as osp
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from stvit_det.datasets import check_coco_annotations
+from stvit_det.datasets.demo_nuclei import (DIHEDRAL, ann_file_path, apply_dihedral, boxes_intersect,
+                                            labels_to_coco_annotations, load_stardist_nuclei, make_demo_dataset,
+                                            quadrant_box, train_crop_boxes)
+
+MIN_FRAGMENT_AREA = 20  # the default of make_demo_dataset
+
+
+@pytest.fixture(scope='module')
+def source():
+    """(image, labels) of the stardist demo files."""
+    return load_stardist_nuclei()
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    """(out_dir, {'train': coco, 'val': coco}) of a fresh build with the default settings."""
+    out_dir = str(tmp_path_factory.mktemp('nuclei_demo'))
+    info, built = make_demo_dataset(out_dir, seed=0)
+    assert built
+    cocos = {}
+    for split in ('train', 'val'):
+        with open(ann_file_path(out_dir, split)) as f:
+            cocos[split] = json.load(f)
+    return out_dir, cocos
+
+
+def test_source_has_125_nuclei(source):
+    image, labels = source
+    assert image.shape == labels.shape == (512, 512)
+    assert len(np.unique(labels)) - 1 == 125
+
+
+def test_every_nucleus_is_annotated(source, dataset):
+    _, labels = source
+    _, cocos = dataset
+    seen = {a['source_label'] for coco in cocos.values() for a in coco['annotations']}
+    assert seen == set(np.unique(labels).tolist()) - {0}
+    assert len(seen) == 125
+
+
+def test_val_is_the_held_out_quadrant(source, dataset):
+    _, labels = source
+    _, cocos = dataset
+    val_box = quadrant_box(3, labels.shape)
+    assert [img['source_box'] for img in cocos['val']['images']] == [list(val_box)]
+    y0, x0, y1, x1 = val_box
+    inside = np.unique(labels[y0:y1, x0:x1])
+    val_labels = {a['source_label'] for a in cocos['val']['annotations']}
+    # every nucleus visible in the quadrant is annotated, except fragments below the size limit
+    for label in set(inside.tolist()) - {0} - val_labels:
+        assert (labels[y0:y1, x0:x1] == label).sum() < MIN_FRAGMENT_AREA
+
+
+def test_no_leak_between_train_and_val(source, dataset):
+    _, labels = source
+    _, cocos = dataset
+    val_box = quadrant_box(3, labels.shape)
+    assert len(cocos['train']['images']) >= 16
+    for img in cocos['train']['images']:
+        assert not boxes_intersect(tuple(img['source_box']), val_box), img
+    # nuclei lying entirely inside the val quadrant never appear in training images
+    y0, x0, y1, x1 = val_box
+    outside = labels.copy()
+    outside[y0:y1, x0:x1] = 0
+    only_val = set(np.unique(labels[y0:y1, x0:x1]).tolist()) - set(np.unique(outside).tolist())
+    assert len(only_val) > 20
+    assert not only_val & {a['source_label'] for a in cocos['train']['annotations']}
+
+
+@pytest.mark.parametrize('split', ['train', 'val'])
+def test_masks_decode_to_the_source_labels(source, dataset, split):
+    """Each RLE decodes to exactly the pixels of its source nucleus in the (transformed) crop; area and bbox match."""
+    _, labels = source
+    _, cocos = dataset
+    coco = cocos[split]
+    images = {img['id']: img for img in coco['images']}
+    for ann in coco['annotations']:
+        img = images[ann['image_id']]
+        y0, x0, y1, x1 = img['source_box']
+        expected = apply_dihedral(labels[y0:y1, x0:x1], img['transform']) == ann['source_label']
+        decoded = mask_utils.decode(ann['segmentation']).astype(bool)
+        assert decoded.shape == (img['height'], img['width'])
+        np.testing.assert_array_equal(decoded, expected)
+        assert ann['area'] == decoded.sum() >= MIN_FRAGMENT_AREA
+        ys, xs = np.nonzero(decoded)
+        assert ann['bbox'] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        assert ann['iscrowd'] == 0 and ann['category_id'] == 1
+
+
+def test_images_are_8bit_rgb_pngs(dataset):
+    import cv2
+
+    out_dir, cocos = dataset
+    for split, coco in cocos.items():
+        for img in coco['images']:
+            pixels = cv2.imread(osp.join(out_dir, split, img['file_name']), cv2.IMREAD_UNCHANGED)
+            assert pixels.dtype == np.uint8 and pixels.shape == (img['height'], img['width'], 3)
+            assert pixels.max() > 200 and pixels.min() < 30  # percentile-stretched, not a flat image
+
+
+def test_annotation_files_pass_the_check(dataset):
+    out_dir, cocos = dataset
+    for split in ('train', 'val'):
+        coco = check_coco_annotations(ann_file_path(out_dir, split))
+        assert coco['categories'] == [{'id': 1, 'name': 'nucleus', 'supercategory': 'cell'}]
+        assert len(coco['annotations']) == len(cocos[split]['annotations'])
+
+
+def test_rebuild_is_skipped_unless_invalid_or_forced(dataset, tmp_path):
+    out_dir, _ = dataset
+    _, built = make_demo_dataset(out_dir, seed=0)
+    assert not built
+    # another seed is another dataset
+    fresh = str(tmp_path / 'demo')
+    _, built = make_demo_dataset(fresh, seed=0)
+    assert built
+    _, built = make_demo_dataset(fresh, seed=1)
+    assert built
+    with open(ann_file_path(fresh, 'val'), 'w') as f:
+        f.write('{"images": [')  # corrupt -> rebuilt
+    _, built = make_demo_dataset(fresh, seed=1)
+    assert built
+    check_coco_annotations(ann_file_path(fresh, 'val'))
+    _, built = make_demo_dataset(fresh, seed=1, force=True)
+    assert built
+
+
+@pytest.mark.parametrize('val_quadrant', range(4))
+def test_train_crops_cover_exactly_the_other_quadrants(val_quadrant):
+    shape = (512, 512)
+    covered = np.zeros(shape, dtype=bool)
+    for y0, x0, y1, x1 in train_crop_boxes(shape, val_quadrant, crop_size=256, stride=64):
+        assert (y1 - y0, x1 - x0) == (256, 256)
+        covered[y0:y1, x0:x1] = True
+    expected = np.ones(shape, dtype=bool)
+    qy0, qx0, qy1, qx1 = quadrant_box(val_quadrant, shape)
+    expected[qy0:qy1, qx0:qx1] = False
+    np.testing.assert_array_equal(covered, expected)
+
+
+def test_fragments_below_the_limit_are_dropped_whole_nuclei_kept():
+    labels = np.zeros((20, 20), dtype=np.int64)
+    labels[0:3, 0:3] = 1  # 9 px, a fragment of a 50 px nucleus -> dropped
+    labels[5:8, 5:8] = 2  # 9 px, a whole (tiny) nucleus -> kept
+    labels[10:20, 10:13] = 3  # 30 px fragment -> kept
+    anns = labels_to_coco_annotations(labels, full_areas={1: 50, 2: 9, 3: 40}, min_fragment_area=20)
+    assert [(a['source_label'], a['area'], a['bbox']) for a in anns] == [(2, 9, [5.0, 5.0, 3.0, 3.0]),
+                                                                         (3, 30, [10.0, 10.0, 3.0, 10.0])]
+
+
+def test_dihedral_transforms_are_the_eight_distinct_symmetries():
+    square = np.arange(16).reshape(4, 4)
+    outputs = {apply_dihedral(square, name).tobytes() for name in DIHEDRAL}
+    assert len(outputs) == 8
+    with pytest.raises(ValueError, match='unknown transform'):
+        apply_dihedral(square, 'rot45')

@@ -1,0 +1,278 @@
+"""Bad input gives clear errors: COCO annotation checks, the config dataset walk, and tools/train.py, tools/test.py
+run as subprocesses (no training: every case stops before the Runner is built). Also: mmengine checkpoints load
+under ``torch.load(weights_only=True)`` after ``allow_mmengine_checkpoints()``.
+"""
+import copy
+import json
+import os
+import os.path as osp
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from stvit_det.datasets import CocoAnnotationError, DatasetCheckError, check_coco_annotations, check_dataset_cfgs
+from stvit_det.utils import allow_mmengine_checkpoints
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO_CONFIG = osp.join(ROOT, 'configs', 'stvit-r', 'mask-rcnn_stvit-r-demo_fpn_nuclei.py')
+
+VALID = {
+    'images': [{'id': 1, 'file_name': 'a.png', 'height': 8, 'width': 8}],
+    'annotations': [{'id': 1, 'image_id': 1, 'category_id': 1, 'bbox': [0, 0, 2, 3], 'area': 6, 'iscrowd': 0}],
+    'categories': [{'id': 1, 'name': 'nucleus'}],
+}
+
+
+def _write(path, content):
+    with open(path, 'w') as f:
+        f.write(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def _variant(edit):
+    coco = copy.deepcopy(VALID)
+    edit(coco)
+    return coco
+
+
+# ------------------------------------------------------------------------------------------ check_coco_annotations
+def test_valid_file_passes(tmp_path):
+    assert check_coco_annotations(_write(tmp_path / 'ok.json', VALID)) == VALID
+
+
+BAD_FILES = {
+    'not JSON': ('{"images": [1, 2', 'not a valid JSON file'),
+    'a list': ('[]', 'expected an object'),
+    'no categories': (_variant(lambda c: c.pop('categories')), "lacks 'categories'"),
+    'no images key': (_variant(lambda c: c.pop('images')), "lacks 'images'"),
+    'no images': (_variant(lambda c: c.update(images=[])), '"images" is empty'),
+    'unknown image': (_variant(lambda c: c['annotations'][0].update(image_id=7)), 'unknown image_id 7'),
+    'unknown category': (_variant(lambda c: c['annotations'][0].update(category_id=3)), 'unknown category_id 3'),
+    'short bbox': (_variant(lambda c: c['annotations'][0].update(bbox=[0, 0, 2])), 'malformed bbox'),
+    'negative bbox': (_variant(lambda c: c['annotations'][0].update(bbox=[0, 0, -2, 3])), 'malformed bbox'),
+    'string bbox': (_variant(lambda c: c['annotations'][0].update(bbox='0 0 2 3')), 'malformed bbox'),
+    'image lacks size': (_variant(lambda c: c['images'][0].pop('height')), "lacks 'height'"),
+    'repeated id': (_variant(lambda c: c['annotations'].append(dict(c['annotations'][0]))), 'repeats id 1'),
+    'bad segmentation': (_variant(lambda c: c['annotations'][0].update(segmentation={'x': 1})), 'segmentation'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_FILES))
+def test_bad_file_names_itself_and_the_problem(tmp_path, case):
+    content, problem = BAD_FILES[case]
+    path = _write(tmp_path / 'instances_bad.json', content)
+    with pytest.raises(CocoAnnotationError) as info:
+        check_coco_annotations(path)
+    assert path in str(info.value) and problem in str(info.value)
+
+
+def test_missing_file_names_itself(tmp_path):
+    path = str(tmp_path / 'nope.json')
+    with pytest.raises(CocoAnnotationError, match='not found') as info:
+        check_coco_annotations(path)
+    assert path in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ check_dataset_cfgs
+def _dataset(root, ann='ann.json', img='imgs/'):
+    return dict(type='CocoDataset', data_root=str(root) + '/', ann_file=ann, data_prefix=dict(img=img))
+
+
+@pytest.fixture
+def good_root(tmp_path):
+    (tmp_path / 'imgs').mkdir()
+    _write(tmp_path / 'ann.json', VALID)
+    return tmp_path
+
+
+def test_dataset_walk_checks_wrapped_datasets(good_root, tmp_path):
+    bad = tmp_path / 'bad'
+    (bad / 'imgs').mkdir(parents=True)
+    _write(bad / 'ann.json', '{oops')
+    wrapped = dict(
+        type='RepeatDataset',
+        times=2,
+        dataset=dict(type='ConcatDataset', datasets=[_dataset(good_root), _dataset(bad)]))
+    cfg = dict(train_dataloader=dict(dataset=wrapped), val_dataloader=None)
+    with pytest.raises(CocoAnnotationError, match='not a valid JSON') as info:
+        check_dataset_cfgs(cfg)
+    assert str(bad / 'ann.json') in str(info.value)
+    # the good one alone passes, and every path was looked at
+    cfg['train_dataloader']['dataset']['dataset']['datasets'].pop()
+    checked = [p for _, p in check_dataset_cfgs(cfg)]
+    assert checked == [str(good_root / 'ann.json'), str(good_root / 'imgs/')]
+
+
+def test_dataset_walk_reports_missing_image_dir_and_evaluator_file(good_root):
+    cfg = dict(test_dataloader=dict(dataset=_dataset(good_root, img='missing/')))
+    with pytest.raises(DatasetCheckError, match='image directory not found') as info:
+        check_dataset_cfgs(cfg, phases=('test', ))
+    assert str(good_root / 'missing/') in str(info.value)
+    cfg = dict(
+        test_dataloader=dict(dataset=_dataset(good_root)),
+        test_evaluator=dict(type='CocoMetric', ann_file=str(good_root / 'gone.json')))
+    with pytest.raises(CocoAnnotationError, match='annotation file not found'):
+        check_dataset_cfgs(cfg, phases=('test', ))
+    assert check_dataset_cfgs(cfg, phases=('train', )) == []  # phases without a dataloader are skipped
+
+
+def test_demo_config_matches_the_built_dataset(tmp_path):
+    """Every dataset path of the demo config exists once make_demo_dataset has built its layout."""
+    from mmengine.config import Config
+
+    from stvit_det.datasets import make_demo_dataset
+
+    root = str(tmp_path / 'nuclei_demo') + '/'
+    make_demo_dataset(root)
+    cfg = Config.fromfile(DEMO_CONFIG)
+    old_root = cfg.data_root
+    for phase in ('train', 'val', 'test'):
+        cfg[f'{phase}_dataloader'].dataset.data_root = root
+    for phase in ('val', 'test'):
+        cfg[f'{phase}_evaluator'].ann_file = cfg[f'{phase}_evaluator'].ann_file.replace(old_root, root)
+    checked = check_dataset_cfgs(cfg)
+    assert {p for _, p in checked} == {
+        root + 'annotations/instances_train.json', root + 'train/', root + 'annotations/instances_val.json',
+        root + 'val/'
+    }
+    assert len(checked) == 8  # train: ann + img; val, test: ann + img + evaluator
+
+
+# ------------------------------------------------------------------------------------------ tools as subprocesses
+def _run_tool(*args, cwd=ROOT):
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stderr.strip()
+
+
+def _assert_one_line_error(rc, stderr, *fragments):
+    assert rc != 0
+    assert 'Traceback' not in stderr, stderr
+    last = stderr.splitlines()[-1]
+    assert 'error:' in last
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+@pytest.fixture
+def corrupt_root(tmp_path):
+    """A data root laid out like data/nuclei_demo whose train and val annotation files are not JSON."""
+    for split in ('train', 'val'):
+        (tmp_path / split).mkdir()
+    (tmp_path / 'annotations').mkdir()
+    for split in ('train', 'val'):
+        _write(tmp_path / 'annotations' / f'instances_{split}.json', '{"images": [')
+    return tmp_path
+
+
+def _data_root_options(root, phases=('train', 'val', 'test')):
+    opts = [f'{p}_dataloader.dataset.data_root={root}/' for p in phases]
+    opts += [f'{p}_evaluator.ann_file={root}/annotations/instances_val.json' for p in ('val', 'test')]
+    return ['--cfg-options', *opts]
+
+
+def test_train_missing_config(tmp_path):
+    missing = str(tmp_path / 'no_such_config.py')
+    rc, err = _run_tool('tools/train.py', missing, '--work-dir', str(tmp_path / 'wd'))
+    _assert_one_line_error(rc, err, 'config file not found', missing)
+
+
+def test_train_corrupt_annotation_file(corrupt_root, tmp_path):
+    rc, err = _run_tool('tools/train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'wd'),
+                        *_data_root_options(corrupt_root))
+    _assert_one_line_error(rc, err, 'not a valid JSON file', str(corrupt_root / 'annotations' / 'instances_train.json'))
+    assert not (tmp_path / 'wd').exists()  # stopped before the Runner
+
+
+def test_train_missing_image_dir(corrupt_root, tmp_path):
+    _write(corrupt_root / 'annotations' / 'instances_train.json', VALID)
+    os.rmdir(corrupt_root / 'train')
+    rc, err = _run_tool('tools/train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'wd'),
+                        *_data_root_options(corrupt_root))
+    _assert_one_line_error(rc, err, 'image directory not found', str(corrupt_root / 'train'))
+
+
+def test_test_missing_checkpoint(tmp_path):
+    missing = str(tmp_path / 'epoch_1.pth')
+    rc, err = _run_tool('tools/test.py', DEMO_CONFIG, missing)
+    _assert_one_line_error(rc, err, 'checkpoint file not found', missing)
+
+
+def test_test_corrupt_annotation_file(corrupt_root, tmp_path):
+    ckpt = _write(tmp_path / 'fake.pth', 'never loaded')
+    rc, err = _run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--work-dir', str(tmp_path / 'wd'),
+                        *_data_root_options(corrupt_root))
+    _assert_one_line_error(rc, err, 'not a valid JSON file', str(corrupt_root / 'annotations' / 'instances_val.json'))
+
+
+# ------------------------------------------------------------------------------------------ checkpoint safety
+@pytest.fixture(scope='module')
+def runner_checkpoint(tmp_path_factory):
+    """A checkpoint written by a real mmengine Runner (tiny model, two iterations)."""
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Tiny(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(2, 1)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            out = self.fc(torch.stack(inputs))
+            return {'loss': out.pow(2).mean()} if mode == 'loss' else out
+
+    work_dir = str(tmp_path_factory.mktemp('runner'))
+    runner = Runner(
+        model=Tiny(),
+        work_dir=work_dir,
+        train_dataloader=dict(
+            dataset=[dict(inputs=torch.randn(2)) for _ in range(4)],
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            collate_fn=dict(type='default_collate'),
+            batch_size=2,
+            num_workers=0),
+        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+        param_scheduler=dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0, end=2),
+        train_cfg=dict(by_epoch=False, max_iters=2),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)),
+        default_scope='mmengine')
+    runner.train()
+    return osp.join(work_dir, 'iter_2.pth')
+
+
+def test_runner_checkpoint_loads_with_weights_only(runner_checkpoint):
+    allow_mmengine_checkpoints()
+    ckpt = torch.load(runner_checkpoint, map_location='cpu', weights_only=True)
+    assert set(ckpt) >= {'meta', 'state_dict', 'message_hub', 'optimizer'}
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(runner_checkpoint) == []
+    buffer = ckpt['message_hub']['log_scalars']['train/loss']
+    assert buffer.mean() == pytest.approx(buffer.data[0].mean())
+
+
+class _GetAttr:
+    """Pickles as ``getattr(owner, name)``, the way HistoryBuffer's statistics methods are pickled."""
+
+    def __init__(self, owner, name):
+        self.owner, self.name = owner, name
+
+    def __reduce__(self):
+        return getattr, (self.owner, self.name)
+
+
+@pytest.mark.parametrize('owner, name', [('HistoryBuffer', '__init__'), ('HistoryBuffer', 'update'),
+                                         ('OrderedDict', 'fromkeys')])
+def test_getattr_stays_refused_for_anything_else(tmp_path, owner, name):
+    from collections import OrderedDict
+
+    from mmengine.logging import HistoryBuffer
+
+    allow_mmengine_checkpoints()
+    path = str(tmp_path / 'other.pth')
+    torch.save({'x': _GetAttr({'HistoryBuffer': HistoryBuffer, 'OrderedDict': OrderedDict}[owner], name)}, path)
+    with pytest.raises(pickle.UnpicklingError, match='refusing getattr'):
+        torch.load(path, weights_only=True)
+    torch.save({'x': _GetAttr(HistoryBuffer, 'mean')}, path)
+    assert torch.load(path, weights_only=True)['x'] is HistoryBuffer.mean
