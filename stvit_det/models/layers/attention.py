@@ -17,13 +17,38 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ATTN_IMPLS = ('reference', 'sdpa')
+ATTN_IMPLS = ('reference', 'sdpa', 'dense')
 
 
 def check_attn_impl(attn_impl: str) -> str:
     if attn_impl not in ATTN_IMPLS:
         raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got '{attn_impl}'")
     return attn_impl
+
+
+def densify_region_bias(index: torch.Tensor, bias: Optional[torch.Tensor], num_keys: int) -> torch.Tensor:
+    """Turn per-window key regions (gather indices + bias) into one dense additive bias over ALL source tokens.
+
+    Keys outside a window's region get ``-inf``. The outer border is one shared zero token (the last source
+    token) that a region may contain several times; ``n`` copies of a key with logit ``l + b`` weigh exactly like
+    one key with logit ``l + logsumexp(b_1..b_n)``, so the border column gets the log-sum-exp of its entries'
+    biases (``log n`` without a mask, ``-inf`` when they are masked).
+
+    Args:
+        index: (G, K) indices into ``num_keys`` source tokens; ``num_keys - 1`` is the border token.
+        bias: (G, K) additive bias or None.
+        num_keys: L, the number of source tokens including the border token.
+
+    Returns:
+        (G, L) float bias.
+    """
+    G, K = index.shape
+    b = torch.zeros(index.shape, device=index.device) if bias is None else bias.float()
+    border = index == num_keys - 1
+    dense = torch.full((G, num_keys + 1), float('-inf'), device=index.device)  # last column: scratch for border
+    dense.scatter_(1, torch.where(border, torch.full_like(index, num_keys), index), b)
+    dense[:, num_keys - 1] = torch.logsumexp(b.masked_fill(~border, float('-inf')), dim=1)
+    return dense[:, :num_keys]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor], scale: float,
@@ -34,13 +59,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[
         q: queries (..., Nq, d); k, v: keys and values (..., K, d).
         bias: additive logit bias broadcastable to (..., Nq, K), or None.
         scale: logit scale, applied after the product as in the released semantic blocks.
-        impl: ``'reference'`` (plain matmul / softmax, the correctness oracle) or ``'sdpa'``
+        impl: ``'reference'`` (plain matmul / softmax, the correctness oracle) or ``'sdpa'`` / ``'dense'``
             (``torch.nn.functional.scaled_dot_product_attention``).
 
     Returns:
         (..., Nq, d).
     """
-    if impl == 'sdpa':
+    if impl != 'reference':
         if bias is not None:
             bias = bias.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
@@ -60,7 +85,13 @@ class QKVAttention(nn.Module):
         dim: channels C.
         num_heads: heads h (C must be divisible by h).
         qkv_bias: bias in ``q`` and ``kv``.
-        attn_impl: ``'reference'`` or ``'sdpa'``.
+        attn_impl: how windowed regions (``index`` given) are attended:
+
+            * ``'reference'``: gather the projected K/V of every region, written-out softmax attention;
+            * ``'sdpa'``: the same gather, fused ``scaled_dot_product_attention``;
+            * ``'dense'``: no gather: every query attends over ALL source tokens under a dense additive mask that
+              allows only its window's region (:func:`densify_region_bias`); K/V are never duplicated. Cheapest
+              where a region covers most of the source (the 27x27 recovery region at COCO sizes).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_impl: str = 'sdpa') -> None:
@@ -94,6 +125,14 @@ class QKVAttention(nn.Module):
         h, d = self.num_heads, C // self.num_heads
         q = self.q(query).view(B, G, Nq, h, d).transpose(2, 3)  # (B, G, h, Nq, d)
         kv = self.kv(context)  # (B, G, K, 2C) or (B, L, 2C)
+        if index is not None and self.attn_impl == 'dense':
+            L = kv.shape[1]
+            k, v = kv.view(B, L, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, L, d)
+            mask = densify_region_bias(index, bias, L).repeat_interleave(Nq, dim=0)  # (G*Nq, L)
+            q = q.permute(0, 2, 1, 3, 4).reshape(B, h, G * Nq, d)  # (B, h, G*Nq, d), window-major queries
+            out = attention(q, k, v, mask, self.scale, 'dense')  # (B, h, G*Nq, d)
+            out = out.view(B, h, G, Nq, d).permute(0, 2, 3, 1, 4).reshape(B, G, Nq, C)  # (B, G, Nq, C)
+            return self.proj(out)
         if index is not None:
             kv = kv[:, index]  # (B, L, 2C) -> (B, G, K, 2C)
         K = kv.shape[2]
