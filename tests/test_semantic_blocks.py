@@ -199,3 +199,16 @@ def test_refine_needs_a_matching_grid():
         blk(torch.randn(1, 14, 14, C), torch.randn(1, 3, 3, C))
     with pytest.raises(ValueError, match='pad_mask'):
         SemanticTokenGenerator(C, HEADS, pad_mask='wrong')
+
+
+def test_recorded_attention_is_a_distribution_and_changes_nothing():
+    blk = randomize_(SpatialRecovery(C, HEADS, WS, SS, 27, attn_impl='dense'))
+    x, s = torch.randn(1, 13, 20, C), _grid(13, 20)[:1]
+    plain, _ = blk(x, s)
+    blk.attn.record_attn = True
+    recorded, _ = blk(x, s)
+    w = blk.attn.last_attn['weights']
+    assert w.shape == (1, 6, HEADS, 49, 27 * 27)
+    torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)))
+    assert (w[..., blk.attn.last_attn['index'][0] == 6 * 9] == 0).all()  # border keys are masked ('correct')
+    torch.testing.assert_close(plain, recorded)

@@ -104,6 +104,9 @@ class QKVAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        # set True to keep the last attention weights (for visualisation, tools/vis_semantic_tokens.py)
+        self.record_attn = False
+        self.last_attn: Optional[dict] = None
 
     def forward(self,
                 query: torch.Tensor,
@@ -125,7 +128,7 @@ class QKVAttention(nn.Module):
         h, d = self.num_heads, C // self.num_heads
         q = self.q(query).view(B, G, Nq, h, d).transpose(2, 3)  # (B, G, h, Nq, d)
         kv = self.kv(context)  # (B, G, K, 2C) or (B, L, 2C)
-        if index is not None and self.attn_impl == 'dense':
+        if index is not None and self.attn_impl == 'dense' and not self.record_attn:
             L = kv.shape[1]
             k, v = kv.view(B, L, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, L, d)
             mask = densify_region_bias(index, bias, L).repeat_interleave(Nq, dim=0)  # (G*Nq, L)
@@ -139,5 +142,12 @@ class QKVAttention(nn.Module):
         k, v = kv.view(B, G, K, 2, h, d).permute(3, 0, 1, 4, 2, 5).unbind(0)  # 2 x (B, G, h, K, d)
         if bias is not None:
             bias = bias[:, None, None, :]  # (G, K) -> (G, 1, 1, K)
-        out = attention(q, k, v, bias, self.scale, self.attn_impl)  # (B, G, h, Nq, d)
+        if self.record_attn:
+            logits = (q @ k.transpose(-2, -1)) * self.scale  # (B, G, h, Nq, K)
+            probs = (logits if bias is None else logits + bias).softmax(dim=-1)
+            # weights (B, G, h, Nq, K) over the keys given by index (G, K) (None: the group's own K tokens)
+            self.last_attn = dict(weights=probs.detach(), index=index)
+            out = probs @ v  # (B, G, h, Nq, d)
+        else:
+            out = attention(q, k, v, bias, self.scale, self.attn_impl)  # (B, G, h, Nq, d)
         return self.proj(out.transpose(2, 3).reshape(B, G, Nq, C))  # (B, G, Nq, C)
