@@ -1,0 +1,33 @@
+"""Distributed training without a GPU (CPU + gloo), for tools/train.py and tools/test.py.
+
+mmengine 0.10.7 assumes CUDA for its ``pytorch`` launcher: ``init_dist`` calls ``torch.cuda.set_device`` (absent
+from CPU builds of torch) and the Runner wraps the model in DDP with ``device_ids=[LOCAL_RANK]`` (refused for a CPU
+module). When no CUDA device is present, :func:`prepare_cpu_distributed` starts the gloo process group itself (the
+Runner then skips ``init_dist``) and asks for a DDP wrapper without device ids. With CUDA it does nothing.
+"""
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+
+
+def prepare_cpu_distributed(cfg: Config, launcher: str) -> bool:
+    """Make ``cfg`` run with ``launcher`` on CPU processes; returns True when it changed anything.
+
+    Raises:
+        SystemExit: for a CPU run with a launcher other than ``pytorch`` (torchrun) or ``none``.
+    """
+    if launcher == 'none' or torch.cuda.is_available():
+        return False
+    if launcher != 'pytorch':
+        raise SystemExit(f"launcher '{launcher}' needs CUDA devices here; on CPU use torchrun (--launcher pytorch, "
+                         'tools/dist_train.sh)')
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel',
+            device_ids=None,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')  # env:// from torchrun: RANK, WORLD_SIZE, MASTER_ADDR/PORT
+    return True
