@@ -21,7 +21,7 @@ from mmdet.utils import OptMultiConfig
 from ...utils.checkpoint_safety import allow_mmengine_checkpoints
 from ...utils.ckpt_convert import convert_to_stvit, filter_ignorable
 from ..layers.attention import check_attn_impl
-from ..layers.stvit_stage import STViTStage, dumbbell_pattern, swin_pattern
+from ..layers.stvit_stage import SPARSIFIER_UNITS, STViTStage, dumbbell_pattern, swin_pattern
 from ..layers.window_ops import PAD_MASK_MODES, pad_to_multiple
 
 ARCH_SETTINGS: Dict[str, Dict] = {
@@ -88,6 +88,9 @@ class STViTR(BaseModule):
         drop_path_rate: stochastic depth, linear over all blocks; None takes the arch's detection default.
         stem: ``'conv'`` (STViT-R) or ``'patch'`` (Swin's Conv4x4 + LayerNorm).
         sparsify: stage 3 made of dumbbell units (True) or plain alternating Swin blocks (False).
+        sparsifier: what the dumbbell units pool and recover with: ``'stvit'`` (generate / recover, the paper) or
+            ``'tokenlearner'`` (learn / fuse: per-window TokenLearner v1.1 and a TokenFuser, ``token_learner.py``);
+            refine / local / global are shared. Used when ``sparsify``.
         semantic_samples: semantic tokens per window side (3 -> 9 per window).
         regions: key-region sides (generate, refine, recover) = (14, 21, 27): the first two in image tokens, the
             last in semantic-grid cells.
@@ -116,6 +119,7 @@ class STViTR(BaseModule):
                  drop_path_rate: Optional[float] = None,
                  stem: str = 'conv',
                  sparsify: bool = True,
+                 sparsifier: str = 'stvit',
                  semantic_samples: int = 3,
                  regions: Sequence[int] = (14, 21, 27),
                  layer_scale_init: float = 1e-5,
@@ -140,6 +144,8 @@ class STViTR(BaseModule):
             raise ValueError(f"stem must be 'conv' or 'patch', got '{stem}'")
         if pad_mask not in PAD_MASK_MODES:
             raise ValueError(f"pad_mask must be one of {PAD_MASK_MODES}, got '{pad_mask}'")
+        if sparsifier not in SPARSIFIER_UNITS:
+            raise ValueError(f"sparsifier must be one of {tuple(SPARSIFIER_UNITS)}, got '{sparsifier}'")
         check_attn_impl(attn_impl)
         if len(regions) != 3:
             raise ValueError(f'regions needs 3 sides (generate, refine, recover), got {regions}')
@@ -163,7 +169,7 @@ class STViTR(BaseModule):
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
-            pattern = dumbbell_pattern(depth) if (sparsify and i == SPARSE_STAGE) else swin_pattern(depth)
+            pattern = dumbbell_pattern(depth, sparsifier) if (sparsify and i == SPARSE_STAGE) else swin_pattern(depth)
             self.layers.append(
                 STViTStage(
                     self.num_features[i],

@@ -1,14 +1,15 @@
 """Building blocks of STViT-R, small to large: window_ops -> attention -> swin_block / semantic_tokens /
-recovery -> stvit_stage."""
+recovery / token_learner -> stvit_stage."""
 from .attention import ATTN_IMPLS, QKVAttention
 from .recovery import SpatialRecovery
 from .semantic_tokens import SemanticTokenBlock, SemanticTokenGenerator
 from .stvit_stage import DUMBBELL_UNIT, STViTStage, dumbbell_pattern, swin_pattern
 from .swin_block import PatchMerging, SwinBlock, WindowAttention
+from .token_learner import TokenFuser, TokenLearner
 from .window_ops import PAD_MASK_MODES
 
 __all__ = [
     'ATTN_IMPLS', 'PAD_MASK_MODES', 'DUMBBELL_UNIT', 'QKVAttention', 'WindowAttention', 'SwinBlock', 'PatchMerging',
-    'SemanticTokenGenerator', 'SemanticTokenBlock', 'SpatialRecovery', 'STViTStage', 'dumbbell_pattern',
-    'swin_pattern'
+    'SemanticTokenGenerator', 'SemanticTokenBlock', 'SpatialRecovery', 'TokenLearner', 'TokenFuser', 'STViTStage',
+    'dumbbell_pattern', 'swin_pattern'
 ]

@@ -1,7 +1,8 @@
 """A stage of STViT-R: a flat list of blocks driven by a declared pattern, then optional patch merging.
 
 Plain Swin stages alternate ``('window', 'shifted')``; the sparsified stage 3 repeats the dumbbell unit
-``('window', 'generate', 'refine', 'local', 'global', 'recover')`` (arXiv 2303.08685, Fig. 2). Block k of the
+``('window', 'generate', 'refine', 'local', 'global', 'recover')`` (arXiv 2303.08685, Fig. 2); the TokenLearner
+sparsifier swaps 'generate' / 'recover' for 'learn' / 'fuse' (``token_learner.py``). Block k of the
 pattern is ``blocks.{k}``, so checkpoint keys stay ``layers.{i}.blocks.{k}`` as in the official code (whose
 stage-3 class ``Deit`` chooses blocks with index lists).
 
@@ -16,9 +17,13 @@ import torch.utils.checkpoint as cp
 from .recovery import SpatialRecovery
 from .semantic_tokens import SemanticTokenBlock, SemanticTokenGenerator
 from .swin_block import PatchMerging, SwinBlock
+from .token_learner import TokenFuser, TokenLearner
 
 DUMBBELL_UNIT = ('window', 'generate', 'refine', 'local', 'global', 'recover')
-BLOCK_KINDS = ('window', 'shifted') + DUMBBELL_UNIT[1:]
+TOKENLEARNER_UNIT = ('window', 'learn', 'refine', 'local', 'global', 'fuse')
+#: stage-3 unit of every sparsifier (``STViTR(sparsifier=...)``)
+SPARSIFIER_UNITS = {'stvit': DUMBBELL_UNIT, 'tokenlearner': TOKENLEARNER_UNIT}
+BLOCK_KINDS = ('window', 'shifted') + DUMBBELL_UNIT[1:] + ('learn', 'fuse')
 
 
 def swin_pattern(depth: int) -> Tuple[str, ...]:
@@ -26,12 +31,16 @@ def swin_pattern(depth: int) -> Tuple[str, ...]:
     return tuple('shifted' if k % 2 else 'window' for k in range(depth))
 
 
-def dumbbell_pattern(depth: int) -> Tuple[str, ...]:
-    """``depth / 6`` dumbbell units; raises if ``depth`` is not a positive multiple of 6."""
-    if depth <= 0 or depth % len(DUMBBELL_UNIT):
+def dumbbell_pattern(depth: int, sparsifier: str = 'stvit') -> Tuple[str, ...]:
+    """``depth / 6`` units of ``SPARSIFIER_UNITS[sparsifier]``; raises if ``depth`` is not a positive multiple of 6
+    or the sparsifier is unknown."""
+    if sparsifier not in SPARSIFIER_UNITS:
+        raise ValueError(f"sparsifier must be one of {tuple(SPARSIFIER_UNITS)}, got '{sparsifier}'")
+    unit = SPARSIFIER_UNITS[sparsifier]
+    if depth <= 0 or depth % len(unit):
         raise ValueError(f'the sparsified stage needs a depth that is a positive multiple of '
-                         f'{len(DUMBBELL_UNIT)} (one dumbbell unit = {DUMBBELL_UNIT}), got {depth}')
-    return DUMBBELL_UNIT * (depth // len(DUMBBELL_UNIT))
+                         f'{len(unit)} (one dumbbell unit = {unit}), got {depth}')
+    return unit * (depth // len(unit))
 
 
 class STViTStage(nn.Module):
@@ -75,6 +84,7 @@ class STViTStage(nn.Module):
         self.with_cp = with_cp
         common = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, attn_impl=attn_impl)
         semantic = dict(common, layer_scale_init=layer_scale_init)
+        learned = dict(mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init, pad_mask=pad_mask)
         blocks = []
         for kind, dp in zip(self.pattern, drop_path):
             if kind in ('window', 'shifted'):
@@ -90,6 +100,10 @@ class STViTStage(nn.Module):
             elif kind == 'recover':
                 blk = SpatialRecovery(dim, num_heads, window_size, samples, regions[2], pad_mask, drop_path=dp,
                                       **semantic)
+            elif kind == 'learn':
+                blk = TokenLearner(dim, window_size, samples, drop_path=dp, **learned)
+            elif kind == 'fuse':
+                blk = TokenFuser(dim, window_size, samples, drop_path=dp, **learned)
             else:
                 raise ValueError(f"unknown block kind '{kind}', expected one of {BLOCK_KINDS}")
             blocks.append(blk)

@@ -1,0 +1,4 @@
+# Mask R-CNN, STViT-R-S, multi-scale + crop 3x, automatic mixed precision.
+_base_ = './mask-rcnn_stvit-r-t_fpn_amp-ms-crop-3x_coco.py'
+
+model = dict(backbone=dict(arch='small'))

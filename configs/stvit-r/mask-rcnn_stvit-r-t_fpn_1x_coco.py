@@ -1,0 +1,11 @@
+# Mask R-CNN, STViT-R-T, single-scale 1x (the mmdet Swin-T 1x recipe with the backbone swapped).
+# ImageNet weights: --cfg-options model.backbone.init_cfg.checkpoint=PATH (local file; see README.md);
+# from scratch: --cfg-options model.backbone.init_cfg=None.
+_base_ = [
+    '../_base_/models/mask-rcnn_stvit-r-t_fpn.py',
+    'mmdet::_base_/datasets/coco_instance.py',
+    '../_base_/schedules/adamw-1x.py',
+    'mmdet::_base_/default_runtime.py',
+]
+
+model = dict(backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=None)))

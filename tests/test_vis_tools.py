@@ -1,0 +1,194 @@
+"""tools/vis_semantic_tokens.py and tools/image_demo.py run on CPU on a real image of the nuclei demo dataset and
+write a PNG of the expected size; the maps that stvit_det.utils.attention_maps hands to the plot are distributions
+(they sum to 1 over their support) located where the blocks may look."""
+import glob
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stvit_det.utils.attention_maps import (AttentionRecord, StageGeometry, collect_attention, default_windows,
+                                            peak_over_uniform, recovery_argmax_window, recovery_own_window_mass,
+                                            recovery_token_map, scatter_to_grid, semantic_to_tokens, tokens_to_pixels,
+                                            unit_maps, window_source_map)
+
+from conftest import randomize_, small_stvit
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO_CONFIG = osp.join(ROOT, 'configs', 'stvit-r', 'mask-rcnn_stvit-r-demo_fpn_nuclei.py')
+TL_CONFIG = osp.join(ROOT, 'configs', 'stvit-r', 'mask-rcnn_tokenlearner-t_fpn_1x_coco.py')
+# key-region margins (rows / cols before the window) and sides on the padded token grid, per source kind
+REGIONS = {'generate': (3, 14), 'refine': (7, 21), 'learn': (0, 7)}
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def real_image(tmp_path_factory):
+    """A 256 x 256 crop of the stardist nuclei image: the repository's demo dataset if built, else a fresh build."""
+    found = sorted(glob.glob(osp.join(ROOT, 'data', 'nuclei_demo', 'val', '*.png')))
+    if found:
+        return found[0]
+    out = tmp_path_factory.mktemp('nuclei_demo')
+    proc = run_tool(osp.join('tools', 'make_demo_dataset.py'), '--out', str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return sorted(glob.glob(osp.join(str(out), 'val', '*.png')))[0]
+
+
+@pytest.fixture(scope='module')
+def demo_checkpoint(tmp_path_factory):
+    """A randomly initialised demo Mask R-CNN saved like a Runner checkpoint; removed after the module."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+
+    cfg = Config.fromfile(DEMO_CONFIG)
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    path = str(tmp_path_factory.mktemp('ckpt') / 'random_demo.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(classes=('nucleus', )))), path)
+    yield path
+    os.remove(path)
+
+
+def image_tensor(path):
+    rgb = np.asarray(Image.open(path).convert('RGB'), dtype=np.float32)
+    mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    return torch.from_numpy(((rgb - mean) / std).transpose(2, 0, 1)).float()[None]
+
+
+@pytest.fixture(scope='module', params=['stvit', 'tokenlearner'])
+def collected(request, real_image):
+    torch.manual_seed(0)
+    model = randomize_(small_stvit(sparsifier=request.param), std=0.3)  # sharper, non-uniform attention
+    x = image_tensor(real_image)
+    geom, units = collect_attention(model, x)
+    return request.param, x.shape[2:], geom, units
+
+
+# ------------------------------------------------------------------------------------------------ attention maps
+def test_geometry_and_records(collected):
+    sparsifier, hw, geom, units = collected
+    assert hw == (256, 256)
+    assert geom == StageGeometry(H=16, W=16, window=7, samples=3, stride=16)
+    assert (geom.Hp, geom.nh, geom.Hs) == (21, 3, 9)  # 5 padded token rows / cols
+    kinds = ['generate', 'refine', 'recover'] if sparsifier == 'stvit' else ['learn', 'refine', 'fuse']
+    assert [list(u) for u in units] == [kinds]
+
+
+def test_source_maps_sum_to_one_inside_their_region(collected):
+    _, hw, geom, units = collected
+    for kind, rec in units[0].items():
+        if kind not in REGIONS:
+            continue
+        margin, side = REGIONS[kind]
+        for i in range(geom.nh):
+            for j in range(geom.nw):
+                m = window_source_map(rec, (i, j), geom)  # (Hp, Wp)
+                assert m.shape == (geom.Hp, geom.Wp) and (m >= 0).all()
+                assert m.sum() == pytest.approx(1.0, abs=1e-5), (kind, i, j)
+                allowed = np.zeros_like(m, dtype=bool)
+                r0, c0 = 7 * i - margin, 7 * j - margin
+                allowed[max(r0, 0):r0 + side, max(c0, 0):c0 + side] = True
+                allowed[geom.H:] = allowed[:, geom.W:] = False  # padded tokens are masked ('correct')
+                assert (m[~allowed] == 0).all(), (kind, i, j)
+                assert (m[allowed] > 0).all(), (kind, i, j)
+                px = tokens_to_pixels(m, geom, hw)  # 256 = 16 * 16 tokens: no mass is cropped
+                assert px.shape == hw and px.sum() == pytest.approx(1.0, abs=1e-5)
+                for t in range(geom.samples**2):  # every single semantic token too
+                    assert window_source_map(rec, (i, j), geom, token=t).sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_recovery_maps(collected):
+    sparsifier, _, geom, units = collected
+    rec = units[0]['recover' if sparsifier == 'stvit' else 'fuse']
+    own_window = np.kron(np.arange(geom.nh * geom.nw).reshape(geom.nh, geom.nw), np.ones((7, 7), dtype=int))
+    owner = recovery_argmax_window(rec, geom)
+    mass = recovery_own_window_mass(rec, geom)
+    assert owner.shape == mass.shape == (geom.Hp, geom.Wp)
+    assert ((owner >= 0) & (owner < geom.nh * geom.nw)).all()
+    assert ((mass >= -1e-6) & (mass <= 1 + 1e-6)).all()
+    if sparsifier == 'tokenlearner':  # a TokenFuser token reads its own window only
+        assert (owner == own_window).all() and np.allclose(mass, 1.0)
+    else:  # 3 x 3 windows all lie in every 27 x 27 region: the mass is shared between windows
+        assert (mass < 1 - 1e-3).all() and len(np.unique(owner)) > 1
+    for r in range(0, geom.Hp, 4):
+        for c in range(0, geom.Wp, 4):
+            grid = recovery_token_map(rec, (r, c), geom)  # (Hs, Ws)
+            assert grid.shape == (geom.Hs, geom.Ws) and (grid >= 0).all()
+            assert grid.sum() == pytest.approx(1.0, abs=1e-5)
+            w = (r // 7, c // 7)
+            assert grid[3 * w[0]:3 * w[0] + 3, 3 * w[1]:3 * w[1] + 3].sum() == pytest.approx(mass[r, c], abs=1e-5)
+            spread = semantic_to_tokens(grid, geom)
+            assert spread.shape == (geom.Hp, geom.Wp) and spread.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_unit_maps_collects_every_panel(collected):
+    sparsifier, _, geom, units = collected
+    windows = default_windows(geom)
+    assert windows == [(1, 1), (0, 0), (2, 2)]
+    maps = unit_maps(geom, units[0], windows)
+    assert list(maps['source']) == (['generate', 'refine'] if sparsifier == 'stvit' else ['learn', 'refine'])
+    assert set(maps['recovery']['tokens']) == set(windows)
+    tok, grid, spread = maps['recovery']['tokens'][(2, 2)]
+    assert tok == (15, 15)  # the centre (17, 17) of window (2, 2) lies in the padding: moved inside the map
+    assert grid.sum() == pytest.approx(1.0, abs=1e-5) and spread.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_scatter_to_grid_accumulates_and_drops_the_border():
+    geom = StageGeometry(H=7, W=7)
+    index = np.array([[0, 48, 49, 49, 10]])  # 49 = the outer border
+    rec = AttentionRecord('generate', np.array([[[0.1, 0.2, 0.3, 0.3, 0.1]]]), index)
+    m = window_source_map(rec, (0, 0), geom)
+    assert m[0, 0] == pytest.approx(0.1) and m[6, 6] == pytest.approx(0.2) and m[1, 3] == pytest.approx(0.1)
+    assert m.sum() == pytest.approx(0.4)  # 0.6 on the border is not drawn
+    assert scatter_to_grid(np.ones(3), np.array([4, 4, 1]), (2, 2)).tolist() == [[0, 1], [0, 0]]
+    assert peak_over_uniform(np.array([0.0, 0.25, 0.25, 0.25, 0.25])) == pytest.approx(1.0)
+    assert peak_over_uniform(np.array([0.0, 0.7, 0.1, 0.1, 0.1])) == pytest.approx(2.8)
+    with pytest.raises(ValueError, match='outside'):
+        window_source_map(rec, (1, 0), geom)
+
+
+# ------------------------------------------------------------------------------------------------------- tools
+@pytest.mark.parametrize('config,extra', [(DEMO_CONFIG, ('--windows', '0,0', '1,1')), (TL_CONFIG, ())],
+                         ids=['stvit-demo-checkpoint', 'tokenlearner-random'])
+def test_vis_semantic_tokens_tool(real_image, demo_checkpoint, tmp_path, config, extra):
+    out = tmp_path / 'vis.png'
+    ckpt = ('--checkpoint', demo_checkpoint) if config == DEMO_CONFIG else ()
+    proc = run_tool(
+        osp.join('tools', 'vis_semantic_tokens.py'), real_image, config, '--out', str(out), '--scale', '256',
+        '--dpi', '50', '--device', 'cpu', *ckpt, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'wrote' in proc.stdout and '1 unit(s)' in proc.stdout
+    with Image.open(out) as im:
+        # 4 panels of 3.2 x (3.2 + 0.5) inches per unit row, + 0.7 inch for title and legend, at 50 dpi
+        assert im.format == 'PNG' and im.size == (640, 220)
+        assert np.asarray(im.convert('L')).std() > 10  # not a blank canvas
+
+
+def test_vis_semantic_tokens_rejects_a_window_outside_the_grid(real_image, tmp_path):
+    out = tmp_path / 'vis.png'
+    proc = run_tool(osp.join('tools', 'vis_semantic_tokens.py'), real_image, DEMO_CONFIG, '--out', str(out),
+                    '--scale', '256', '--windows', '3,0')
+    assert proc.returncode != 0 and 'outside the 3 x 3 window grid' in proc.stderr
+    assert not out.exists()
+
+
+def test_image_demo_tool(real_image, demo_checkpoint, tmp_path):
+    out = tmp_path / 'demo.png'
+    proc = run_tool(
+        osp.join('tools', 'image_demo.py'), real_image, DEMO_CONFIG, demo_checkpoint, '--out', str(out),
+        '--score-thr', '0.0', '--device', 'cpu')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'wrote' in proc.stdout
+    with Image.open(out) as im, Image.open(real_image) as src:
+        assert im.format == 'PNG' and im.size == src.size
+        drawn = np.asarray(im.convert('RGB'), dtype=np.int16)
+        assert np.abs(drawn - np.asarray(src.convert('RGB'), dtype=np.int16)).max() > 0  # boxes were drawn

@@ -1,0 +1,69 @@
+"""Detect and segment the objects of one image with a trained detector and draw the result.
+
+    python tools/image_demo.py IMAGE CONFIG CHECKPOINT --out OUT.png [--score-thr 0.3] [--device cpu]
+        [--cfg-options k=v ...]
+
+Thin wrapper over mmdet's ``init_detector`` / ``inference_detector`` and ``DetLocalVisualizer`` (the shape of
+mmdet 3.x ``demo/image_demo.py``) plus ``import stvit_det``. Nothing is downloaded: the backbone's ``init_cfg`` is
+dropped and every weight comes from ``CHECKPOINT``; class names come from the checkpoint's ``dataset_meta``
+(mmdet's Runner saves them) or the config's test dataset. Annotation loading is removed from the test pipeline.
+"""
+import argparse
+import sys
+
+import mmcv
+from mmengine.config import Config, DictAction
+
+import stvit_det  # noqa: F401  (registers STViTR)
+from mmdet.apis import inference_detector, init_detector
+from mmdet.evaluation import get_classes
+from mmdet.registry import DATASETS, VISUALIZERS
+from stvit_det.utils import allow_mmengine_checkpoints
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Draw the detections and masks of a detector on one image')
+    parser.add_argument('image', help='image file')
+    parser.add_argument('config', help='detector config')
+    parser.add_argument('checkpoint', help='detector checkpoint (a local file)')
+    parser.add_argument('--out', required=True, help='output image (PNG / JPG)')
+    parser.add_argument('--score-thr', type=float, default=0.3, help='draw detections scoring at least this')
+    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda:0'")
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
+    return parser.parse_args()
+
+
+def load_config(path, cfg_options=None):
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.model.backbone.init_cfg = None  # weights come from the checkpoint only
+    pipeline = cfg.test_dataloader.dataset.pipeline
+    cfg.test_dataloader.dataset.pipeline = [
+        t for t in pipeline if t['type'] not in ('LoadAnnotations', 'mmdet.LoadAnnotations')
+    ]  # inference has no labels
+    return cfg
+
+
+def main():
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options)
+    allow_mmengine_checkpoints()  # Runner checkpoints under torch.load(weights_only=True)
+    model = init_detector(cfg, args.checkpoint, device=args.device)
+    test_meta = DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
+    if tuple(model.dataset_meta['classes']) == tuple(get_classes('coco')) != tuple(test_meta['classes']):
+        model.dataset_meta = dict(test_meta)  # the checkpoint has no dataset_meta: init_detector guessed COCO
+    result = inference_detector(model, args.image)
+
+    visualizer = VISUALIZERS.build(cfg.visualizer)
+    visualizer.dataset_meta = model.dataset_meta
+    image = mmcv.imread(args.image, channel_order='rgb')
+    visualizer.add_datasample(
+        'result', image, data_sample=result, draw_gt=False, show=False, out_file=args.out,
+        pred_score_thr=args.score_thr)
+    kept = int((result.pred_instances.scores >= args.score_thr).sum())
+    print(f'wrote {args.out}: {kept} of {len(result.pred_instances)} detections at score >= {args.score_thr}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
