@@ -103,7 +103,7 @@ def test_dataset_walk_checks_wrapped_datasets(good_root, tmp_path):
     # the good one alone passes, and every path was looked at
     cfg['train_dataloader']['dataset']['dataset']['datasets'].pop()
     checked = [p for _, p in check_dataset_cfgs(cfg)]
-    assert checked == [str(good_root / 'ann.json'), str(good_root / 'imgs/')]
+    assert checked == [str(good_root / 'ann.json'), str(good_root) + '/imgs/']
 
 
 def test_dataset_walk_reports_missing_image_dir_and_evaluator_file(good_root):
@@ -221,7 +221,7 @@ def runner_checkpoint(tmp_path_factory):
             self.fc = torch.nn.Linear(2, 1)
 
         def forward(self, inputs, data_samples=None, mode='tensor'):
-            out = self.fc(torch.stack(inputs))
+            out = self.fc(inputs)  # (B, 2) -> (B, 1)
             return {'loss': out.pow(2).mean()} if mode == 'loss' else out
 
     work_dir = str(tmp_path_factory.mktemp('runner'))
