@@ -1,0 +1,202 @@
+"""Early, readable checks of COCO annotation files and of the datasets a config points at.
+
+Without them a missing or corrupt annotation file surfaces deep inside the Runner (a ``FileNotFoundError`` from
+the file backend, a ``JSONDecodeError`` without the file name, or a ``KeyError`` in pycocotools). The tools call
+:func:`check_dataset_cfgs` after loading the config and before building the Runner, and turn a
+:class:`DatasetCheckError` into a one-line exit message.
+"""
+import json
+import math
+import os.path as osp
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+REQUIRED_KEYS = ('images', 'annotations', 'categories')
+# Annotation files larger than this are only checked for existence (json.load of a full COCO train file takes
+# seconds and gigabytes); the dataset itself then parses them.
+MAX_PARSE_BYTES = 128 * 2**20
+
+
+class DatasetCheckError(ValueError):
+    """A dataset referenced by a config is missing or malformed; the message names the file or directory."""
+
+
+class CocoAnnotationError(DatasetCheckError):
+    """A COCO annotation file is missing, is not JSON, or is structurally invalid; the message names the file."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_records(path: str, coco: dict, key: str, fields: Sequence[str]) -> set:
+    """Check that ``coco[key]`` is a list of dicts with ``fields`` and unique ids; return the ids."""
+    ids = set()
+    for index, record in enumerate(coco[key]):
+        if not isinstance(record, dict):
+            raise CocoAnnotationError(f'{path}: {key}[{index}] is a {type(record).__name__}, expected an object')
+        missing = [f for f in fields if f not in record]
+        if missing:
+            raise CocoAnnotationError(f'{path}: {key}[{index}] lacks {", ".join(map(repr, missing))}')
+        if record['id'] in ids:
+            raise CocoAnnotationError(f'{path}: {key}[{index}] repeats id {record["id"]!r}')
+        ids.add(record['id'])
+    return ids
+
+
+def check_coco_annotations(path: str) -> dict:
+    """Load a COCO-format annotation file and check its structure.
+
+    Checked: the file exists and is JSON; it is an object with the lists ``images`` (non-empty; each with ``id``,
+    ``file_name``, ``height``, ``width``), ``annotations`` and ``categories`` (each with ``id`` and ``name``); ids
+    are unique; every annotation has an ``image_id`` and a ``category_id`` that exist, and a ``bbox`` of four finite
+    numbers with non-negative width and height; a ``segmentation``, when present, is a polygon list or an RLE dict.
+
+    Args:
+        path: the annotation file.
+
+    Returns:
+        the parsed annotation dict.
+
+    Raises:
+        CocoAnnotationError: with a message that starts with ``path``.
+    """
+    if not osp.isfile(path):
+        kind = 'is a directory, not a file' if osp.isdir(path) else 'not found'
+        raise CocoAnnotationError(f'annotation file {kind}: {path}')
+    try:
+        with open(path, encoding='utf-8') as f:
+            coco = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CocoAnnotationError(f'{path}: not a valid JSON file ({e})') from None
+    if not isinstance(coco, dict):
+        raise CocoAnnotationError(f'{path}: top level is a JSON {type(coco).__name__}, expected an object with '
+                                  f'{", ".join(REQUIRED_KEYS)}')
+    missing = [k for k in REQUIRED_KEYS if k not in coco]
+    if missing:
+        raise CocoAnnotationError(f'{path}: not a COCO annotation file, lacks {", ".join(map(repr, missing))}')
+    for key in REQUIRED_KEYS:
+        if not isinstance(coco[key], list):
+            raise CocoAnnotationError(f'{path}: {key!r} is a {type(coco[key]).__name__}, expected a list')
+    if not coco['images']:
+        raise CocoAnnotationError(f'{path}: "images" is empty')
+
+    image_ids = _check_records(path, coco, 'images', ('id', 'file_name', 'height', 'width'))
+    category_ids = _check_records(path, coco, 'categories', ('id', 'name'))
+    _check_records(path, coco, 'annotations', ('id', 'image_id', 'category_id', 'bbox'))
+    for index, ann in enumerate(coco['annotations']):
+        where = f'{path}: annotations[{index}] (id {ann["id"]!r})'
+        if ann['image_id'] not in image_ids:
+            raise CocoAnnotationError(f'{where} refers to unknown image_id {ann["image_id"]!r}')
+        if ann['category_id'] not in category_ids:
+            raise CocoAnnotationError(f'{where} refers to unknown category_id {ann["category_id"]!r}')
+        bbox = ann['bbox']
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)
+                and bbox[2] >= 0 and bbox[3] >= 0):
+            raise CocoAnnotationError(f'{where} has a malformed bbox {bbox!r}; expected [x, y, w, h] with w, h >= 0')
+        seg = ann.get('segmentation')
+        if seg is not None and not isinstance(seg, list) and not (isinstance(seg, dict) and 'counts' in seg
+                                                                   and 'size' in seg):
+            raise CocoAnnotationError(f'{where} has a malformed segmentation; expected polygons or an RLE dict '
+                                      'with "counts" and "size"')
+    return coco
+
+
+def _join(root: str, path: str) -> str:
+    """Join like mmengine's BaseDataset: relative paths are taken relative to ``data_root``."""
+    return path if not root or osp.isabs(path) else osp.join(root, path)
+
+
+def _is_remote(path: str) -> bool:
+    return '://' in path
+
+
+def iter_leaf_datasets(dataset_cfg: Any) -> Iterator[dict]:
+    """Yield the leaf dataset configs under wrappers (ConcatDataset ``datasets``, RepeatDataset /
+    ClassBalancedDataset / MultiImageMixDataset ``dataset``)."""
+    if dataset_cfg is None:
+        return
+    if isinstance(dataset_cfg, (list, tuple)):
+        for item in dataset_cfg:
+            yield from iter_leaf_datasets(item)
+    elif 'datasets' in dataset_cfg:
+        yield from iter_leaf_datasets(dataset_cfg['datasets'])
+    elif 'dataset' in dataset_cfg:
+        yield from iter_leaf_datasets(dataset_cfg['dataset'])
+    else:
+        yield dataset_cfg
+
+
+def _check_ann_file(path: str, what: str) -> None:
+    if _is_remote(path):
+        return
+    if not osp.isfile(path):
+        raise CocoAnnotationError(f'annotation file not found: {path} ({what})')
+    if path.endswith('.json') and osp.getsize(path) <= MAX_PARSE_BYTES:
+        check_coco_annotations(path)
+
+
+def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset') -> List[str]:
+    """Check one leaf dataset config: its ``ann_file`` (COCO JSON checked in full) and ``data_prefix`` dirs.
+
+    Args:
+        dataset_cfg: a dataset config with optional ``data_root``, ``ann_file``, ``data_prefix``.
+        what: where the config comes from, used in messages (e.g. 'train_dataloader.dataset').
+
+    Returns:
+        the paths checked.
+
+    Raises:
+        DatasetCheckError: for a missing or malformed annotation file or a missing image directory.
+    """
+    root = dataset_cfg.get('data_root') or ''
+    if _is_remote(root):
+        return []
+    checked = []
+    ann_file = dataset_cfg.get('ann_file') or ''
+    if ann_file:
+        path = _join(root, ann_file)
+        _check_ann_file(path, what)
+        checked.append(path)
+    prefixes = dataset_cfg.get('data_prefix') or {}
+    for key, prefix in (prefixes.items() if isinstance(prefixes, dict) else []):
+        if not isinstance(prefix, str) or not (prefix or root):
+            continue
+        path = _join(root, prefix)
+        if not _is_remote(path) and not osp.isdir(path):
+            raise DatasetCheckError(f'image directory not found: {path} ({what}.data_prefix.{key})')
+        checked.append(path)
+    return checked
+
+
+def check_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 'test')) -> List[Tuple[str, str]]:
+    """Check every dataset and COCO evaluator annotation file of the given phases of a config.
+
+    For each phase, ``{phase}_dataloader.dataset`` is walked through dataset wrappers and each leaf is checked with
+    :func:`check_dataset_cfg`; an ``ann_file`` of ``{phase}_evaluator`` (e.g. CocoMetric) is checked too. Phases
+    whose dataloader is absent or None are skipped.
+
+    Args:
+        cfg: an mmengine Config (or dict).
+        phases: subset of ('train', 'val', 'test').
+
+    Returns:
+        (where, path) for every path checked.
+
+    Raises:
+        DatasetCheckError: naming the missing or malformed file or directory.
+    """
+    checked = []
+    for phase in phases:
+        loader = cfg.get(f'{phase}_dataloader')
+        if not loader:
+            continue
+        for index, leaf in enumerate(iter_leaf_datasets(loader.get('dataset'))):
+            what = f'{phase}_dataloader.dataset' + (f' #{index}' if index else '')
+            checked += [(what, p) for p in check_dataset_cfg(leaf, what)]
+        evaluators = cfg.get(f'{phase}_evaluator') or []
+        for metric in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
+            ann_file: Optional[str] = metric.get('ann_file') if isinstance(metric, dict) else None
+            if ann_file:
+                _check_ann_file(ann_file, f'{phase}_evaluator.ann_file')
+                checked.append((f'{phase}_evaluator', ann_file))
+    return checked
