@@ -97,7 +97,10 @@ class STViTR(BaseModule):
         layer_scale_init: initial layer scale of the semantic blocks.
         pad_mask: ``'correct'`` (default: every padded key masked), ``'official'`` (the released code's partial
             mask, to reproduce released checkpoints exactly) or ``'none'``.
-        attn_impl: ``'sdpa'`` (fused) or ``'reference'`` (written-out softmax attention).
+        attn_impl: ``'dense'`` (default: key regions as a dense mask over once-projected keys/values, fused
+            attention, nothing duplicated), ``'sdpa'`` (key regions gathered per window, fused attention) or
+            ``'reference'`` (gathered, written-out softmax: the oracle). Swin blocks use fused attention for both
+            fast paths. See ``layers/attention.py``.
         out_indices: stages whose outputs are returned.
         frozen_stages: -1 none; 0 the stem; k >= 1 the stem and stages 0..k-1 (with their patch merging and
             output norms). Frozen parts stay in eval mode after ``train()``.
@@ -124,7 +127,7 @@ class STViTR(BaseModule):
                  regions: Sequence[int] = (14, 21, 27),
                  layer_scale_init: float = 1e-5,
                  pad_mask: str = 'correct',
-                 attn_impl: str = 'sdpa',
+                 attn_impl: str = 'dense',
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1,
                  norm_eval: bool = False,

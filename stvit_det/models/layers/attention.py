@@ -94,7 +94,7 @@ class QKVAttention(nn.Module):
               where a region covers most of the source (the 27x27 recovery region at COCO sizes).
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_impl: str = 'sdpa') -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_impl: str = 'dense') -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')

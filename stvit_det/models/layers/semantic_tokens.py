@@ -29,7 +29,7 @@ class SemanticBlockBase(nn.Module):
     scales ``layer_scale_1/2`` (init 1e-5) applied before stochastic depth, as in the released code."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path: float = 0.0, layer_scale_init: float = 1e-5, attn_impl: str = 'sdpa') -> None:
+                 drop_path: float = 0.0, layer_scale_init: float = 1e-5, attn_impl: str = 'dense') -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = QKVAttention(dim, num_heads, qkv_bias, attn_impl)

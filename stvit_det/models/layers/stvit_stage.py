@@ -75,7 +75,7 @@ class STViTStage(nn.Module):
                  regions: Tuple[int, int, int] = (14, 21, 27),
                  layer_scale_init: float = 1e-5,
                  pad_mask: str = 'correct',
-                 attn_impl: str = 'sdpa',
+                 attn_impl: str = 'dense',
                  with_cp: bool = False) -> None:
         super().__init__()
         if len(drop_path) != len(pattern):

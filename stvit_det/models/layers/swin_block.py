@@ -30,11 +30,12 @@ class WindowAttention(nn.Module):
         window_size: ws.
         num_heads: h.
         qkv_bias: bias in ``qkv``.
-        attn_impl: ``'reference'`` (queries scaled first, as Swin) or ``'sdpa'``.
+        attn_impl: ``'reference'`` (queries scaled first, as Swin) or fused ``scaled_dot_product_attention``
+            (``'sdpa'`` and ``'dense'`` alike: a window has no region to gather).
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
-                 attn_impl: str = 'sdpa') -> None:
+                 attn_impl: str = 'dense') -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
@@ -92,7 +93,7 @@ class SwinBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift: int = 0, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop_path: float = 0.0, attn_impl: str = 'sdpa') -> None:
+                 qkv_bias: bool = True, drop_path: float = 0.0, attn_impl: str = 'dense') -> None:
         super().__init__()
         if not 0 <= shift < window_size:
             raise ValueError(f'shift {shift} must be in [0, window_size={window_size})')
