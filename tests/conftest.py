@@ -35,3 +35,25 @@ def randomize_(module: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
             else:
                 p.add_(torch.randn_like(p) * std)
     return module
+
+
+def assert_with_cp_parity(hw, **kwargs):
+    """Outputs, input gradients and parameter gradients of ``small_stvit(**kwargs)`` equal those of the same model
+    with ``with_cp=True`` (drop path on, the same random draws)."""
+    base = randomize_(small_stvit(drop_path_rate=0.2, **kwargs))
+    cp = small_stvit(drop_path_rate=0.2, with_cp=True, **kwargs)
+    cp.load_state_dict(base.state_dict())
+    x = torch.randn(2, 3, *hw)
+    results = []
+    for model in (base.train(), cp.train()):
+        torch.manual_seed(7)  # same drop-path draws
+        xi = x.clone().requires_grad_()
+        outs = model(xi)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        results.append((outs, xi.grad, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (o1, g1, p1), (o2, g2, p2) = results
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-7)
+    for n in p1:
+        torch.testing.assert_close(p1[n], p2[n], rtol=1e-4, atol=1e-7, msg=n)

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from stvit_det import STViTR
 from stvit_det.models.layers import DUMBBELL_UNIT
 
-from conftest import SMALL, randomize_, small_stvit
+from conftest import SMALL, assert_with_cp_parity, randomize_, small_stvit
 
 CHANNELS = {'tiny': (96, 192, 384, 768), 'small': (96, 192, 384, 768), 'base': (128, 256, 512, 1024)}
 
@@ -73,25 +73,7 @@ def test_every_parameter_gets_a_gradient():
 
 @pytest.mark.parametrize('hw', [(75, 90), (40, 33)])
 def test_with_cp_changes_nothing(hw):
-    base = randomize_(small_stvit(drop_path_rate=0.2))
-    cp = small_stvit(drop_path_rate=0.2, with_cp=True)
-    cp.load_state_dict(base.state_dict())
-    base.train()
-    cp.train()
-    x = torch.randn(2, 3, *hw)
-    results = []
-    for model in (base, cp):
-        torch.manual_seed(7)  # same drop-path draws
-        xi = x.clone().requires_grad_()
-        outs = model(xi)
-        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
-        results.append((outs, xi.grad, {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (o1, g1, p1), (o2, g2, p2) = results
-    for a, b in zip(o1, o2):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-7)
-    for n in p1:
-        torch.testing.assert_close(p1[n], p2[n], rtol=1e-4, atol=1e-7, msg=n)
+    assert_with_cp_parity(hw)
 
 
 def test_with_cp_is_used_in_every_stage(monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stvit_det import STViTR
-from stvit_det.utils.ckpt_convert import convert_to_stvit, detect_layout, extract_state_dict
+from stvit_det.utils.ckpt_convert import detect_layout, extract_state_dict
 
 from conftest import randomize_
 

@@ -18,7 +18,7 @@ from stvit_det.models.layers.stvit_stage import TOKENLEARNER_UNIT
 from stvit_det.models.layers.token_learner import padded_window_mask
 from stvit_det.models.layers.window_ops import window_partition
 
-from conftest import randomize_, small_stvit
+from conftest import assert_with_cp_parity, randomize_, small_stvit
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'stvit-r', 'mask-rcnn_tokenlearner-t_fpn_1x_coco.py')
@@ -139,23 +139,7 @@ def test_every_parameter_gets_a_gradient():
 
 @pytest.mark.parametrize('hw', [(75, 90), (40, 33)])
 def test_with_cp_changes_nothing(hw):
-    base = randomize_(small_stvit(sparsifier='tokenlearner', drop_path_rate=0.2))
-    cp = small_stvit(sparsifier='tokenlearner', drop_path_rate=0.2, with_cp=True)
-    cp.load_state_dict(base.state_dict())
-    x = torch.randn(2, 3, *hw)
-    results = []
-    for model in (base.train(), cp.train()):
-        torch.manual_seed(7)  # same drop-path draws
-        xi = x.clone().requires_grad_()
-        outs = model(xi)
-        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
-        results.append((outs, xi.grad, {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (o1, g1, p1), (o2, g2, p2) = results
-    for a, b in zip(o1, o2):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-7)
-    for n in p1:
-        torch.testing.assert_close(p1[n], p2[n], rtol=1e-4, atol=1e-7, msg=n)
+    assert_with_cp_parity(hw, sparsifier='tokenlearner')
 
 
 # ---------------------------------------------------------------------------------------------------- detector
