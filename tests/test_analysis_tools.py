@@ -83,15 +83,28 @@ def test_get_flops_script():
 def test_benchmark_script():
     out = _run('benchmark.py', OURS, SWIN, '--shape', '64', '96', '--batch-size', '2', '--warmup', '1', '--repeats',
                '2', '--device', 'cpu', '--threads', '1', '--mode', 'both')
-    assert 'CPU, 1 threads' in out and 'input 2x3x64x96, fp32' in out
+    assert 'CPU, 1 threads' in out and 'input Bx3x64x96' in out
     rows = _table(out)
-    assert [(r[0], r[1]) for r in rows] == [
-        ('mask-rcnn_stvit-r-t_fpn_1x_coco', 'backbone'), ('mmdet::mask-rcnn_swin-t-p4-w7_fpn_1x_coco', 'backbone'),
-        ('mask-rcnn_stvit-r-t_fpn_1x_coco', 'detector'), ('mmdet::mask-rcnn_swin-t-p4-w7_fpn_1x_coco', 'detector')]
-    for name, mode, latency, ips, mem, speedup, mem_ratio in rows:
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ('mask-rcnn_stvit-r-t_fpn_1x_coco', 'backbone', '2', 'fp32'),
+        ('mmdet::mask-rcnn_swin-t-p4-w7_fpn_1x_coco', 'backbone', '2', 'fp32'),
+        ('mask-rcnn_stvit-r-t_fpn_1x_coco', 'detector', '2', 'fp32'),
+        ('mmdet::mask-rcnn_swin-t-p4-w7_fpn_1x_coco', 'detector', '2', 'fp32')]
+    for name, mode, batch, dtype, latency, ips, mem, speedup, mem_ratio in rows:
         assert float(latency) > 0 and float(ips) == pytest.approx(2e3 / float(latency), rel=0.01, abs=0.006)
         assert float(mem) > 100  # MiB: the weights alone are ~105 (backbone) / ~182 (detector)
-    assert rows[0][5] == rows[0][6] == rows[2][5] == '1.00'
+    assert rows[0][7] == rows[0][8] == rows[2][7] == '1.00'
+
+
+def test_benchmark_sweeps_batch_sizes_and_dtypes_in_one_run():
+    out = _run('benchmark.py', OURS, SWIN, '--shape', '32', '48', '--batch-size', '1', '2', '--dtype', 'fp32', 'bf16',
+               '--warmup', '0', '--repeats', '1', '--device', 'cpu', '--threads', '1', '--mode', 'backbone')
+    rows = _table(out)
+    assert [(r[2], r[3]) for r in rows] == [(b, d) for b in '12' for d in ('fp32', 'bf16') for _ in range(2)]
+    for i in range(0, len(rows), 2):  # ratios are against the first config of the same batch / dtype
+        assert rows[i][7] == rows[i][8] == '1.00'
+        assert float(rows[i + 1][5]) == pytest.approx(int(rows[i + 1][2]) * 1e3 / float(rows[i + 1][4]), rel=0.01,
+                                                      abs=0.006)
 
 
 def test_missing_config_is_a_one_line_error():

@@ -4,6 +4,9 @@ for several configs in one run, with ratios against the first one.
     python tools/analysis/benchmark.py CONFIG [CONFIG ...] [--shape 800 1216] [--batch-size 1] [--dtype fp32]
         [--warmup 5] [--repeats 20] [--device cuda] [--compile] [--mode both] [--threads N] [--cfg-options k=v ...]
 
+``--batch-size`` and ``--dtype`` take several values (e.g. ``--batch-size 1 8 --dtype fp32 bf16``): every
+combination is measured in the same run and printed in one table.
+
 e.g. STViT-R-T against the stock mmdet Swin-T Mask R-CNN (its pretrained URL is never used: every ``init_cfg`` is
 dropped before building; weights are random)::
 
@@ -135,14 +138,14 @@ def cpu_peak_bytes(fn: Callable, net: torch.nn.Module, inputs: torch.Tensor) -> 
     return tracker.baseline + tracker.peak
 
 
-def bench_one(config: str, mode: str, args) -> Dict[str, float]:
+def bench_one(config: str, mode: str, batch_size: int, dtype_name: str, args) -> Dict[str, float]:
     cfg = load_config(config, args.cfg_options)
     torch.manual_seed(0)  # the same random weights and input whatever the position of the config in the list
     model = build_detector(cfg, 'cpu')
     net = model.backbone if mode == 'backbone' else model  # backbone mode: only the backbone goes to the device
     net.to(args.device)
-    inputs, samples = fake_batch(args.batch_size, args.shape, args.device)
-    dtype = DTYPES[args.dtype]
+    inputs, samples = fake_batch(batch_size, args.shape, args.device)
+    dtype = DTYPES[dtype_name]
 
     def call():
         with torch.no_grad(), _autocast(args.device, dtype):
@@ -170,15 +173,16 @@ def bench_one(config: str, mode: str, args) -> Dict[str, float]:
     del model, net
     if args.device == 'cuda':
         torch.cuda.empty_cache()
-    return dict(latency=latency, throughput=args.batch_size / latency, peak=peak)
+    return dict(latency=latency, throughput=batch_size / latency, peak=peak)
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Throughput, latency and peak memory: backbone and detector')
     parser.add_argument('configs', nargs='+', help='config files; `mmdet::path` picks a config shipped with mmdet')
     parser.add_argument('--shape', type=int, nargs=2, default=[800, 1216], metavar=('H', 'W'), help='input size')
-    parser.add_argument('--batch-size', type=int, default=1)
-    parser.add_argument('--dtype', choices=list(DTYPES), default='fp32', help='fp32, or autocast to bf16 / fp16')
+    parser.add_argument('--batch-size', type=int, nargs='+', default=[1], help='one or more batch sizes')
+    parser.add_argument('--dtype', choices=list(DTYPES), nargs='+', default=['fp32'],
+                        help='fp32, or autocast to bf16 / fp16; several values are measured in turn')
     parser.add_argument('--warmup', type=int, default=5, help='untimed calls first (compilation happens here)')
     parser.add_argument('--repeats', type=int, default=20, help='timed calls; the median is reported')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -190,16 +194,16 @@ def parse_args():
     args = parser.parse_args()
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device available')
-    if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1 or (args.threads is not None and args.threads < 1):
+    if args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1 or (args.threads is not None and args.threads < 1):
         parser.error('--repeats, --batch-size and --threads must be >= 1, --warmup >= 0')
     return args
 
 
-def _run_or_report(config: str, mode: str, args) -> Dict:
+def _run_or_report(config: str, mode: str, batch_size: int, dtype_name: str, args) -> Dict:
     """``bench_one``, or ``{'error': one line}`` when the model cannot run this way (e.g. mmcv's CPU NMS has no
     fp16 / bf16 kernel, so ``--mode detector`` needs fp32 on the CPU): the other rows are still measured."""
     try:
-        return bench_one(config, mode, args)
+        return bench_one(config, mode, batch_size, dtype_name, args)
     except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else ''
         print(f'{short_name(config)} ({mode}): {type(e).__name__}: {message}', file=sys.stderr)
@@ -211,30 +215,31 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = ['backbone', 'detector'] if args.mode == 'both' else [args.mode]
-    results = {(c, m): _run_or_report(c, m, args) for m in modes for c in args.configs}
+    settings = [(m, b, d) for m in modes for b in args.batch_size for d in args.dtype]
+    results = {(c, *st): _run_or_report(c, *st, args) for st in settings for c in args.configs}
 
     h, w = args.shape
     rows = []
-    for m in modes:
-        first = results[(args.configs[0], m)]
+    for m, b, d in settings:
+        first = results[(args.configs[0], m, b, d)]
         for c in args.configs:
-            r = results[(c, m)]
+            r = results[(c, m, b, d)]
             if 'error' in r:
-                rows.append([short_name(c), m, '-', '-', '-', '-', '-', r['error']])
+                rows.append([short_name(c), m, str(b), d, '-', '-', '-', '-', '-', r['error']])
                 continue
             ratios = ['-', '-'] if 'error' in first else [
                 f'{first["latency"] / r["latency"]:.2f}', f'{r["peak"] / first["peak"]:.2f}']
             rows.append([
-                short_name(c), m, f'{r["latency"] * 1e3:.1f}', f'{r["throughput"]:.2f}', f'{r["peak"] / 2**20:.0f}',
-                *ratios, ''
+                short_name(c), m, str(b), d, f'{r["latency"] * 1e3:.1f}', f'{r["throughput"]:.2f}',
+                f'{r["peak"] / 2**20:.0f}', *ratios, ''
             ])
     where = (torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads')
     memory = ('torch.cuda.max_memory_allocated' if args.device == 'cuda' else
               'CPU estimate: peak live tensor storage bytes, eager')
-    print(f'\n{where}; torch {torch.__version__}; input {args.batch_size}x3x{h}x{w}, {args.dtype}'
+    print(f'\n{where}; torch {torch.__version__}; input Bx3x{h}x{w}'
           f'{", torch.compile" if args.compile else ""}; median of {args.repeats} after {args.warmup} warm-up; '
-          f'memory: {memory}; ratios vs the first config (speed-up > 1 = faster)')
-    header = ['config', 'mode', 'latency (ms)', 'img/s', 'peak mem (MiB)', 'speed-up', 'mem ratio', 'error']
+          f'memory: {memory}; ratios vs the first config at the same mode / batch / dtype (speed-up > 1 = faster)')
+    header = ['config', 'mode', 'batch', 'dtype', 'latency (ms)', 'img/s', 'peak mem (MiB)', 'speed-up', 'mem ratio', 'error']
     failed = any('error' in r for r in results.values())
     print_table(header if failed else header[:-1], rows if failed else [r[:-1] for r in rows])
     if failed:
