@@ -157,12 +157,10 @@ class STViTR(BaseModule):
             raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3), got {out_indices}')
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f'frozen_stages must be in [-1, 4], got {frozen_stages}')
-        for i, (d, h) in enumerate(zip(depths, num_heads)):
+        for i, h in enumerate(num_heads):
             if (embed_dims * 2**i) % h:
                 raise ValueError(f'stage {i}: {embed_dims * 2**i} channels not divisible by {h} heads')
 
-        self.arch_depths = depths
-        self.embed_dims = embed_dims
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
