@@ -83,28 +83,56 @@ def test_get_flops_script():
 def test_benchmark_script():
     out = _run('benchmark.py', OURS, SWIN, '--shape', '64', '96', '--batch-size', '2', '--warmup', '1', '--repeats',
                '2', '--device', 'cpu', '--threads', '1', '--mode', 'both')
-    assert 'CPU, 1 threads' in out and 'input Bx3x64x96' in out
+    assert 'CPU, 1 threads' in out and 'inference' in out and 'interleaved' in out
     rows = _table(out)
-    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
-        ('mask-rcnn_stvit-r-t_fpn_1x_coco', 'backbone', '2', 'fp32'),
-        ('mmdet::mask-rcnn_swin-t-p4-w7_fpn_1x_coco', 'backbone', '2', 'fp32'),
-        ('mask-rcnn_stvit-r-t_fpn_1x_coco', 'detector', '2', 'fp32'),
-        ('mmdet::mask-rcnn_swin-t-p4-w7_fpn_1x_coco', 'detector', '2', 'fp32')]
-    for name, mode, batch, dtype, latency, ips, mem, speedup, mem_ratio in rows:
-        assert float(latency) > 0 and float(ips) == pytest.approx(2e3 / float(latency), rel=0.01, abs=0.006)
+    assert [tuple(r[:5]) for r in rows] == [
+        ('mask-rcnn_stvit-r-t_fpn_1x_coco', 'backbone', '64x96', '2', 'fp32'),
+        ('mmdet::mask-rcnn_swin-t-p4-w7_fpn_1x_coco', 'backbone', '64x96', '2', 'fp32'),
+        ('mask-rcnn_stvit-r-t_fpn_1x_coco', 'detector', '64x96', '2', 'fp32'),
+        ('mmdet::mask-rcnn_swin-t-p4-w7_fpn_1x_coco', 'detector', '64x96', '2', 'fp32')]
+    for name, mode, shape, batch, dtype, tmin, tmed, ips, mem, speedup, mem_ratio in rows:
+        assert 0 < float(tmin) <= float(tmed)
+        assert float(ips) == pytest.approx(2e3 / float(tmed), rel=0.01, abs=0.006)
         assert float(mem) > 100  # MiB: the weights alone are ~105 (backbone) / ~182 (detector)
-    assert rows[0][7] == rows[0][8] == rows[2][7] == '1.00'
+    assert rows[0][9] == rows[2][9] == '1.00 / 1.00' and rows[0][10] == rows[2][10] == '1.00'
+    by_min, by_median = (float(v) for v in rows[1][9].split(' / '))  # first config's time / this config's time
+    assert by_min == pytest.approx(float(rows[0][5]) / float(rows[1][5]), abs=0.011)
+    assert by_median == pytest.approx(float(rows[0][6]) / float(rows[1][6]), abs=0.011)
 
 
-def test_benchmark_sweeps_batch_sizes_and_dtypes_in_one_run():
-    out = _run('benchmark.py', OURS, SWIN, '--shape', '32', '48', '--batch-size', '1', '2', '--dtype', 'fp32', 'bf16',
-               '--warmup', '0', '--repeats', '1', '--device', 'cpu', '--threads', '1', '--mode', 'backbone')
+def test_benchmark_sweeps_shapes_batch_sizes_and_dtypes_in_one_run():
+    out = _run('benchmark.py', OURS, SWIN, '--shape', '32', '48', '--shape', '40', '40', '--batch-size', '1', '2',
+               '--dtype', 'fp32', 'bf16', '--warmup', '0', '--repeats', '1', '--device', 'cpu', '--threads', '1',
+               '--mode', 'backbone', '--no-memory')
     rows = _table(out)
-    assert [(r[2], r[3]) for r in rows] == [(b, d) for b in '12' for d in ('fp32', 'bf16') for _ in range(2)]
-    for i in range(0, len(rows), 2):  # ratios are against the first config of the same batch / dtype
-        assert rows[i][7] == rows[i][8] == '1.00'
-        assert float(rows[i + 1][5]) == pytest.approx(int(rows[i + 1][2]) * 1e3 / float(rows[i + 1][4]), rel=0.01,
+    assert [(r[2], r[3], r[4]) for r in rows] == [(s, b, d) for s in ('32x48', '40x40') for b in '12'
+                                                  for d in ('fp32', 'bf16') for _ in range(2)]
+    for i in range(0, len(rows), 2):  # ratios are against the first config of the same setting
+        assert rows[i][9] == '1.00 / 1.00'
+        assert float(rows[i + 1][7]) == pytest.approx(int(rows[i + 1][3]) * 1e3 / float(rows[i + 1][6]), rel=0.01,
                                                       abs=0.006)
+
+
+def test_benchmark_training_step_with_profile():
+    """--train times forward + loss + backward of the backbone and of the detector's loss (fake boxes and masks),
+    with the activations in the memory estimate; --profile lists every stage and block kind of each backbone."""
+    out = _run('benchmark.py', OURS, SWIN, '--shape', '64', '96', '--warmup', '0', '--repeats', '1', '--device',
+               'cpu', '--threads', '1', '--mode', 'both', '--train', '--profile')
+    assert 'training step (forward + loss + backward)' in out
+    tables = out.split('Per stage / block kind')
+    rows, profile = _table(tables[0]), _table(tables[1])
+    assert [r[1] for r in rows] == ['backbone', 'backbone', 'detector', 'detector']
+    infer = _table(_run('benchmark.py', OURS, '--shape', '64', '96', '--warmup', '0', '--repeats', '1',
+                        '--device', 'cpu', '--threads', '1', '--mode', 'backbone'))
+    assert float(rows[0][8]) > float(infer[0][8])  # a training step keeps activations and gradients
+    ours = {r[5]: r for r in profile if r[0] == 'mask-rcnn_stvit-r-t_fpn_1x_coco' and r[1] == 'backbone'}
+    for part in ('stem', 'stage 1', 'stage 3 / generate', 'stage 3 / refine', 'stage 3 / recover',
+                 'stage 3 / global', 'stage 4 / shifted'):
+        assert float(ours[part][6]) > 0, part
+    assert float(ours['stage 3 / recover'][7]) > 0  # the attention inside the recovery block
+    assert float(ours['stage 3 / recover'][7]) < float(ours['stage 3 / recover'][6])
+    swin = [r for r in profile if r[0].startswith('mmdet::') and r[1] == 'backbone']
+    assert any(r[5] == 'stage 3 / SwinBlock' for r in swin)
 
 
 def test_missing_config_is_a_one_line_error():

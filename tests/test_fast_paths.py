@@ -1,10 +1,17 @@
-"""Every fast attention path equals the reference path (outputs and gradients, both pad_mask modes, odd sizes),
-and half precision stays finite."""
+"""Every attention path equals the reference path (outputs, input and parameter gradients; fp32, relative <= 1e-4;
+every pad_mask mode, odd sizes, chunked or not), half precision stays finite, torch.compile sees one graph, the
+automatic choice picks by the cost model, and the CPU inference shortcuts (chunking, the folded stem, the MLP's
+recomputed GELU) change nothing."""
 import pytest
 import torch
+import torch.nn as nn
+from timm.layers import Mlp as TimmMlp
 
-from stvit_det.models.layers.attention import ATTN_IMPLS, densify_region_bias
-from stvit_det.models.layers.window_ops import region_index, region_key_bias
+from stvit_det.models.layers import chunking, tiled_attention
+from stvit_det.models.layers.attention import ATTN_IMPLS, Region, choose_region_impl, densify_region_bias
+from stvit_det.models.layers.mlp import Mlp
+from stvit_det.models.layers.swin_block import SwinBlock
+from stvit_det.models.layers.window_ops import region_index, region_key_bias, region_tiles
 
 from conftest import randomize_, small_stvit
 
@@ -18,20 +25,92 @@ def _run(model, x):
     return outs, x.grad, {n: p.grad for n, p in model.named_parameters()}
 
 
+def _max_rel(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def _norm_rel(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def assert_paths_equal(impl, mode, hw, batch=2, **kwargs):
+    ref = randomize_(small_stvit(attn_impl='reference', pad_mask=mode, **kwargs))
+    fast = small_stvit(attn_impl=impl, pad_mask=mode, **kwargs)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(batch, 3, *hw)
+    (o1, g1, p1), (o2, g2, p2) = _run(ref, x), _run(fast, x)
+    for a, b in zip(o2, o1):
+        assert _max_rel(a, b) <= 1e-4
+    assert _max_rel(g2, g1) <= 1e-4
+    for n in p1:
+        assert _norm_rel(p2[n], p1[n]) <= 1e-4, n
+
+
 @pytest.mark.parametrize('impl', FAST)
-@pytest.mark.parametrize('mode', ['correct', 'official'])
+@pytest.mark.parametrize('mode', ['correct', 'official', 'none'])
 @pytest.mark.parametrize('hw', [(93, 117), (56, 56), (30, 45)])
 def test_fast_path_equals_reference(impl, mode, hw):
-    ref = randomize_(small_stvit(attn_impl='reference', pad_mask=mode))
-    fast = small_stvit(attn_impl=impl, pad_mask=mode)
-    fast.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 3, *hw)
-    (o1, g1, p1), (o2, g2, p2) = _run(ref, x), _run(fast, x)
-    for a, b in zip(o1, o2):
-        assert float((a - b).abs().max() / a.abs().max()) <= 1e-4
-    assert float((g1 - g2).abs().max() / g1.abs().max()) <= 1e-4
-    for n in p1:
-        assert float((p1[n] - p2[n]).abs().max() / p1[n].abs().max().clamp_min(1e-12)) <= 1e-3, n
+    """(93, 117): stage-3 map 6x8, both dims padded; (56, 56): 4x4, nothing padded ('official' masks every key);
+    (30, 45): 2x3, smaller than one window."""
+    assert_paths_equal(impl, mode, hw)
+
+
+@pytest.mark.parametrize('mode', ['correct', 'official', 'none'])
+def test_tiled_in_small_chunks_equals_reference(mode, monkeypatch):
+    """Chunks of one tile row: chunk edges cut through images and heads, and rows near the edges skip region
+    rows outside the grid."""
+    monkeypatch.setattr(tiled_attention, 'CHUNK_BYTES', 1)
+    assert_paths_equal('tiled', mode, (150, 122), batch=2)
+
+
+def test_tiled_attention_backward_matches_autograd():
+    """The hand-written backward equals autograd through the same forward (double precision)."""
+    torch.manual_seed(3)
+    geo = tiled_attention.TileGeometry(T=4, R=3, slabs=(4, 12, 20), rows=2, row_windows=2, tiles_above=1, step=1)
+    Q, Nq, d = 8, 3, 5  # 2 heads x 2 x 2 windows
+    L = 4 * (Q + 8)
+    q, k, v = (torch.randn(*s, dtype=torch.double, requires_grad=True) for s in [(Q, Nq, d), (L, d), (L, d)])
+    kb, vb = (torch.randn(Q, 1, d, dtype=torch.double, requires_grad=True) for _ in range(2))
+    bias = torch.randn(Q, 3 * 12 + 1, dtype=torch.double)
+    bias[::3, :5] = float('-inf')
+    assert torch.autograd.gradcheck(lambda *t: tiled_attention.tiled_attention(*t, bias, geo), (q, k, v, kb, vb))
+
+
+def test_region_tiles_cover_exactly_the_regions():
+    """Every unmasked tile slot is a key of the window's region (as ``region_index`` lists it) and every region key
+    inside the grid is reached exactly once; outer-border positions outside the tile grid are counted by the
+    border key."""
+    for (gh, gw, unit, kernel) in [(14, 21, 7, 14), (14, 21, 7, 21), (6, 12, 3, 27), (21, 7, 7, 21)]:
+        lay = region_tiles(gh, gw, unit, kernel, 'none', gh, gw, 0, 0)
+        index, rows, cols = region_index(gh, gw, unit, kernel)
+        th, tw = lay.grid
+        nh, nw = lay.windows
+        T, R = unit * unit, lay.tiles
+        for w in range(nh * nw):
+            i, j = divmod(w, nw)
+            f = i * tw + j
+            seen = []
+            for a in range(R):
+                for b in range(R):
+                    for t in range(T):
+                        slot = (a * R + b) * T + t
+                        if lay.bias[f, slot] == float('-inf'):
+                            continue
+                        ti, tj = i - lay.tiles_above + a, j - lay.tiles_above + b
+                        r = unit * ti - lay.shift + t // unit
+                        c = unit * tj - lay.shift + t % unit
+                        seen.append((r, c))
+            expected = list(zip(rows[w].tolist(), cols[w].tolist()))
+            inside = [(r, c) for r, c in expected if 0 <= r < gh and 0 <= c < gw]
+            assert sorted(p for p in seen if 0 <= p[0] < gh and 0 <= p[1] < gw) == sorted(inside)
+            n_border = len(expected) - len(seen)
+            if lay.border_bias is None:
+                assert n_border == 0
+            else:
+                # rows are shifted by their largest bias; relative to an in-grid key ('none': bias 0) the border
+                # key carries log(#positions)
+                relative = lay.border_bias[f] - lay.bias[f].max()
+                assert torch.isclose(relative, torch.tensor(float(n_border)).log()) or (n_border == 0 and relative < -1e30)
 
 
 @pytest.mark.parametrize('mode', ['correct', 'official', 'none'])
@@ -53,6 +132,18 @@ def test_dense_bias_counts_border_copies(mode):
         expected = {'none': torch.tensor(float(n_border)).log(), 'correct': torch.tensor(float('-inf')),
                     'official': torch.tensor(float(n_border)).log() - 1000}[mode]
         assert torch.isclose(dense[w, -1], expected) or (dense[w, -1] == expected)
+
+
+def test_auto_choice_follows_the_cost_model():
+    """Dense where a region covers most of the source (recovery at COCO sizes), tiled where it does not
+    (generation / refinement, recovery on large maps), dense where regions do not split into tiles."""
+    def region(grid, unit, kernel):
+        return Region(grid, unit, kernel, 'correct', grid, (0, 0))
+    assert choose_region_impl(region((24, 33), 3, 27), 49) == 'dense'  # recovery, 800x1216
+    assert choose_region_impl(region((36, 54), 3, 27), 49) == 'tiled'  # recovery, 1344x2016
+    assert choose_region_impl(region((56, 77), 7, 14), 9) == 'tiled'  # generation, 800x1216
+    assert choose_region_impl(region((14, 14), 7, 21), 9) == 'dense'  # refinement at 224x224: the whole map
+    assert choose_region_impl(region((56, 77), 7, 15), 9) == 'dense'  # 15 is not a multiple of 7
 
 
 @pytest.mark.parametrize('impl', ATTN_IMPLS)
@@ -87,3 +178,54 @@ def test_compiles_as_one_graph(impl):
         for a, b in zip(model(x), compiled(x)):
             torch.testing.assert_close(a, b)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize('shift', [0, 3])
+def test_chunked_inference_changes_nothing(shift, monkeypatch):
+    """Swin block (window attention, MLP) in CPU inference: tiny chunks give the outputs of one big chunk."""
+    blk = randomize_(SwinBlock(16, 2, 7, shift)).eval()
+    x = torch.randn(2, 23, 30, 16)
+    with torch.no_grad():
+        whole, _ = blk(x)
+        monkeypatch.setattr(chunking, 'CHUNK_BYTES', 1)
+        assert chunking.should_chunk(x)
+        pieces, _ = blk(x)
+    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_recomputing_gelu_equals_timm_mlp():
+    """Same outputs and gradients as timm's Mlp (which keeps GELU's output), also under bf16 autocast."""
+    ref, ours = TimmMlp(16, 64), Mlp(16, 64)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    grads = []
+    for m in (ref, ours):
+        y = m(x)
+        grads.append((y, *torch.autograd.grad(y.pow(2).sum(), [x, *m.parameters()])))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = ours(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert ours.fc2.weight.grad.dtype == torch.float32 and torch.isfinite(ours.fc1.weight.grad).all()
+
+
+def test_folded_stem_equals_conv_bn_hardswish():
+    """Eval: BN folded into the convolutions, channels-last, Hardswish in place = the plain module sequence."""
+    model = randomize_(small_stvit()).eval()
+    with torch.no_grad():
+        for m in model.patch_embed.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 61, 90)
+    with torch.no_grad():
+        plain = model.patch_embed.proj(nn.functional.pad(x, (0, 2, 0, 3))).permute(0, 2, 3, 1)
+        folded = model.patch_embed(x)
+    assert folded.is_contiguous()
+    torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-5)
+    # with autograd (a frozen stem that still passes gradients): same values, gradients reach the input
+    xg = x.clone().requires_grad_()
+    model.patch_embed(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()

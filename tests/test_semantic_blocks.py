@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stvit_det.models.layers import SemanticTokenBlock, SemanticTokenGenerator, SpatialRecovery
+from stvit_det.models.layers import ATTN_IMPLS, SemanticTokenBlock, SemanticTokenGenerator, SpatialRecovery
 from stvit_det.models.layers.window_ops import window_partition, window_reverse
 
 from conftest import randomize_
@@ -101,7 +101,7 @@ def _close(a, b):
 @pytest.mark.parametrize('hw', SIZES)
 @pytest.mark.parametrize('mode', ['correct', 'official', 'none'])
 @pytest.mark.parametrize('kind,region', [('generate', 14), ('refine', 21)])
-@pytest.mark.parametrize('impl', ['reference', 'sdpa'])
+@pytest.mark.parametrize('impl', ATTN_IMPLS)
 def test_generator_matches_naive_oracle(hw, mode, kind, region, impl):
     blk = randomize_(SemanticTokenGenerator(C, HEADS, WS, SS, region, generate=kind == 'generate', pad_mask=mode,
                                             attn_impl=impl))
@@ -114,7 +114,7 @@ def test_generator_matches_naive_oracle(hw, mode, kind, region, impl):
 
 @pytest.mark.parametrize('hw', SIZES)
 @pytest.mark.parametrize('mode', ['correct', 'official', 'none'])
-@pytest.mark.parametrize('impl', ['reference', 'sdpa'])
+@pytest.mark.parametrize('impl', ATTN_IMPLS)
 def test_recovery_matches_naive_oracle(hw, mode, impl):
     blk = randomize_(SpatialRecovery(C, HEADS, WS, SS, 27, pad_mask=mode, attn_impl=impl))
     x, s = torch.randn(2, *hw, C), _grid(*hw)

@@ -1,61 +1,188 @@
-"""Convert Swin (official / timm / mmdet layout) or STViT-R checkpoints into an STViTR backbone state dict.
+"""Convert checkpoints for stvit_det: backbone weights, whole released detectors, ImageNet classifiers.
+
+Backbone (default): Swin (official / timm / mmdet layout) or STViT-R weights -> an STViTR state dict::
 
     python tools/convert_ckpt.py swin_small_patch4_window7_224.pth stvit-r-s_from-swin.pth --arch small
 
-The output holds ``{'state_dict': ..., 'meta': {...}}`` and loads with
-``model.backbone.init_cfg=dict(type='Pretrained', checkpoint=OUT)``. Every source key without a counterpart and
-every STViTR key the source cannot fill is printed. The conversion itself is
-``stvit_det.utils.ckpt_convert.convert_to_stvit`` (also used by ``STViTR.init_weights``).
+Detector (``--detector CONFIG``): an MMDetection 2.x STViT-R detector checkpoint (the released Cascade Mask
+R-CNNs, mmdet 2.11) -> an MMDetection 3.x checkpoint for CONFIG, checked tensor by tensor against the model CONFIG
+builds (every missing, unexpected or reshaped tensor is named; any of them is an error) and against its class
+order::
+
+    python tools/convert_ckpt.py --detector \\
+        configs/stvit-r/cascade-mask-rcnn_stvit-r-s-released_fpn_4conv1fc-giou_ms-crop-3x_coco.py RELEASED.pth OUT.pth
+
+Classifier (``--classifier CONFIG``): an official STViT-R ImageNet checkpoint (backbone keys, ``norm``, ``head``)
+or a classifier checkpoint -> an MMPretrain ``ImageClassifier`` checkpoint for CONFIG, checked the same way;
+``--drop-head`` keeps the backbone only (fine-tuning on other classes)::
+
+    python tools/convert_ckpt.py --classifier configs/stvit-r-cls/stvit-r-s-released_16xb64_in1k.py \\
+        STViT-R-Swin-S.pth OUT.pth
+
+Outputs hold ``{'state_dict': ..., 'meta': {...}}``: a backbone file loads with
+``model.backbone.init_cfg=dict(type='Pretrained', checkpoint=OUT)``, a detector or classifier file with
+``tools/test.py CONFIG OUT`` (or ``load_from=OUT``). The conversions are the pure functions of
+``stvit_det.utils.ckpt_convert``.
 """
 import argparse
+import copy
+import functools
 import os
 import sys
 
 import torch
 
-import stvit_det  # noqa: F401
+import stvit_det  # noqa: F401  (registers STViTR, also into the installed toolboxes)
 from stvit_det import STViTR
-from stvit_det.utils import allow_mmengine_checkpoints
-from stvit_det.utils.ckpt_convert import convert_to_stvit
+from stvit_det.toolboxes.scope import drop_init_cfgs
+from stvit_det.utils.ckpt_convert import (compare_state_dicts, convert_to_stvit, describe_mismatch,
+                                          detector_2x_to_3x, drop_classifier_head, imagenet_to_classifier)
+from stvit_det.utils.ckpt_file import CheckpointError, head_classes_error, read_checkpoint
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('src', help='source checkpoint (.pth)')
     p.add_argument('dst', help='output checkpoint (.pth)')
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument('--detector', metavar='CONFIG', help='convert a whole MMDetection 2.x detector for CONFIG')
+    mode.add_argument('--classifier', metavar='CONFIG', help='convert an ImageNet classifier for CONFIG')
+    p.add_argument('--drop-head', action='store_true', help='with --classifier: keep the backbone only')
     p.add_argument('--arch', default='tiny', choices=['tiny', 'small', 'base'], help='target STViTR variant')
     p.add_argument('--no-sparsify', action='store_true', help='target has plain Swin blocks in stage 3')
     p.add_argument('--stem', default='conv', choices=['conv', 'patch'], help='target stem')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.drop_head and not args.classifier:
+        p.error('--drop-head goes with --classifier CONFIG')
+    return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if not os.path.isfile(args.src):
-        sys.exit(f'convert_ckpt: source checkpoint not found: {args.src}')
-    allow_mmengine_checkpoints()
+@functools.lru_cache(maxsize=4)
+def build_model(config: str):
+    """The model of CONFIG (random weights, nothing loaded) and the config, in the config's default scope. Only its
+    tensor names and shapes are used; cached per config path within a process (the tests call :func:`main` often)."""
+    from mmengine.registry import MODELS
+
+    from stvit_det.toolboxes.scope import ToolboxMissingError, config_scope, init_toolbox_scope, load_config
+
+    if not os.path.isfile(config):
+        raise CheckpointError(f'config file not found: {config}')
     try:
-        ckpt = torch.load(args.src, map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report any unreadable file by name
-        sys.exit(f'convert_ckpt: cannot read {args.src}: {type(e).__name__}: {e}')
+        cfg = load_config(config)
+    except ToolboxMissingError as e:
+        raise CheckpointError(str(e)) from None
+    init_toolbox_scope(config_scope(cfg))  # the registry of the config's toolbox, as the Runner uses
+    model_cfg = copy.deepcopy(cfg.model)
+    drop_init_cfgs(model_cfg)
+    return MODELS.build(model_cfg), cfg
+
+
+def dataset_classes(cfg):
+    """Class names of the config's test dataset: its ``metainfo`` or its class's ``METAINFO`` (None if unknown)."""
+    from mmengine.registry import DATASETS
+
+    dataset = cfg.get('test_dataloader', {}).get('dataset', {})
+    while 'dataset' in dataset:  # wrappers
+        dataset = dataset['dataset']
+    classes = (dataset.get('metainfo') or {}).get('classes')
+    if classes is None and isinstance(dataset.get('type'), str):
+        scope = dataset.get('_scope_') or cfg.get('default_scope', 'mmdet')
+        cls = DATASETS.get(f'{scope}.{dataset["type"]}')
+        classes = getattr(cls, 'METAINFO', {}).get('classes') if cls is not None else None
+    return None if classes is None else tuple(classes)
+
+
+def check_against_model(sd, model, source: str, allow_missing=()) -> dict:
+    """Names and shapes of ``sd`` against ``model``; raises CheckpointError naming every misfit."""
+    report = compare_state_dicts(sd, {k: v.shape for k, v in model.state_dict().items()})
+    report['missing'] = [k for k in report['missing'] if not k.startswith(tuple(allow_missing))]
+    problem = describe_mismatch(report)
+    if problem:
+        raise CheckpointError(f'{source} does not fit the config\'s model. {problem}')
+    return report
+
+
+def convert_detector(args):
+    ckpt = read_checkpoint(args.src)
+    try:
+        sd, meta = detector_2x_to_3x(ckpt)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f'{args.src}: {e}') from None
+    model, cfg = build_model(args.detector)
+    report = check_against_model(sd, model, args.src)
+    ours = dataset_classes(cfg)
+    theirs = meta.get('dataset_meta', {}).get('classes')
+    if theirs is not None and ours is not None and tuple(theirs) != ours:
+        diff = [f'{i}: {a!r} vs {b!r}' for i, (a, b) in enumerate(zip(theirs, ours)) if a != b][:5]
+        raise CheckpointError(f'{args.src}: its {len(theirs)} classes are not the config\'s {len(ours)} classes in '
+                              f'the same order (checkpoint vs config: {", ".join(diff) or "different lengths"})')
+    meta.update(source=os.path.basename(args.src), config=os.path.basename(args.detector))
+    return sd, meta, report
+
+
+def convert_classifier(args):
+    ckpt = read_checkpoint(args.src)
+    try:
+        sd, info = imagenet_to_classifier(ckpt)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f'{args.src}: {e}') from None
+    model, cfg = build_model(args.classifier)
+    if args.drop_head:
+        sd = drop_classifier_head(sd)
+    else:
+        error = head_classes_error(cfg.model, {'state_dict': sd}, args.src)
+        if error:
+            raise CheckpointError(error)
+    report = check_against_model(sd, model, args.src, allow_missing=('head.', ) if args.drop_head else ())
+    report['dropped'] = info['dropped']
+    meta = dict(source=os.path.basename(args.src), source_layout=info['layout'],
+                config=os.path.basename(args.classifier), head_dropped=args.drop_head)
+    return sd, meta, report
+
+
+def convert_backbone(args):
+    ckpt = read_checkpoint(args.src)
     sparsify = not args.no_sparsify
     model = STViTR(arch=args.arch, sparsify=sparsify, stem=args.stem)
     try:
         sd, report = convert_to_stvit(ckpt, sparsify=sparsify, patch_stem=args.stem == 'patch')
         loaded = model.load_pretrained(sd, source=args.src)  # validates names and shapes
-        report.update(missing=loaded['missing'], unexpected=loaded['unexpected'])
     except (TypeError, ValueError) as e:
-        sys.exit(f'convert_ckpt: {args.src}: {e}')
-    os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
+        raise CheckpointError(f'{args.src}: {e}') from None
+    report.update(missing=loaded['missing'], unexpected=loaded['unexpected'])
     meta = dict(source=os.path.basename(args.src), source_layout=report['layout'], arch=args.arch,
                 missing=report['missing'], dropped=report['dropped'])
-    torch.save(dict(state_dict=sd, meta=meta), args.dst)  # only converted tensors: the rest keeps its init
+    return sd, meta, report
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if args.detector:
+            sd, meta, report = convert_detector(args)
+        elif args.classifier:
+            sd, meta, report = convert_classifier(args)
+        else:
+            sd, meta, report = convert_backbone(args)
+    except CheckpointError as e:
+        sys.exit(f'convert_ckpt: error: {e}')
+    os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
+    torch.save(dict(state_dict=sd, meta=meta), args.dst)
+    if args.detector or args.classifier:
+        print(f'{args.src} -> {args.dst}: {len(sd)} tensors; {len(report["missing"])} missing, '
+              f'{len(report["unexpected"])} unexpected, {len(report["mismatched"])} reshaped against '
+              f'{args.detector or args.classifier}' + (' (head dropped)' if args.drop_head else ''))
+        for k in report.get('dropped', []):
+            print(f'  dropped (recomputed buffer): {k}')
+        return report
+    # backbone: only converted tensors are written; the rest keeps its initialisation
     print(f'{args.src} ({report["layout"]}) -> {args.dst}: {len(report["missing"])} STViTR keys not in the source '
           f'(they keep their initialisation), {len(report["dropped"])} source keys without counterpart, '
           f'{report["split_qkv"]} qkv tensors split into q/kv')
     for name in ('missing', 'unexpected', 'dropped'):
         for k in report[name]:
             print(f'  {name}: {k}')
+    return report
 
 
 if __name__ == '__main__':

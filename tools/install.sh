@@ -53,10 +53,28 @@ fi
 # demo data source: stardist ships the nuclei image + label mask; read by path, never imported (no TensorFlow)
 "${pip[@]}" "${con[@]}" --no-deps -r "$req/demo.txt"
 
+# --- MMPretrain (ImageNet classification with STViTR: configs/stvit-r-cls, stvit_det/toolboxes/mmpretrain_glue.py) ---
+"${pip[@]}" "${con[@]}" -r "$req/mmpretrain.txt"
+# --- end MMPretrain ---
+
 # torchvision start-up hook (see 3. above)
 site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 cp "$root/tools/_tv_cpu_fix.py" "$site/_stvit_tv_cpu_fix.py"
 echo "import _stvit_tv_cpu_fix" > "$site/_stvit_tv_cpu_fix.pth"
+
+# --- MMSegmentation (semantic segmentation with STViTR: configs/stvit-r-seg, stvit_det/toolboxes/mmseg_glue.py) ---
+# mmseg 1.2.2 accepts mmcv 2.1.0; it imports ftfy / regex without declaring them (requirements/seg.txt). Checked
+# here with its models, datasets and visualiser imported (after the torchvision hook above: mmseg.models needs it).
+"${pip[@]}" "${con[@]}" -r "$req/seg.txt"
+"$py" -c "import mmseg, mmseg.models, mmseg.datasets, mmseg.visualization; print('[install] mmseg', mmseg.__version__)"
+# --- end MMSegmentation ---
+
+# --- ONNX export (stvit_det/deployment, tools/deployment/export_onnx.py): onnx, onnxruntime, onnxscript ---
+# Direct export, not MMDeploy: mmdeploy 1.3.1 pins protobuf<=3.20.2 (onnx 1.23 / onnxruntime 1.32 need newer), calls
+# torch.onnx.export with torch 2.13's dynamo default and imports torch.onnx internals that are gone (see README).
+"${pip[@]}" "${con[@]}" -r "$req/deploy.txt"
+"$py" -c "import onnx, onnxruntime; print('[install] onnx', onnx.__version__, 'onnxruntime', onnxruntime.__version__)"
+# --- end ONNX export ---
 
 "${pip[@]}" "${con[@]}" --no-deps --no-build-isolation -e "$root"
 

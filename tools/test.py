@@ -1,11 +1,17 @@
-"""Test (and evaluate) a detector checkpoint with an stvit_det config (the shape of MMDetection 3.3's
-``tools/test.py``).
+"""Test (and evaluate) a checkpoint with an stvit_det config (the shape of MMDetection 3.3's ``tools/test.py``).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl] [--show-dir DIR] [--cfg-options ...]
 
-The only additions to mmdet's script: ``import stvit_det`` (registers STViTR), allow-listing the classes mmengine
-stores in checkpoints for ``torch.load(weights_only=True)``, and early checks of the config, the checkpoint and the
-test dataset that end with a one-line message.
+Any toolbox's config: the config's ``default_scope`` decides (mmdet detectors, mmseg segmentors). The additions to
+mmdet's script: ``import stvit_det`` (registers STViTR into every installed toolbox), allow-listing the classes
+mmengine stores in checkpoints for ``torch.load(weights_only=True)``, early checks of the config (its toolbox
+installed), the checkpoint and the test dataset that end with a one-line message; and for mmseg configs what
+mmseg's own ``tools/test.py`` does differently: ``--show-dir`` switches on its ``SegVisualizationHook`` (image,
+ground truth and prediction painted by ``SegLocalVisualizer``, PNGs under ``WORK_DIR/TIMESTAMP/SHOW_DIR``).
+``--out`` dumps the raw predictions (``DetDataSample`` / ``SegDataSample``) to a pickle for every toolbox.
+MMPretrain classifiers (``configs/stvit-r-cls``) run the same way. The checkpoint is checked before the
+Runner starts: an unreadable file, or a classifier head with another number of classes than the config's,
+ends with one line (``stvit_det.utils.ckpt_file``).
 """
 import argparse
 import os
@@ -14,17 +20,20 @@ import os.path as osp
 from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
 from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import ConfigDict, DictAction
+from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import stvit_det  # noqa: F401  (registers STViTR)
-from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs
+from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs, check_seg_dataset_cfgs
+from stvit_det.toolboxes.scope import ToolboxMissingError, config_scope, load_config
 from stvit_det.utils import allow_mmengine_checkpoints, prepare_cpu_distributed
+from stvit_det.utils.ckpt_file import CheckpointError, check_checkpoint_for_config
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='MMDet test (and eval) a model')
+    parser = argparse.ArgumentParser(description='Test (and eval) a detector or segmentor')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument(
@@ -54,6 +63,20 @@ def parse_args():
     return args
 
 
+def trigger_seg_visualization_hook(cfg, args):
+    """mmseg's ``--show`` / ``--show-dir``: its ``SegVisualizationHook`` draws, the visualiser saves under the dir."""
+    hook = cfg.default_hooks.get('visualization')
+    if hook is None:
+        raise SystemExit('test.py: error: --show / --show-dir need `default_hooks.visualization` in the config')
+    hook['draw'] = True
+    if args.show:
+        hook['show'] = True
+        hook['wait_time'] = args.wait_time
+    if args.show_dir:
+        cfg.visualizer['save_dir'] = args.show_dir
+    return cfg
+
+
 def main():
     args = parse_args()
     if not osp.isfile(args.config):
@@ -67,8 +90,12 @@ def main():
     # Reduce the number of repeated compilations and improve testing speed.
     setup_cache_size_limit_of_dynamo()
 
-    # load config
-    cfg = Config.fromfile(args.config)
+    # load config (a clear message when its toolbox, e.g. mmseg, is not installed)
+    try:
+        cfg = load_config(args.config)
+    except ToolboxMissingError as e:
+        raise SystemExit(f'test.py: error: {e}') from None
+    scope = config_scope(cfg)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -83,7 +110,7 @@ def main():
     cfg.load_from = args.checkpoint
 
     if args.show or args.show_dir:
-        cfg = trigger_visualization_hook(cfg, args)
+        cfg = trigger_seg_visualization_hook(cfg, args) if scope == 'mmseg' else trigger_visualization_hook(cfg, args)
 
     if args.tta:
         if 'tta_model' not in cfg:
@@ -97,7 +124,15 @@ def main():
     # fail early, in one line, on missing / malformed annotation files and image directories
     try:
         check_dataset_cfgs(cfg, phases=('test', ))
+        check_seg_dataset_cfgs(cfg, phases=('test', ))
     except DatasetCheckError as e:
+        raise SystemExit(f'test.py: error: {e}') from None
+
+    # one line for an unreadable checkpoint or a classifier head of another size than the config's (mmengine would
+    # only warn and go on with a random head)
+    try:
+        check_checkpoint_for_config(cfg, args.checkpoint)
+    except CheckpointError as e:
         raise SystemExit(f'test.py: error: {e}') from None
 
     # build the runner from config
@@ -110,7 +145,8 @@ def main():
 
     # add `DumpResults` dummy metric
     if args.out is not None:
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        dump = DumpDetResults if scope == 'mmdet' else DumpResults
+        runner.test_evaluator.metrics.append(dump(out_file_path=args.out))
 
     # start testing
     runner.test()

@@ -1,27 +1,33 @@
-"""Train a detector with an stvit_det config (the shape of MMDetection 3.3's ``tools/train.py``).
+"""Train a model with an stvit_det config (the shape of MMDetection 3.3's ``tools/train.py``).
 
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]] [--cfg-options k=v ...]
 
-The only additions to mmdet's script: ``import stvit_det`` (registers STViTR), allow-listing the classes mmengine
-stores in checkpoints for ``torch.load(weights_only=True)``, and an early check of the config's datasets that ends
-with a one-line message instead of a traceback from inside the Runner.
+Any toolbox's config: the config's ``default_scope`` decides (mmdet detectors, mmseg segmentors), as in each
+toolbox's own ``tools/train.py``, which this script equals apart from the additions: ``import stvit_det`` (registers
+STViTR into every installed toolbox), allow-listing the classes mmengine stores in checkpoints for
+``torch.load(weights_only=True)``, a clear message when the config's toolbox is not installed, and an early check of
+the config's datasets (COCO files; segmentation images and label maps) that ends with a one-line message instead of
+a traceback from inside the Runner. MMPretrain classifiers (``configs/stvit-r-cls``) train the same way; a
+``load_from`` checkpoint is checked like ``tools/test.py`` checks its checkpoint.
 """
 import argparse
 import os
 import os.path as osp
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import stvit_det  # noqa: F401  (registers STViTR)
-from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs
+from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs, check_seg_dataset_cfgs
+from stvit_det.toolboxes.scope import ToolboxMissingError, load_config
 from stvit_det.utils import allow_mmengine_checkpoints, prepare_cpu_distributed
+from stvit_det.utils.ckpt_file import CheckpointError, check_checkpoint_for_config
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='Train a detector')
+    parser = argparse.ArgumentParser(description='Train a detector or segmentor')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument(
@@ -62,8 +68,11 @@ def main():
     # Reduce the number of repeated compilations and improve training speed.
     setup_cache_size_limit_of_dynamo()
 
-    # load config
-    cfg = Config.fromfile(args.config)
+    # load config (a clear message when its toolbox, e.g. mmseg, is not installed)
+    try:
+        cfg = load_config(args.config)
+    except ToolboxMissingError as e:
+        raise SystemExit(f'train.py: error: {e}') from None
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -96,11 +105,21 @@ def main():
         cfg.resume = True
         cfg.load_from = args.resume
 
-    # fail early, in one line, on missing / malformed annotation files and image directories
+    # fail early, in one line, on missing / malformed annotation files, image directories and label maps
     try:
-        check_dataset_cfgs(cfg, phases=('train', 'val') if cfg.get('val_cfg') else ('train', ))
+        phases = ('train', 'val') if cfg.get('val_cfg') else ('train', )
+        check_dataset_cfgs(cfg, phases=phases)
+        check_seg_dataset_cfgs(cfg, phases=phases)
     except DatasetCheckError as e:
         raise SystemExit(f'train.py: error: {e}') from None
+
+    # fine-tuning from a whole-model checkpoint (load_from): one line if it cannot be read or its classifier head
+    # does not fit the config
+    if cfg.get('load_from') and not cfg.get('resume'):
+        try:
+            check_checkpoint_for_config(cfg, cfg.load_from)
+        except CheckpointError as e:
+            raise SystemExit(f'train.py: error: {e}') from None
 
     # build the runner from config
     if 'runner_type' not in cfg:

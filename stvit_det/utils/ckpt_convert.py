@@ -11,11 +11,21 @@
   dropped; Swin's patchify stem is dropped when the target has the conv stem (spec 7.3).
 * :func:`convert_to_stvit`: all of the above, plus a report of everything that had no counterpart.
 
+Whole models (``tools/convert_ckpt.py --detector`` / ``--classifier``):
+
+* :func:`detector_2x_to_3x`: an MMDetection 2.x detector checkpoint (the released STViT-R Cascade Mask R-CNNs,
+  mmdet 2.11) -> an MMDetection 3.x state dict and ``meta`` (class names as ``dataset_meta``).
+* :func:`imagenet_to_classifier`: an official STViT-R ImageNet checkpoint (backbone keys, ``norm``, ``head``) -> the
+  keys of an MMPretrain ``ImageClassifier`` with ``STViTR(out_indices=(3,))``, ``GlobalAveragePooling`` and
+  ``LinearClsHead``; :func:`drop_classifier_head` keeps the backbone only.
+* :func:`compare_state_dicts` / :func:`describe_mismatch`: missing, unexpected and reshaped tensors against a
+  model, and one message that names them.
+
 Nothing here touches a model or a file: ``STViTR.init_weights`` and ``tools/convert_ckpt.py`` call it.
 """
 import re
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -25,11 +35,10 @@ LAYOUTS = ('stvit', 'swin_official', 'swin_mmdet', 'swin_timm')
 IGNORABLE_SUFFIXES = ('relative_position_index', 'attn_mask')
 
 
-def extract_state_dict(checkpoint: Mapping) -> 'OrderedDict[str, torch.Tensor]':
-    """Return the backbone state dict inside a checkpoint object.
-
-    Accepts a bare state dict, ``{'state_dict': ...}`` (mmengine), ``{'model': ...}`` (official Swin / STViT-R
-    ImageNet releases) or ``{'module': ...}``; a detector checkpoint's ``backbone.`` keys are kept and stripped.
+def unwrap_state_dict(checkpoint: Mapping) -> 'OrderedDict[str, torch.Tensor]':
+    """The whole state dict inside a checkpoint object: a bare state dict, or the one under ``state_dict``
+    (mmengine / mmcv), ``model`` (official Swin / STViT-R releases) or ``module``; a DDP ``module.`` prefix is
+    stripped.
 
     Raises:
         TypeError: when no mapping of tensors can be found.
@@ -42,7 +51,38 @@ def extract_state_dict(checkpoint: Mapping) -> 'OrderedDict[str, torch.Tensor]':
     if not isinstance(sd, Mapping) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
         raise TypeError('no state dict found in the checkpoint (expected a dict of tensors, or one under '
                         "'state_dict', 'model' or 'module')")
-    sd = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in sd.items())
+    return OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in sd.items())
+
+
+def outside_backbone(checkpoint: Mapping) -> List[str]:
+    """Keys of a whole-model checkpoint (detector, classifier) that are not under ``backbone.``; [] for a
+    backbone-only checkpoint."""
+    sd = unwrap_state_dict(checkpoint)
+    if not any(k.startswith('backbone.') for k in sd):
+        return []
+    return [k for k in sd if not k.startswith('backbone.')]
+
+
+def summarise_keys(keys: Sequence[str], depth: int = 1, names_up_to: int = 4) -> str:
+    """``'neck (16 tensors), head (head.fc.weight, head.fc.bias)'``: keys grouped by their first ``depth``
+    components, named when a group is small."""
+    groups: Dict[str, List[str]] = OrderedDict()
+    for k in keys:
+        groups.setdefault('.'.join(k.split('.')[:depth]), []).append(k)
+    return ', '.join(f'{g} ({", ".join(ks)})' if len(ks) <= names_up_to else f'{g} ({len(ks)} tensors)'
+                     for g, ks in groups.items())
+
+
+def extract_state_dict(checkpoint: Mapping) -> 'OrderedDict[str, torch.Tensor]':
+    """Return the backbone state dict inside a checkpoint object.
+
+    Accepts a bare state dict, ``{'state_dict': ...}`` (mmengine), ``{'model': ...}`` (official Swin / STViT-R
+    ImageNet releases) or ``{'module': ...}``; a detector checkpoint's ``backbone.`` keys are kept and stripped.
+
+    Raises:
+        TypeError: when no mapping of tensors can be found.
+    """
+    sd = unwrap_state_dict(checkpoint)
     if any(k.startswith('backbone.') for k in sd):
         sd = OrderedDict((k[len('backbone.'):], v) for k, v in sd.items() if k.startswith('backbone.'))
     return sd
@@ -147,11 +187,14 @@ def convert_to_stvit(checkpoint: Mapping,
 
     Returns:
         (state dict, report) with report keys ``layout`` (source layout), ``dropped`` (source keys with no
-        counterpart) and ``split_qkv`` (number of qkv tensors split into q / kv).
+        counterpart), ``split_qkv`` (number of qkv tensors split into q / kv) and ``outside_backbone`` (keys of a
+        whole-model checkpoint that are not the backbone's: neck and heads of a detector, ``head.fc`` of a
+        classifier).
     """
     sd = extract_state_dict(checkpoint)
     layout = detect_layout(sd)
-    report: Dict[str, object] = dict(layout=layout, dropped=[], split_qkv=0)
+    report: Dict[str, object] = dict(layout=layout, dropped=[], split_qkv=0,
+                                     outside_backbone=outside_backbone(checkpoint))
     if layout == 'stvit':
         return sd, report
     if layout != 'swin_official':
@@ -167,3 +210,125 @@ def convert_to_stvit(checkpoint: Mapping,
 def filter_ignorable(keys: Sequence[str]) -> List[str]:
     """Keys that are not recomputed buffers (see :data:`IGNORABLE_SUFFIXES`)."""
     return [k for k in keys if not k.endswith(IGNORABLE_SUFFIXES)]
+
+
+# ------------------------------------------------------------------------------------------------ whole models
+#: MMDetection 2.11 -> 3.3 key renames for the released STViT-R Cascade Mask R-CNN: none. Checked module by
+#: module against mmdet 2.11's classes (changsn/STViT-R-Object-Detection ``mmdet/models``): FPN
+#: ``lateral_convs/fpn_convs.{i}.conv``, RPNHead ``rpn_conv/rpn_cls/rpn_reg``, ConvFCBBoxHead
+#: ``shared_convs.{i}.{conv,bn}``, ``shared_fcs.0``, ``fc_cls`` (81 outputs), ``fc_reg`` (320, class-aware),
+#: FCNMaskHead ``convs.{i}.conv``, ``upsample``, ``conv_logits`` (80), three of each under ``roi_head.*.{0,1,2}``;
+#: mmdet 3.3 names them identically (``tests/test_released_models.py`` loads the full layout 0/0). A rename, if
+#: ever needed, is one (regex, replacement) pair here.
+DETECTOR_2X_TO_3X_RENAMES: Tuple[Tuple[str, str], ...] = ()
+
+
+def detector_2x_to_3x(checkpoint: Mapping) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[str, object]]:
+    """An MMDetection 2.x detector checkpoint -> (MMDetection 3.x state dict, meta).
+
+    Args:
+        checkpoint: the loaded 2.x checkpoint: ``{'state_dict': ..., 'meta': {'CLASSES': ..., 'mmdet_version':
+            ...}, 'optimizer': ...}`` (the optimizer state is dropped).
+
+    Returns:
+        (state dict with :data:`DETECTOR_2X_TO_3X_RENAMES` applied, meta): meta holds ``dataset_meta.classes``
+        (from the 2.x ``CLASSES``, when present) and ``converted_from`` (the 2.x versions).
+
+    Raises:
+        TypeError: no state dict; ValueError: no ``backbone.`` keys (not a detector checkpoint).
+    """
+    sd = unwrap_state_dict(checkpoint)
+    if not any(k.startswith('backbone.') for k in sd):
+        raise ValueError('not a detector checkpoint: no backbone.* tensors (first keys: '
+                         f'{", ".join(list(sd)[:4])})')
+    out = OrderedDict()
+    for k, v in sd.items():
+        for pattern, repl in DETECTOR_2X_TO_3X_RENAMES:
+            k = re.sub(pattern, repl, k)
+        out[k] = v
+    old_meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
+    old_meta = old_meta if isinstance(old_meta, Mapping) else {}
+    meta: Dict[str, object] = dict(converted_from={k: old_meta[k] for k in ('mmdet_version', 'mmcv_version',
+                                                                            'epoch') if k in old_meta})
+    if old_meta.get('CLASSES') is not None:
+        meta['dataset_meta'] = dict(classes=tuple(old_meta['CLASSES']))
+    return out, meta
+
+
+def imagenet_to_classifier(checkpoint: Mapping) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[str, object]]:
+    """An official STViT-R ImageNet checkpoint -> the state dict of an MMPretrain ``ImageClassifier`` (STViTR
+    backbone with ``out_indices=(3,)``, ``GlobalAveragePooling``, ``LinearClsHead``).
+
+    ``patch_embed.* / layers.*`` -> ``backbone.*``; the final LayerNorm ``norm.*`` -> ``backbone.norm3.*`` (the
+    norm of the last stage output, which the classifier pools); ``head.*`` -> ``head.fc.*``; the recomputed
+    ``attn_mask`` buffers are dropped. A checkpoint that is already in classifier layout (``backbone.*``,
+    ``head.fc.*``, e.g. trained with ``configs/stvit-r-cls``) is returned unchanged.
+
+    Returns:
+        (state dict, report) with ``layout`` (``'official'`` or ``'classifier'``) and ``dropped`` keys.
+
+    Raises:
+        TypeError: no state dict; ValueError: not an STViT-R classification checkpoint.
+    """
+    sd = unwrap_state_dict(checkpoint)
+    if any(k.startswith('backbone.') for k in sd):
+        if not any(k.startswith('head.fc.') for k in sd):
+            raise ValueError('a checkpoint with backbone.* keys but no head.fc.*: a detector or a backbone, not an '
+                             'ImageNet classifier (a detector: tools/convert_ckpt.py --detector)')
+        return sd, dict(layout='classifier', dropped=[])
+    if detect_layout(sd) != 'stvit':
+        raise ValueError(f'not an STViT-R ImageNet checkpoint: {detect_layout(sd)} layout (Swin weights can '
+                         'initialise the backbone through init_cfg, not a whole classifier)')
+    out, dropped = OrderedDict(), []
+    for k, v in sd.items():
+        if k.endswith('attn_mask'):  # Swin's shift masks, recomputed (relative_position_index buffers are kept)
+            dropped.append(k)
+        elif k.startswith('norm.'):
+            out['backbone.norm3.' + k[len('norm.'):]] = v
+        elif k.startswith('head.'):
+            out['head.fc.' + k[len('head.'):]] = v
+        else:
+            out['backbone.' + k] = v
+    return out, dict(layout='official', dropped=dropped)
+
+
+def classifier_num_classes(sd: Mapping[str, torch.Tensor]) -> Optional[int]:
+    """Classes of a classifier state dict (rows of ``head.fc.weight``), None without a head."""
+    w = sd.get('head.fc.weight')
+    return None if w is None else int(w.shape[0])
+
+
+def drop_classifier_head(sd: Mapping[str, torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
+    """The state dict without its ``head.*`` tensors (fine-tuning on another label set)."""
+    return OrderedDict((k, v) for k, v in sd.items() if not k.startswith('head.'))
+
+
+def compare_state_dicts(sd: Mapping[str, torch.Tensor],
+                        own: Mapping[str, Sequence[int]]) -> Dict[str, list]:
+    """What loading ``sd`` into a model with tensors ``own`` (name -> shape) would leave out.
+
+    Returns:
+        ``missing`` (model keys absent from sd), ``unexpected`` (sd keys the model lacks) and ``mismatched``
+        ((key, sd shape, model shape) for shared keys of other shapes); recomputed buffers
+        (:data:`IGNORABLE_SUFFIXES`) are left out.
+    """
+    missing = filter_ignorable([k for k in own if k not in sd])
+    unexpected = filter_ignorable([k for k in sd if k not in own])
+    mismatched = [(k, tuple(sd[k].shape), tuple(own[k])) for k in sd
+                  if k in own and tuple(sd[k].shape) != tuple(own[k])]
+    return dict(missing=missing, unexpected=unexpected, mismatched=mismatched)
+
+
+def describe_mismatch(report: Mapping[str, list], names_up_to: int = 6) -> str:
+    """One message naming the tensors of a :func:`compare_state_dicts` report ('' when everything fits)."""
+    parts = []
+    if report['mismatched']:
+        shown = '; '.join(f'{k} {s} vs {o}' for k, s, o in report['mismatched'][:names_up_to])
+        parts.append(f'{len(report["mismatched"])} tensors have other shapes than the config\'s model (checkpoint '
+                     f'vs model; another arch or another number of classes?): {shown}')
+    for name, what in (('missing', 'model tensors are not in the checkpoint (another detector type?)'),
+                       ('unexpected', 'checkpoint tensors have no place in the model')):
+        keys = report[name]
+        if keys:
+            parts.append(f'{len(keys)} {what}: {summarise_keys(keys, depth=3)}; e.g. {", ".join(keys[:names_up_to])}')
+    return '. '.join(parts)

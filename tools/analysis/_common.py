@@ -1,55 +1,40 @@
-"""Shared by ``get_flops.py`` and ``benchmark.py``: load a config (also ``mmdet::`` paths), build its detector through
-the mmdet registry with every ``init_cfg`` removed (nothing is loaded or downloaded), and make a fake predict batch.
+"""Shared by ``get_flops.py`` and ``benchmark.py``: load a config (also ``mmdet::`` / ``mmseg::`` paths), build its
+model through the registry of the config's toolbox (``default_scope``: mmdet detectors, mmseg segmentors) with every
+``init_cfg`` removed (nothing is loaded or downloaded), and make a fake predict batch of that toolbox's samples.
 
+    cfg = load_config(path); model = build_model(cfg); inputs, samples = fake_batch(2, (512, 512), scope=...)
+
+``build_detector`` is ``build_model`` (its old name); ``fake_batch`` without ``scope`` uses the scope of the model
+built last (mmengine's current default scope), so a build-then-batch caller works for every toolbox unchanged.
 No model logic lives here: the networks come from the configs, exactly as ``tools/train.py`` would build them.
 """
+import contextlib
 import copy
-import importlib
 import os.path as osp
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
-from mmdet.registry import MODELS
-from mmdet.structures import DetDataSample
-from mmdet.utils import register_all_modules
+from mmengine.registry import MODELS, DefaultScope
 
 import stvit_det  # noqa: F401  (registers STViTR)
-
-
-def resolve_config_path(path: str) -> str:
-    """``'mmdet::swin/x.py'`` -> the file inside the installed package's ``.mim/configs``; other paths unchanged."""
-    if '::' not in path:
-        return path
-    package, rel = path.split('::', 1)
-    root = osp.join(osp.dirname(importlib.import_module(package).__file__), '.mim', 'configs')
-    return osp.join(root, rel)
+from stvit_det.toolboxes.scope import (DEFAULT_SCOPE, ToolboxMissingError, config_scope, drop_init_cfgs,
+                                      init_toolbox_scope, resolve_config_path)
+from stvit_det.toolboxes.scope import load_config as _load_toolbox_config
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    full = resolve_config_path(path)
-    if not osp.isfile(full):
-        raise SystemExit(f'error: config file not found: {path}')
-    cfg = Config.fromfile(full)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    try:
+        full = resolve_config_path(path)
+        if not osp.isfile(full):
+            raise SystemExit(f'error: config file not found: {path}')
+        cfg = _load_toolbox_config(full, cfg_options)
+    except ToolboxMissingError as e:
+        raise SystemExit(f'error: {e}') from None
     if 'model' not in cfg:
         raise SystemExit(f'error: {path} defines no `model` (a _base_ fragment?)')
     return cfg
-
-
-def _drop_init_cfgs(node) -> None:
-    """Set every ``init_cfg`` in a model config to None, in place (no pretrained checkpoint, no URL)."""
-    if isinstance(node, dict):
-        for key in node:
-            if key == 'init_cfg':
-                node[key] = None
-            else:
-                _drop_init_cfgs(node[key])
-    elif isinstance(node, (list, tuple)):
-        for item in node:
-            _drop_init_cfgs(item)
 
 
 def _zero_score_thresholds(node) -> None:
@@ -66,32 +51,56 @@ def _zero_score_thresholds(node) -> None:
             _zero_score_thresholds(item)
 
 
-def build_detector(cfg: Config, device: str = 'cpu') -> torch.nn.Module:
-    """Build ``cfg.model`` (random weights, eval mode, SyncBN reverted to BN as mmengine does without DDP)."""
-    register_all_modules(init_default_scope=True)
+def build_model(cfg: Config, device: str = 'cpu') -> torch.nn.Module:
+    """Build ``cfg.model`` through the registry of the config's toolbox (random weights, eval mode, SyncBN reverted
+    to BN as mmengine does without DDP). Leaves the config's scope as mmengine's default scope."""
+    init_toolbox_scope(config_scope(cfg))
     model_cfg = copy.deepcopy(cfg.model)
-    _drop_init_cfgs(model_cfg)
+    drop_init_cfgs(model_cfg)
     if 'test_cfg' in model_cfg:
         _zero_score_thresholds(model_cfg['test_cfg'])
-    model = MODELS.build(model_cfg)
+    with torch.device('meta') if device == 'meta' else contextlib.nullcontext():  # meta: no memory, no init time
+        model = MODELS.build(model_cfg)
     model = revert_sync_batchnorm(model)
     return model.to(device).eval()
 
 
-def fake_batch(batch_size: int, shape: Sequence[int], device: str = 'cpu') -> Tuple[torch.Tensor, List]:
-    """A preprocessed batch: (B, 3, H, W) normal noise and one metainfo-only ``DetDataSample`` per image."""
+build_detector = build_model  # the name benchmark.py imports
+
+
+def fake_batch(batch_size: int, shape: Sequence[int], device: str = 'cpu',
+               scope: Optional[str] = None) -> Tuple[torch.Tensor, List]:
+    """A preprocessed batch: (B, 3, H, W) normal noise and one metainfo-only data sample per image, of the toolbox of
+    ``scope`` (``DetDataSample`` for mmdet, ``SegDataSample`` for mmseg; default: the current default scope, i.e.
+    that of the model built last by :func:`build_model`)."""
+    if scope is None:
+        current = DefaultScope.get_current_instance()
+        scope = current.scope_name if current is not None else DEFAULT_SCOPE
     h, w = shape
     inputs = torch.randn(batch_size, 3, h, w, device=device)
     meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
                 scale_factor=(1.0, 1.0))
+    if scope == 'mmseg':
+        from mmseg.structures import SegDataSample
+
+        meta['padding_size'] = [0, 0, 0, 0]  # left, right, top, bottom: nothing padded
+        return inputs, [SegDataSample(metainfo=dict(meta)) for _ in range(batch_size)]
+    if scope == 'mmpretrain':
+        from mmpretrain.structures import DataSample
+
+        return inputs, [DataSample(metainfo=dict(meta)) for _ in range(batch_size)]
+    if scope != 'mmdet':
+        raise ValueError(f"fake_batch: no sample type for scope '{scope}' (mmdet, mmseg or mmpretrain)")
+    from mmdet.structures import DetDataSample
+
     samples = [DetDataSample(metainfo=dict(meta, img_id=i)) for i in range(batch_size)]
     return inputs, samples
 
 
 def short_name(path: str, width: int = 72) -> str:
     name = osp.splitext(osp.basename(path))[0]
-    if path.startswith('mmdet::'):
-        name = 'mmdet::' + name
+    if '::' in path:  # a toolbox's own config: mmdet::..., mmseg::...
+        name = path.split('::', 1)[0] + '::' + name
     return name if len(name) <= width else name[:width - 3] + '...'
 
 

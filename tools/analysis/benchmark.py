@@ -1,35 +1,46 @@
-"""Inference speed and memory of detectors built from configs: the backbone alone and the whole detector (predict),
-for several configs in one run, with ratios against the first one.
+"""Speed and memory of models built from configs (mmdet detectors, mmseg segmentors, mmpretrain classifiers): the
+backbone alone and the whole model, inference or a training step, several configs / shapes / batch sizes / dtypes
+in one run, with ratios against the first config.
 
-    python tools/analysis/benchmark.py CONFIG [CONFIG ...] [--shape 800 1216] [--batch-size 1] [--dtype fp32]
-        [--warmup 5] [--repeats 20] [--device cuda] [--compile] [--mode both] [--threads N] [--cfg-options k=v ...]
+    python tools/analysis/benchmark.py CONFIG [CONFIG ...] [--shape H W [--shape H W ...]] [--batch-size 1 ...]
+        [--dtype fp32 ...] [--mode backbone|detector|both] [--train] [--warmup 2] [--repeats 5] [--device cpu]
+        [--compile] [--threads N] [--profile] [--cfg-options k=v ...]
 
-``--batch-size`` and ``--dtype`` take several values (e.g. ``--batch-size 1 8 --dtype fp32 bf16``): every
-combination is measured in the same run and printed in one table.
+e.g. STViT-R-S against mmdet's Swin-S Mask R-CNN on the CPU, inference at two sizes, then a training step::
 
-e.g. STViT-R-T against the stock mmdet Swin-T Mask R-CNN (its pretrained URL is never used: every ``init_cfg`` is
-dropped before building; weights are random)::
+    python tools/analysis/benchmark.py mmdet::swin/mask-rcnn_swin-s-p4-w7_fpn_amp-ms-crop-3x_coco.py \\
+        configs/stvit-r/mask-rcnn_stvit-r-s_fpn_1x_coco.py --mode backbone --shape 800 1216 --shape 1344 2016
+    python tools/analysis/benchmark.py ... --mode backbone --train --shape 800 1216 --profile
 
-    python tools/analysis/benchmark.py configs/stvit-r/mask-rcnn_stvit-r-t_fpn_1x_coco.py \\
-        mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py --device cuda --batch-size 8 --mode backbone --dtype bf16
+Every ``init_cfg`` is dropped before building (mmdet's Swin configs point at a URL: never used); weights are random.
 
-What is measured, per config and mode, on one fixed batch of noise of the given shape:
+How it measures (these machines are shared and noisy, so only ratios within one run mean much):
 
-- latency: median over ``--repeats`` calls (after ``--warmup`` calls) of one forward of the whole batch, under
-  ``torch.no_grad`` and, for bf16 / fp16, ``torch.autocast``. CUDA: CUDA events around each call; CPU:
-  ``time.perf_counter``. Throughput = batch size / median latency.
-- detector = ``model.predict`` (backbone, neck, heads, NMS, mask pasting); the data preprocessor is not run. Every
-  ``score_thr`` in ``test_cfg`` is set to 0 so that random heads keep ``max_per_img`` boxes (a fixed load).
-- peak memory, CUDA: ``torch.cuda.max_memory_allocated`` over the timed calls (weights + activations; the caching
-  allocator's reserve is not included). Backbone mode puts only the backbone on the device. CPU: an estimate, the peak of the bytes held by live tensor storages
-  (weights, input and every tensor an aten op returns, freed when its last Python / C++ reference dies), tracked
-  by a ``TorchDispatchMode`` during one extra eager call; allocator overhead and scratch buffers inside a single
-  op are not seen, so it is a lower bound comparable across configs, not the process RSS.
-- ``--compile``: ``torch.compile`` of the backbone (and the neck in detector mode); the heads stay eager because
-  their shapes depend on the data (NMS). Warm-up calls include compilation.
+- every config is built once per setting (mode, shape, batch size, dtype); after ``--warmup`` untimed calls of
+  each, the ``--repeats`` timed calls are INTERLEAVED across configs (A B A B ...), so a slow minute of the machine
+  hits every config alike. The table gives the minimum and the median of each config's repeats, and the speed-up
+  against the first config both ways (min / median; > 1 = faster).
+- inference: one call under ``torch.no_grad`` (and ``torch.autocast`` for bf16 / fp16). Backbone: ``backbone(x)``;
+  detector: ``model.predict`` (backbone, neck, heads, NMS, mask pasting; no data preprocessor) with every
+  ``score_thr`` set to 0, so random heads keep ``max_per_img`` boxes (a fixed, full load); segmentor: ``predict``
+  with the config's ``test_cfg`` (whole or slide); classifier: ``predict``.
+- ``--train``: one training step without the optimizer: forward, loss and backward, gradients dropped. Backbone:
+  the loss is the mean of every output map; detector / segmentor / classifier: the model's own ``loss`` on fake
+  annotations (detector: 5 boxes with masks per image; segmentor: a random label map; classifier: a random label).
+  The model is in train mode (BatchNorm statistics, drop path on).
+- peak memory: CUDA: ``torch.cuda.max_memory_allocated`` over one call; CPU: an estimate, the peak of the bytes held
+  by live tensor storages (weights, input, every tensor an aten op returns, and in training the activations kept for
+  the backward and the gradients), tracked by a ``TorchDispatchMode`` during one extra eager call. Allocator overhead
+  and scratch buffers inside one op are not seen: a lower bound comparable across configs, not the process RSS.
+- ``--profile``: the time of every stage and every block kind of each backbone (forward hooks; during the
+  inference calls, or the forward part of the training steps), and the share of the attention inside each block
+  kind, averaged over the timed calls. STViTR blocks are named by their stage pattern (window, shifted, generate,
+  refine, local, global, recover, ...), other backbones' blocks by their class.
+- ``--compile``: ``torch.compile`` of the backbone (and the neck in detector mode); heads stay eager (NMS is data
+  dependent). Warm-up calls include compilation.
 
-A config / mode that cannot run (e.g. ``--mode detector --dtype bf16`` on the CPU: mmcv's CPU NMS kernel is fp32
-only) gets its error in the table instead of figures, the other rows are still measured, and the exit status is 1.
+A config / setting that cannot run (e.g. ``--mode detector --dtype bf16`` on the CPU: mmcv's CPU NMS kernel is fp32
+only) gets its error in the table, the other rows are still measured, and the exit status is 1.
 """
 import argparse
 import os
@@ -38,7 +49,7 @@ import sys
 import time
 import weakref
 from contextlib import nullcontext
-from typing import Callable, Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.config import DictAction
@@ -46,7 +57,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import build_detector, fake_batch, load_config, print_table, short_name  # noqa: E402
+from _common import build_model, fake_batch, load_config, print_table, short_name  # noqa: E402
 
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -109,105 +120,247 @@ def _autocast(device: str, dtype):
     return torch.autocast(device_type=device, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def time_calls(fn: Callable, device: str, warmup: int, repeats: int) -> List[float]:
-    """Seconds per call of ``fn`` (after ``warmup`` untimed calls)."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def _sync(device: str) -> None:
     if device == 'cuda':
         torch.cuda.synchronize()
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return times
 
 
-def cpu_peak_bytes(fn: Callable, net: torch.nn.Module, inputs: torch.Tensor) -> int:
-    baseline = [*net.parameters(), *net.buffers(), inputs]
-    with LiveTensorBytes(baseline) as tracker:
-        fn()
-    return tracker.baseline + tracker.peak
+def fake_annotations(samples: List, scope: str, shape: Tuple[int, int], num_classes: int) -> List:
+    """Give the predict samples of :func:`fake_batch` random training targets of their toolbox (in place)."""
+    h, w = shape
+    g = torch.Generator().manual_seed(1)
+    for s in samples:
+        if scope == 'mmdet':
+            from mmdet.structures.mask import BitmapMasks
+            from mmengine.structures import InstanceData
+
+            xy = torch.rand(5, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+            wh = torch.rand(5, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3]) + 8
+            boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([w - 1.0, h - 1.0]))], 1)
+            masks = torch.zeros(5, h, w, dtype=torch.uint8)
+            for m, (x0, y0, x1, y1) in zip(masks, boxes.long().tolist()):
+                m[y0:y1 + 1, x0:x1 + 1] = 1
+            s.gt_instances = InstanceData(bboxes=boxes, labels=torch.randint(0, num_classes, (5, ), generator=g),
+                                          masks=BitmapMasks(masks.numpy(), h, w))
+        elif scope == 'mmseg':
+            from mmengine.structures import PixelData
+
+            s.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, h, w), generator=g))
+        elif scope == 'mmpretrain':
+            s.set_gt_label(torch.randint(0, num_classes, (1, ), generator=g))
+    return samples
 
 
-def bench_one(config: str, mode: str, batch_size: int, dtype_name: str, args) -> Dict[str, float]:
-    cfg = load_config(config, args.cfg_options)
-    torch.manual_seed(0)  # the same random weights and input whatever the position of the config in the list
-    model = build_detector(cfg, 'cpu')
-    net = model.backbone if mode == 'backbone' else model  # backbone mode: only the backbone goes to the device
-    net.to(args.device)
-    inputs, samples = fake_batch(batch_size, args.shape, args.device)
-    dtype = DTYPES[dtype_name]
+def _num_classes(node, default: int = 2) -> int:
+    """The first ``num_classes`` found in a (nested) model config."""
+    if isinstance(node, dict):
+        if 'num_classes' in node:
+            return int(node['num_classes'])
+        node = list(node.values())
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            found = _num_classes(item, -1)
+            if found >= 0:
+                return found
+    return default
 
-    def call():
-        with torch.no_grad(), _autocast(args.device, dtype):
+
+class Bench:
+    """One config at one setting: the model, its input and the call to time."""
+
+    def __init__(self, config: str, mode: str, shape: Tuple[int, int], batch_size: int, dtype_name: str, args):
+        cfg = load_config(config, args.cfg_options)
+        scope = cfg.get('default_scope', 'mmdet')
+        torch.manual_seed(0)  # the same random weights and input whatever the position of the config in the list
+        model = build_model(cfg, 'cpu')
+        self.net = model.backbone if mode == 'backbone' else model  # backbone mode: only the backbone on the device
+        self.net.to(args.device)
+        self.inputs, samples = fake_batch(batch_size, shape, args.device, scope=scope)
+        if args.train and mode != 'backbone':
+            samples = fake_annotations(samples, scope, shape, _num_classes(cfg.model))
+            samples = [s.to(args.device) for s in samples]
+        self.samples = samples
+        self.mode, self.train, self.device, self.dtype = mode, args.train, args.device, DTYPES[dtype_name]
+        self.net.train(self.train)
+        if args.compile:
             if mode == 'backbone':
-                return net(inputs)
-            return net.predict(inputs, samples)
+                self.net = torch.compile(self.net)
+            else:
+                model.backbone = torch.compile(model.backbone)
+                if getattr(model, 'neck', None) is not None:
+                    model.neck = torch.compile(model.neck)
+        self.backbone = model.backbone
+        self.times: List[float] = []
+        self.profile: Optional[Profile] = None
 
-    peak = None
-    if args.device == 'cpu':
-        peak = cpu_peak_bytes(call, net, inputs)  # eager, untimed
-    if args.compile:
-        if mode == 'backbone':
-            net = torch.compile(net)
-        else:
-            net.backbone = torch.compile(net.backbone)
-            if getattr(net, 'neck', None) is not None:
-                net.neck = torch.compile(net.neck)
-    if args.device == 'cuda':
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = time_calls(call, args.device, args.warmup, args.repeats)
-    if args.device == 'cuda':
-        peak = torch.cuda.max_memory_allocated()
-    latency = statistics.median(times)
-    del model, net
+    def call(self) -> None:
+        if not self.train:
+            with torch.no_grad(), _autocast(self.device, self.dtype):
+                if self.mode == 'backbone':
+                    self.net(self.inputs)
+                else:
+                    self.net.predict(self.inputs, self.samples)
+            return
+        with _autocast(self.device, self.dtype):
+            if self.mode == 'backbone':
+                loss = sum(o.float().mean() for o in self.net(self.inputs))
+            else:
+                losses = self.net.loss(self.inputs, self.samples)
+                loss = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items() if 'loss' in k)
+        loss.backward()
+        for p in self.net.parameters():
+            p.grad = None
+
+    def timed(self) -> None:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        self.call()
+        _sync(self.device)
+        self.times.append(time.perf_counter() - t0)
+
+    def peak_bytes(self) -> int:
+        if self.device == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.call()
+            return torch.cuda.max_memory_allocated()
+        baseline = [*self.net.parameters(), *self.net.buffers(), self.inputs]
+        with LiveTensorBytes(baseline) as tracker:
+            self.call()
+        return tracker.baseline + tracker.peak
+
+
+class Profile:
+    """Forward time per backbone stage and block kind (and of the ``attn`` inside each kind), from hooks."""
+
+    def __init__(self, backbone: torch.nn.Module, device: str) -> None:
+        self.device = device
+        self.total: Dict[str, float] = {}  # insertion order = stem, stage 1, its block kinds, ...
+        self.calls = 0
+        self.handles = []
+        for module, key in self._parts(backbone):
+            self.total.setdefault(key, 0.0)
+            self._hook(module, key)
+
+    @staticmethod
+    def _parts(backbone):
+        stem = getattr(backbone, 'patch_embed', None)
+        if stem is not None:
+            yield stem, 'stem'
+        stages = getattr(backbone, 'layers', None) or getattr(backbone, 'stages', None) or []
+        for i, stage in enumerate(stages):
+            yield stage, f'stage {i + 1}'
+            blocks = getattr(stage, 'blocks', [])
+            kinds = getattr(stage, 'pattern', None) or [type(b).__name__ for b in blocks]
+            for kind, blk in zip(kinds, blocks):
+                yield blk, f'stage {i + 1} / {kind}'
+                attn = getattr(blk, 'attn', None)
+                if attn is not None:
+                    yield attn, f'stage {i + 1} / {kind} / attention'
+            down = getattr(stage, 'downsample', None)
+            if down is not None:
+                yield down, f'stage {i + 1} / patch merging'
+
+    def _hook(self, module: torch.nn.Module, key: str) -> None:
+        start = []
+
+        def pre(mod, inp):
+            _sync(self.device)
+            start.append(time.perf_counter())
+
+        def post(mod, inp, out):
+            _sync(self.device)
+            self.total[key] += time.perf_counter() - start.pop()
+
+        self.handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def rows(self, prefix: List[str]) -> List[List[str]]:
+        """[*prefix, part, ms per call, attention ms per call] per stage / block kind."""
+        n = max(1, self.calls)
+        out = []
+        for key, seconds in self.total.items():
+            if key.endswith(' / attention'):
+                continue
+            attn = self.total.get(f'{key} / attention')
+            out.append([*prefix, key, f'{seconds / n * 1e3:.1f}', '-' if attn is None else f'{attn / n * 1e3:.1f}'])
+        return out
+
+
+def run_setting(configs: List[str], mode: str, shape, batch_size: int, dtype_name: str, args) -> Dict[str, Dict]:
+    """Measure every config at one setting, timed calls interleaved; returns per config a dict with ``times``,
+    ``peak`` (bytes) and optional ``profile`` rows, or ``error``."""
+    benches: Dict[str, Bench] = {}
+    results: Dict[str, Dict] = {}
+    for c in configs:
+        try:
+            benches[c] = Bench(c, mode, shape, batch_size, dtype_name, args)
+            benches[c].call()  # first call outside the warm-up count: fail early, before any timing
+        except (RuntimeError, NotImplementedError, ValueError, TypeError, KeyError, AssertionError) as e:
+            benches.pop(c, None)
+            results[c] = dict(error=_one_line(e, c, mode))
+    for _ in range(args.warmup):
+        for b in benches.values():
+            b.call()
+    for c, b in benches.items():
+        results[c] = dict(peak=b.peak_bytes() if args.memory else None)
+    if args.profile:
+        for b in benches.values():
+            b.profile = Profile(b.backbone, args.device)
+    for _ in range(args.repeats):
+        for b in benches.values():  # A B A B ...
+            b.timed()
+            if b.profile is not None:
+                b.profile.calls += 1
+    for c, b in benches.items():
+        results[c]['times'] = b.times
+        if b.profile is not None:
+            setting = [short_name(c), mode, f'{shape[0]}x{shape[1]}', str(batch_size), dtype_name]
+            results[c]['profile'] = b.profile.rows(setting)
+            b.profile.remove()
+    del benches
     if args.device == 'cuda':
         torch.cuda.empty_cache()
-    return dict(latency=latency, throughput=batch_size / latency, peak=peak)
+    return results
+
+
+def _one_line(e: Exception, config: str, mode: str) -> str:
+    message = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    print(f'{short_name(config)} ({mode}): {type(e).__name__}: {message}', file=sys.stderr)
+    return f'{type(e).__name__}: {message[:80]}'
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='Throughput, latency and peak memory: backbone and detector')
+    parser = argparse.ArgumentParser(description='Speed and peak memory, inference or training: backbone and model')
     parser.add_argument('configs', nargs='+', help='config files; `mmdet::path` picks a config shipped with mmdet')
-    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1216], metavar=('H', 'W'), help='input size')
+    parser.add_argument('--shape', type=int, nargs=2, action='append', metavar=('H', 'W'),
+                        help='input size; repeat the option for several sizes (default 800 1216)')
     parser.add_argument('--batch-size', type=int, nargs='+', default=[1], help='one or more batch sizes')
     parser.add_argument('--dtype', choices=list(DTYPES), nargs='+', default=['fp32'],
                         help='fp32, or autocast to bf16 / fp16; several values are measured in turn')
-    parser.add_argument('--warmup', type=int, default=5, help='untimed calls first (compilation happens here)')
-    parser.add_argument('--repeats', type=int, default=20, help='timed calls; the median is reported')
+    parser.add_argument('--mode', choices=['backbone', 'detector', 'both'], default='both',
+                        help="'detector' = the whole model (detector, segmentor or classifier)")
+    parser.add_argument('--train', action='store_true', help='time a training step (forward + loss + backward)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed calls of each config first')
+    parser.add_argument('--repeats', type=int, default=5, help='timed calls of each config, interleaved')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--compile', action='store_true', help='torch.compile the backbone (and neck)')
-    parser.add_argument('--mode', choices=['backbone', 'detector', 'both'], default='both')
     parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads); default: torch default')
+    parser.add_argument('--profile', action='store_true', help='time per stage and block kind of every backbone')
+    parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory call')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, help='override settings of every config, key=value')
     args = parser.parse_args()
+    args.shape = [tuple(s) for s in (args.shape or [(800, 1216)])]
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device available')
-    if args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1 or (args.threads is not None and args.threads < 1):
-        parser.error('--repeats, --batch-size and --threads must be >= 1, --warmup >= 0')
+    if (args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1 or (args.threads is not None and args.threads < 1)
+            or min(min(s) for s in args.shape) < 1):
+        parser.error('--repeats, --batch-size, --shape and --threads must be >= 1, --warmup >= 0')
     return args
-
-
-def _run_or_report(config: str, mode: str, batch_size: int, dtype_name: str, args) -> Dict:
-    """``bench_one``, or ``{'error': one line}`` when the model cannot run this way (e.g. mmcv's CPU NMS has no
-    fp16 / bf16 kernel, so ``--mode detector`` needs fp32 on the CPU): the other rows are still measured."""
-    try:
-        return bench_one(config, mode, batch_size, dtype_name, args)
-    except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        print(f'{short_name(config)} ({mode}): {type(e).__name__}: {message}', file=sys.stderr)
-        return dict(error=f'{type(e).__name__}: {message[:80]}')
 
 
 def main():
@@ -215,33 +368,44 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = ['backbone', 'detector'] if args.mode == 'both' else [args.mode]
-    settings = [(m, b, d) for m in modes for b in args.batch_size for d in args.dtype]
-    results = {(c, *st): _run_or_report(c, *st, args) for st in settings for c in args.configs}
+    settings = [(m, s, b, d) for m in modes for s in args.shape for b in args.batch_size for d in args.dtype]
+    results = {st: run_setting(args.configs, *st, args) for st in settings}
 
-    h, w = args.shape
-    rows = []
-    for m, b, d in settings:
-        first = results[(args.configs[0], m, b, d)]
+    rows, failed, profiles = [], False, []
+    for st in settings:
+        mode, (h, w), b, d = st
+        first = results[st][args.configs[0]]
         for c in args.configs:
-            r = results[(c, m, b, d)]
+            r = results[st][c]
+            cells = [short_name(c), mode, f'{h}x{w}', str(b), d]
             if 'error' in r:
-                rows.append([short_name(c), m, str(b), d, '-', '-', '-', '-', '-', r['error']])
+                failed = True
+                rows.append(cells + ['-'] * 7 + [r['error']])
                 continue
-            ratios = ['-', '-'] if 'error' in first else [
-                f'{first["latency"] / r["latency"]:.2f}', f'{r["peak"] / first["peak"]:.2f}']
-            rows.append([
-                short_name(c), m, str(b), d, f'{r["latency"] * 1e3:.1f}', f'{r["throughput"]:.2f}',
-                f'{r["peak"] / 2**20:.0f}', *ratios, ''
-            ])
+            tmin, tmed = min(r['times']), statistics.median(r['times'])
+            speed = mem = '-'
+            if 'error' not in first:
+                fmin, fmed = min(first['times']), statistics.median(first['times'])
+                speed = f'{fmin / tmin:.2f} / {fmed / tmed:.2f}'
+                if r['peak'] and first['peak']:
+                    mem = f'{r["peak"] / first["peak"]:.2f}'
+            peak = '-' if r['peak'] is None else f'{r["peak"] / 2**20:.0f}'
+            rows.append(cells + [f'{tmin * 1e3:.1f}', f'{tmed * 1e3:.1f}', f'{b / tmed:.2f}', peak, speed, mem, ''])
+            profiles += r.get('profile', [])
     where = (torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads')
     memory = ('torch.cuda.max_memory_allocated' if args.device == 'cuda' else
               'CPU estimate: peak live tensor storage bytes, eager')
-    print(f'\n{where}; torch {torch.__version__}; input Bx3x{h}x{w}'
-          f'{", torch.compile" if args.compile else ""}; median of {args.repeats} after {args.warmup} warm-up; '
-          f'memory: {memory}; ratios vs the first config at the same mode / batch / dtype (speed-up > 1 = faster)')
-    header = ['config', 'mode', 'batch', 'dtype', 'latency (ms)', 'img/s', 'peak mem (MiB)', 'speed-up', 'mem ratio', 'error']
-    failed = any('error' in r for r in results.values())
+    what = 'training step (forward + loss + backward)' if args.train else 'inference'
+    print(f'\n{where}; torch {torch.__version__}; {what}{", torch.compile" if args.compile else ""}; '
+          f'{args.repeats} timed calls per config after {args.warmup} warm-up, interleaved across configs; '
+          f'memory: {memory}; speed-up vs the first config at the same setting, by min / by median (> 1 = faster)')
+    header = ['config', 'mode', 'input', 'batch', 'dtype', 'min (ms)', 'median (ms)', 'img/s', 'peak mem (MiB)',
+              'speed-up', 'mem ratio', 'error']
     print_table(header if failed else header[:-1], rows if failed else [r[:-1] for r in rows])
+    if profiles:
+        print('\nPer stage / block kind, forward only, ms per call (mean over the timed calls); '
+              '"attention": the time inside the blocks\' attn modules')
+        print_table(['config', 'mode', 'input', 'batch', 'dtype', 'part', 'ms', 'attention (ms)'], profiles)
     if failed:
         sys.exit(1)
 

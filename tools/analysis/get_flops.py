@@ -1,4 +1,5 @@
-"""FLOPs and parameters of detectors built from configs: the backbone alone and the whole detector in predict mode.
+"""FLOPs and parameters of models built from configs (mmdet detectors, mmseg segmentors: the config's
+``default_scope`` decides): the backbone alone and the whole model in predict mode.
 
     python tools/analysis/get_flops.py CONFIG [CONFIG ...] [--shape 800 1216] [--mode both] [--cfg-options k=v ...]
 
@@ -8,6 +9,11 @@ dropped before building)::
     python tools/analysis/get_flops.py configs/stvit-r/mask-rcnn_stvit-r-t_fpn_1x_coco.py \\
         mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py --shape 800 1216
 
+or UperNet STViT-R-T against mmseg's UperNet Swin-T, whole-image inference at the given shape::
+
+    python tools/analysis/get_flops.py configs/stvit-r-seg/stvit-r-t-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py \\
+        mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py --shape 512 512
+
 Counting: ``torch.utils.flop_counter.FlopCounterMode`` sees every aten matmul / bmm / linear / convolution, also
 ``q @ k.transpose()`` written in Python (mmcv's hook-based counter misses those). PyTorch's own table has no entry
 for the CPU fused attention kernel (``aten._scaled_dot_product_flash_attention_for_cpu``), so this tool adds the
@@ -15,9 +21,20 @@ standard SDPA formula for it; otherwise SDPA attention would count as zero on CP
 add = 1), which is what mmdet's ``get_flops.py`` and most papers print as "FLOPs"; the table gives GFLOPs = 1e9 MACs.
 Not counted: element-wise ops, softmax, norms, RoIAlign, NMS, mask pasting (no matmul inside).
 
-Predict mode runs the detector's real ``predict`` on one batch of noise with random weights; every ``score_thr`` in
-``test_cfg`` is set to 0 so the second stages always see ``max_per_img`` boxes (a fixed, worst-case load). The
-data preprocessor (normalisation, padding) is not run: the input already has the given shape.
+Predict mode runs the model's real ``predict`` on one batch of noise with random weights. Detectors: every
+``score_thr`` in ``test_cfg`` is set to 0 so the second stages always see ``max_per_img`` boxes (a fixed, worst-case
+load). Segmentors: the config's ``test_cfg`` mode (``whole``; ``slide`` counts every window). The data
+preprocessor (normalisation, padding) is not run: the input already has the given shape. MMPretrain classifiers:
+backbone, neck and head (``predict``).
+
+``--device meta`` counts without arithmetic (seconds, no memory; what ``configs/*/metafile.yml`` and its test
+use): the model is built and run on empty meta tensors. A two-stage detector's predict cannot run there (NMS and
+RoIAlign need values), so it is counted at the same fixed load, module by module: backbone and neck, the RPN head
+on every level, each bbox head on ``test_cfg.rpn.max_per_img`` RoIs and each mask head on
+``test_cfg.rcnn.max_per_img`` RoIs (RoIAlign, NMS and pasting have no matmul). This equals the predict count on
+real tensors whenever the RPN keeps ``max_per_img`` proposals, as it does at detection sizes (checked at 800x1216:
+Mask R-CNN / Cascade STViT-R-T 239.9 / 718.2, Cascade STViT-R-B 857.0 GFLOPs both ways). Other models run their
+tensor-mode forward on meta tensors.
 """
 import argparse
 import os
@@ -29,7 +46,7 @@ from mmengine.config import DictAction
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import build_detector, fake_batch, load_config, print_table, short_name  # noqa: E402
+from _common import build_model, fake_batch, load_config, print_table, short_name  # noqa: E402
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -50,25 +67,59 @@ def num_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _first(module):
+    """The first stage of a RoI head part (a ModuleList in cascades), or the module itself."""
+    return module[0] if isinstance(module, torch.nn.ModuleList) else module
+
+
+def _stages(module):
+    return list(module) if isinstance(module, torch.nn.ModuleList) else [module]
+
+
+def meta_predict(model: torch.nn.Module, inputs: torch.Tensor) -> None:
+    """Everything ``predict`` multiplies, on meta tensors (see the module docstring): a two-stage detector module by
+    module at its fixed test load, any other model through its tensor-mode forward."""
+    roi_head = getattr(model, 'roi_head', None)
+    if roi_head is None or not hasattr(model, 'rpn_head'):
+        model(inputs, mode='tensor')
+        return
+    feats = model.extract_feat(inputs)  # backbone + neck
+    model.rpn_head(feats)
+    proposals, detections = model.test_cfg.rpn.max_per_img, model.test_cfg.rcnn.max_per_img
+    extractor = _first(roi_head.bbox_roi_extractor)
+    for head in _stages(roi_head.bbox_head):
+        head(inputs.new_empty(proposals, extractor.out_channels, *head.roi_feat_size))
+    if getattr(roi_head, 'with_mask', False):
+        extractor = _first(roi_head.mask_roi_extractor)
+        for head in _stages(roi_head.mask_head):
+            head(inputs.new_empty(detections, extractor.out_channels, *head.roi_feat_size))
+
+
 def measure(config: str, args) -> Dict[str, float]:
     cfg = load_config(config, args.cfg_options)
     torch.manual_seed(0)  # the same random weights and input whatever the position of the config in the list
-    model = build_detector(cfg, args.device)
-    inputs, samples = fake_batch(1, args.shape, args.device)
+    model = build_model(cfg, args.device)
+    inputs, samples = fake_batch(1, args.shape, args.device, scope=cfg.get('default_scope'))
     out = dict(backbone_params=num_params(model.backbone) / 1e6, detector_params=num_params(model) / 1e6)
     if args.mode in ('backbone', 'both'):
         out['backbone_gflops'] = count_macs(model.backbone, inputs) / 1e9
     if args.mode in ('detector', 'both'):
-        out['detector_gflops'] = count_macs(model.predict, inputs, samples) / 1e9
+        if args.device == 'meta':
+            out['detector_gflops'] = count_macs(meta_predict, model, inputs) / 1e9
+        else:
+            out['detector_gflops'] = count_macs(model.predict, inputs, samples) / 1e9
     return out
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='FLOPs (MACs) and params: backbone and whole detector (predict)')
-    parser.add_argument('configs', nargs='+', help='config files; `mmdet::path` picks a config shipped with mmdet')
+    parser = argparse.ArgumentParser(description='FLOPs (MACs) and params: backbone and whole model (predict)')
+    parser.add_argument(
+        'configs', nargs='+', help='config files; `mmdet::path` / `mmseg::path`: a config shipped with the toolbox')
     parser.add_argument('--shape', type=int, nargs=2, default=[800, 1216], metavar=('H', 'W'), help='input size')
-    parser.add_argument('--mode', choices=['backbone', 'detector', 'both'], default='both')
-    parser.add_argument('--device', default='cpu', help='cpu or cuda (counts do not depend on it)')
+    parser.add_argument('--mode', choices=['backbone', 'detector', 'both'], default='both',
+                        help="'detector': the whole model (detector or segmentor) in predict mode")
+    parser.add_argument('--device', default='cpu', help='cpu, cuda or meta (counts do not depend on it; meta: no '
+                        'arithmetic, seconds, RoI heads at their fixed test load)')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, help='override settings of every config, key=value')
     return parser.parse_args()
@@ -82,9 +133,9 @@ def main():
     header = ['config', 'backbone params (M)']
     if args.mode in ('backbone', 'both'):
         header += ['backbone GFLOPs', 'vs first']
-    header += ['detector params (M)']
+    header += ['model params (M)']
     if args.mode in ('detector', 'both'):
-        header += ['detector GFLOPs', 'vs first']
+        header += ['model GFLOPs', 'vs first']
     rows = []
     for config, r in zip(args.configs, results):
         row = [short_name(config), f'{r["backbone_params"]:.2f}']
@@ -95,7 +146,7 @@ def main():
             row += [f'{r["detector_gflops"]:.1f}', f'{r["detector_gflops"] / results[0]["detector_gflops"]:.3f}']
         rows.append(row)
     print(f'\nInput 1x3x{h}x{w}; GFLOPs = 1e9 multiply-accumulates (FlopCounterMode, SDPA included); '
-          f'detector = predict mode, score_thr 0.')
+          f'model = predict mode (detectors: score_thr 0; segmentors: their test_cfg mode).')
     print_table(header, rows)
 
 

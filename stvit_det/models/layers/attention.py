@@ -1,29 +1,143 @@
 """Multi-head attention with separate query / key-value sources: the one attention layer of every STViT-R
-semantic block (generation, refinement, local, global, recovery).
+semantic block (generation, refinement, local, global, recovery), and the switch between its implementations.
 
 STViT-R: arXiv 2303.08685; official counterpart: ``Attention`` with ``q`` and ``kv`` projections in
 changsn/STViT-R-Object-Detection ``mmdet/models/backbones/layers.py`` (Apache-2.0). Written anew here.
 
-The key/value source is projected ONCE per token ("project-once", spec 10.4) and, for windowed regions, the
-projected keys/values are gathered by index: no token is normalised or projected twice, unlike the released
-code, which unfolds the map first and projects every copy.
+The key/value source is projected ONCE per token ("project-once", spec 10.4): a region block hands the whole
+normalised source grid to :meth:`QKVAttention.region`, which projects it and calls one function of
+:data:`REGION_ATTENTION`. Every function there takes the same arguments and computes the same thing,
+softmax(q k^T * scale + bias) v over each window's key region; they differ only in how they reach the keys:
+
+* :func:`region_reference`: gather every region's keys/values by index, written-out softmax (the oracle);
+* :func:`region_sdpa`: the same gather, fused ``scaled_dot_product_attention``;
+* :func:`region_dense`: every query over ALL source tokens under a dense region mask (no gather; the work grows
+  with the square of the map);
+* :func:`region_tiled`: each region as R x R neighbouring tiles read in place through overlapping strided views
+  (``Tensor.unfold``): no gather, no copy, and exactly the region arithmetic;
+* ``'auto'`` (default): the cheapest of ``tiled`` and ``dense`` for the block at hand, by :func:`choose_region_impl`.
+
+The released code instead unfolds the map into per-window copies and projects every copy (4x / 9x / 81x work).
 
 Legend: B batch, G query groups (windows, or 1 for global attention), Nq queries per group, K keys per group,
-L source tokens, C channels, h heads, d = C / h.
+L source tokens, Gh/Gw source grid, C channels, h heads, d = C / h, u tile (window) side on the source grid,
+T = u*u tokens per tile, R tiles per region side, th/tw tile grid.
 """
-from typing import Optional
+from contextlib import nullcontext
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ATTN_IMPLS = ('reference', 'sdpa', 'dense')
+from . import tiled_attention as tiled_attention_mod
+from .tiled_attention import TileGeometry, tiled_attention
+from .window_ops import region_index, region_key_bias, region_tiles, tiles_fit
+
+#: every value of ``attn_impl``: the automatic choice, then the implementations of :data:`REGION_ATTENTION`
+ATTN_IMPLS = ('auto', 'reference', 'sdpa', 'dense', 'tiled')
 
 
 def check_attn_impl(attn_impl: str) -> str:
     if attn_impl not in ATTN_IMPLS:
         raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got '{attn_impl}'")
     return attn_impl
+
+
+class Region(NamedTuple):
+    """Where the keys of every window's region lie (all the geometry an implementation needs).
+
+    Attributes:
+        grid: (Gh, Gw) source grid (a multiple of ``unit``): the padded image map, or the semantic grid.
+        unit: source cells per query window side (7 on the image map, ss on the semantic grid).
+        kernel: region side k on the source grid (14, 21 or 27).
+        pad_mask: ``'correct'`` | ``'official'`` | ``'none'`` (see ``window_ops.key_position_bias``).
+        valid: (H, W) real extent of the source, for ``'correct'``.
+        image_pads: (pad_b, pad_r) of the image map, for ``'official'``.
+    """
+    grid: Tuple[int, int]
+    unit: int
+    kernel: int
+    pad_mask: str
+    valid: Tuple[int, int]
+    image_pads: Tuple[int, int]
+
+    def key_bias(self, device: torch.device) -> Optional[torch.Tensor]:
+        """(nW, K) bias of the gathered regions (``window_ops.region_key_bias``) or None."""
+        return region_key_bias(*self.grid, self.unit, self.kernel, self.pad_mask, *self.valid, *self.image_pads,
+                               device)
+
+    def index(self, device: torch.device) -> torch.Tensor:
+        """(nW, K) indices into the flattened grid plus one border token (``window_ops.region_index``)."""
+        return region_index(*self.grid, self.unit, self.kernel, device)[0]
+
+
+# ---------------------------------------------------------------------------------------- plain attention
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor], scale: float,
+              fused: bool) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v, written out or fused (``scaled_dot_product_attention``).
+
+    Args:
+        q: queries (..., Nq, d); k, v: keys and values (..., K, d).
+        bias: additive logit bias broadcastable to (..., Nq, K), or None.
+        scale: logit scale, applied after the product as in the released semantic blocks.
+        fused: use ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Returns:
+        (..., Nq, d).
+    """
+    if fused:
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        if q.dim() == 4:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        # the fused CPU kernels take 4-d inputs only (else SDPA falls back to its unfused math path)
+        lead, Nq, K = q.shape[:-2], q.shape[-2], k.shape[-2]
+        q4, k4, v4 = (t.expand(*lead, *t.shape[-2:]).reshape(1, -1, *t.shape[-2:]) for t in (q, k, v))
+        if bias is not None:
+            bias = bias.expand(*lead, Nq, K).reshape(1, -1, Nq, K)  # (1, prod(lead), Nq, K)
+        out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias, scale=scale)  # (1, prod(lead), Nq, d)
+        return out.view(*lead, Nq, -1)
+    attn = q @ k.transpose(-2, -1)  # (..., Nq, K)
+    if scale != 1.0:
+        attn = attn * scale
+    if bias is not None:
+        attn = attn + bias
+    return attn.softmax(dim=-1) @ v  # (..., Nq, d)
+
+
+# ------------------------------------------------------------------------------- region attention paths
+# Shared signature: q (B, h, G, Nq, d) unscaled queries of the G windows; kv (B, Gh, Gw, 2, h, d) the projected
+# source grid; kv_border (2, h, d) the projected outer-border token kv(LN1(0)); region; scale.
+# Each returns (B, h, G, Nq, d).
+
+
+def _flat_with_border(kv: torch.Tensor, kv_border: torch.Tensor) -> torch.Tensor:
+    """(B, Gh, Gw, 2, h, d) + (2, h, d) -> (B, Gh*Gw + 1, 2, h, d): the flattened grid and one border token."""
+    B = kv.shape[0]
+    return torch.cat([kv.flatten(1, 2), kv_border.expand(B, 1, *kv_border.shape)], dim=1)
+
+
+def _gathered(q, kv, kv_border, region):
+    """Gather the K/V of every region: (B, h, G, K, d) each, and the (G, 1, K) bias or None."""
+    flat = _flat_with_border(kv, kv_border)  # (B, L, 2, h, d)
+    k, v = flat[:, region.index(q.device)].permute(3, 0, 4, 1, 2, 5).unbind(0)  # 2 x (B, h, G, K, d)
+    bias = region.key_bias(q.device)
+    return k, v, None if bias is None else bias[:, None, :]  # (G, 1, K)
+
+
+def region_reference(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, region: Region,
+                     scale: float) -> torch.Tensor:
+    """The oracle: every region's keys/values gathered by index (duplicated), written-out softmax."""
+    k, v, bias = _gathered(q, kv, kv_border, region)
+    return attention(q, k, v, bias, scale, fused=False)
+
+
+def region_sdpa(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, region: Region,
+                scale: float) -> torch.Tensor:
+    """Gathered regions (duplicated keys/values), fused attention."""
+    k, v, bias = _gathered(q, kv, kv_border, region)
+    return attention(q, k, v, bias, scale, fused=True)
 
 
 def densify_region_bias(index: torch.Tensor, bias: Optional[torch.Tensor], num_keys: int) -> torch.Tensor:
@@ -42,37 +156,104 @@ def densify_region_bias(index: torch.Tensor, bias: Optional[torch.Tensor], num_k
     Returns:
         (G, L) float bias.
     """
-    G, K = index.shape
     b = torch.zeros(index.shape, device=index.device) if bias is None else bias.float()
     border = index == num_keys - 1
-    dense = torch.full((G, num_keys + 1), float('-inf'), device=index.device)  # last column: scratch for border
+    dense = torch.full((index.shape[0], num_keys + 1), float('-inf'), device=index.device)  # last: scratch
     dense.scatter_(1, torch.where(border, torch.full_like(index, num_keys), index), b)
     dense[:, num_keys - 1] = torch.logsumexp(b.masked_fill(~border, float('-inf')), dim=1)
     return dense[:, :num_keys]
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor], scale: float,
-              impl: str) -> torch.Tensor:
-    """softmax(q k^T * scale + bias) v, either written out (``'reference'``) or fused (``'sdpa'``).
+def region_dense(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, region: Region,
+                 scale: float) -> torch.Tensor:
+    """Every query over ALL source tokens (plus the border token), a dense mask keeping its window's region;
+    one fused call, nothing duplicated, work proportional to (queries x source tokens)."""
+    B, h, G, Nq, d = q.shape
+    flat = _flat_with_border(kv, kv_border)  # (B, L, 2, h, d)
+    L = flat.shape[1]
+    k, v = flat.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, L, d)
+    mask = densify_region_bias(region.index(q.device), region.key_bias(q.device), L)  # (G, L)
+    mask = mask.repeat_interleave(Nq, dim=0)  # (G*Nq, L), window-major queries
+    out = attention(q.reshape(B, h, G * Nq, d), k, v, mask, scale, fused=True)  # (B, h, G*Nq, d)
+    return out.view(B, h, G, Nq, d)
 
-    Args:
-        q: queries (..., Nq, d); k, v: keys and values (..., K, d).
-        bias: additive logit bias broadcastable to (..., Nq, K), or None.
-        scale: logit scale, applied after the product as in the released semantic blocks.
-        impl: ``'reference'`` (plain matmul / softmax, the correctness oracle) or ``'sdpa'`` / ``'dense'``
-            (``torch.nn.functional.scaled_dot_product_attention``).
 
-    Returns:
-        (..., Nq, d).
+def region_tiled(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, region: Region,
+                 scale: float) -> torch.Tensor:
+    """Neighbourhood attention over tiles (``window_ops.region_tiles``): keys and values are laid out tile by
+    tile once (with the outer-border token filling the shifted grid's edge) and every region row is an
+    overlapping strided view of them, so each product is one ``bmm`` over all windows and heads that reads the
+    keys in place. Exactly the region arithmetic; no key or value is duplicated."""
+    B, h, G, Nq, d = q.shape
+    Gh, Gw = region.grid
+    lay = region_tiles(Gh, Gw, region.unit, region.kernel, region.pad_mask, *region.valid, *region.image_pads,
+                       q.device)
+    u, R, (th, tw), (nh, nw) = lay.unit, lay.tiles, lay.grid, lay.windows
+    T, S = u * u, lay.tiles * u * u  # tokens per tile, per slab (one region row)
+    top, bottom, left, right = lay.pad
+    if top or bottom or left or right:  # fill the tile grid's edge with the border token
+        full = kv_border.expand(B, th * u, tw * u, *kv_border.shape).clone()  # (B, th*u, tw*u, 2, h, d)
+        full[:, top:top + Gh, left:left + Gw] = kv
+        kv = full
+    # tiles, flattened over (B, h, th, tw, u, u) with zero margins so that every slab stays in bounds
+    tiles = kv.view(B, th, u, tw, u, 2, h, d).permute(5, 0, 6, 1, 3, 2, 4, 7)  # (2, B, h, th, tw, u, u, d)
+    n, lo, hi = B * h * th * tw * T, lay.margin[0] * T, lay.margin[1] * T
+    flat = kv.new_empty(2, lo + n + hi, d)
+    flat[:, :lo] = 0
+    flat[:, lo + n:] = 0
+    flat[:, lo:lo + n] = tiles.reshape(2, n, d)
+    k_flat, v_flat = flat.unbind(0)  # 2 x (lo + n + hi, d)
+
+    Q = B * h * th * tw  # query windows, junk ones included
+    qg = q * scale
+    if (th, tw) != (nh, nw):
+        qg = F.pad(qg.view(B, h, nh, nw, Nq, d), (0, 0, 0, 0, 0, tw - nw, 0, th - nh))  # (B, h, th, tw, Nq, d)
+    qg = qg.reshape(Q, Nq, d)
+    bias = lay.bias if lay.border_bias is None else torch.cat([lay.bias, lay.border_bias[:, None]], dim=1)
+    bias = bias.to(q.dtype).repeat(B * h, 1)  # (Q, K [+ 1]): row n is query window n mod (th*tw)
+    kb = vb = None
+    if lay.border_bias is not None:  # one shared outer-border key per window, value alike
+        kb, vb = kv_border.view(2, 1, h, 1, 1, d).expand(2, B, h, th * tw, 1, d).reshape(2, Q, 1, d).unbind(0)
+    step = num_rows = B * h * th
+    if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
+        step = max(1, tiled_attention_mod.CHUNK_BYTES // (tw * Nq * (R * S + 1) * q.element_size()))
+    geo = TileGeometry(T, R, tuple(lo + off * T for off in lay.offsets), th, tw, lay.tiles_above, min(step, num_rows))
+    no_autocast = torch.autocast(q.device.type, enabled=False) if q.device.type in ('cpu', 'cuda') else nullcontext()
+    with no_autocast:  # one dtype inside (the backward runs without autocast)
+        out = tiled_attention(qg, k_flat.to(q.dtype), v_flat.to(q.dtype), kb if kb is None else kb.to(q.dtype),
+                              vb if vb is None else vb.to(q.dtype), bias, geo)  # (Q, Nq, d)
+    out = out.view(B, h, th, tw, Nq, d)[:, :, :nh, :nw]  # drop the junk windows
+    return out.reshape(B, h, G, Nq, d)
+
+
+#: ``attn_impl`` -> region attention function (all with the signature of :func:`region_reference`)
+REGION_ATTENTION: Dict[str, Callable[..., torch.Tensor]] = {
+    'reference': region_reference,
+    'sdpa': region_sdpa,
+    'dense': region_dense,
+    'tiled': region_tiled,
+}
+
+
+def choose_region_impl(region: Region, num_queries: int) -> str:
+    """The ``'auto'`` choice for one block: ``'tiled'`` (exactly the region's work) unless the region covers so
+    much of the source that one fused ``'dense'`` call over every key is cheaper.
+
+    Cost model: dense attends all ``L`` source keys per query with the fused kernel; tiled attends the ``K``
+    region keys with ``bmm`` + softmax, which costs about ``TILED_COST`` times as much per key (measured on the
+    CPU with ``tools/analysis/benchmark.py --profile``: about 2x with 49 queries per window (recovery), 4x with 9
+    (generation, refinement), whose small products use the CPU poorly). Regions that do not split into tiles
+    always go dense.
     """
-    if impl != 'reference':
-        if bias is not None:
-            bias = bias.to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    attn = (q @ k.transpose(-2, -1)) * scale  # (..., Nq, K)
-    if bias is not None:
-        attn = attn + bias
-    return attn.softmax(dim=-1) @ v  # (..., Nq, d)
+    if not tiles_fit(region.unit, region.kernel):
+        return 'dense'
+    Gh, Gw = region.grid
+    cost = TILED_COST[0] if num_queries >= 16 else TILED_COST[1]
+    return 'dense' if Gh * Gw + 1 <= cost * region.kernel**2 else 'tiled'
+
+
+#: relative cost per key of the tiled path vs the dense one: (>= 16 queries per window, fewer)
+TILED_COST = (2.0, 4.0)
 
 
 class QKVAttention(nn.Module):
@@ -85,16 +266,11 @@ class QKVAttention(nn.Module):
         dim: channels C.
         num_heads: heads h (C must be divisible by h).
         qkv_bias: bias in ``q`` and ``kv``.
-        attn_impl: how windowed regions (``index`` given) are attended:
-
-            * ``'reference'``: gather the projected K/V of every region, written-out softmax attention;
-            * ``'sdpa'``: the same gather, fused ``scaled_dot_product_attention``;
-            * ``'dense'``: no gather: every query attends over ALL source tokens under a dense additive mask that
-              allows only its window's region (:func:`densify_region_bias`); K/V are never duplicated. Cheapest
-              where a region covers most of the source (the 27x27 recovery region at COCO sizes).
+        attn_impl: one of :data:`ATTN_IMPLS`: how windowed regions are attended (:meth:`region`); plain attention
+            (:meth:`forward`) is written out for ``'reference'`` and fused otherwise.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_impl: str = 'dense') -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_impl: str = 'auto') -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
@@ -108,46 +284,55 @@ class QKVAttention(nn.Module):
         self.record_attn = False
         self.last_attn: Optional[dict] = None
 
-    def forward(self,
-                query: torch.Tensor,
-                context: torch.Tensor,
-                index: Optional[torch.Tensor] = None,
-                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """
+    def _heads(self, query: torch.Tensor) -> torch.Tensor:
+        """(B, G, Nq, C) -> projected queries (B, h, G, Nq, d)."""
+        B, G, Nq, C = query.shape
+        return self.q(query).view(B, G, Nq, self.num_heads, -1).permute(0, 3, 1, 2, 4)  # (B, h, G, Nq, d)
+
+    def _merge(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, h, G, Nq, d) -> projected output (B, G, Nq, C)."""
+        B, h, G, Nq, d = out.shape
+        return self.proj(out.permute(0, 2, 3, 1, 4).reshape(B, G, Nq, h * d))  # (B, G, Nq, C)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor, border: Optional[torch.Tensor] = None,
+                region: Optional[Region] = None) -> torch.Tensor:
+        """Plain attention of each group's queries over the same group's keys (local / global blocks), or, with
+        ``region``, attention of every window's queries over the keys of its region on a source grid.
+
         Args:
-            query: normalised query tokens (B, G, Nq, C).
-            context: normalised key/value tokens, (B, G, K, C) when ``index`` is None, else (B, L, C): the whole
-                source, projected once and then gathered per group.
-            index: (G, K) long indices into the L source tokens, or None.
-            bias: additive logit bias (G, K) shared by the queries of a group, or None.
+            query: normalised query tokens (B, G, Nq, C); with ``region``, G = (Gh/u) * (Gw/u) windows row-major.
+            context: normalised key/value tokens (B, G, K, C), or with ``region`` the normalised source grid
+                (B, Gh, Gw, C), projected once here.
+            border: with ``region``: (C, ) the normalised outer-border token (LN1 of a zero token).
+            region: the geometry of the key regions, or None.
 
         Returns:
             (B, G, Nq, C).
         """
-        B, G, Nq, C = query.shape
-        h, d = self.num_heads, C // self.num_heads
-        q = self.q(query).view(B, G, Nq, h, d).transpose(2, 3)  # (B, G, h, Nq, d)
-        kv = self.kv(context)  # (B, G, K, 2C) or (B, L, 2C)
-        if index is not None and self.attn_impl == 'dense' and not self.record_attn:
-            L = kv.shape[1]
-            k, v = kv.view(B, L, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, L, d)
-            mask = densify_region_bias(index, bias, L).repeat_interleave(Nq, dim=0)  # (G*Nq, L)
-            q = q.permute(0, 2, 1, 3, 4).reshape(B, h, G * Nq, d)  # (B, h, G*Nq, d), window-major queries
-            out = attention(q, k, v, mask, self.scale, 'dense')  # (B, h, G*Nq, d)
-            out = out.view(B, h, G, Nq, d).permute(0, 2, 3, 1, 4).reshape(B, G, Nq, C)  # (B, G, Nq, C)
-            return self.proj(out)
-        if index is not None:
-            kv = kv[:, index]  # (B, L, 2C) -> (B, G, K, 2C)
-        K = kv.shape[2]
-        k, v = kv.view(B, G, K, 2, h, d).permute(3, 0, 1, 4, 2, 5).unbind(0)  # 2 x (B, G, h, K, d)
-        if bias is not None:
-            bias = bias[:, None, None, :]  # (G, K) -> (G, 1, 1, K)
+        if region is not None:
+            return self._region(query, context, border, region)
+        B, G, K, C = context.shape
+        q = self._heads(query)  # (B, h, G, Nq, d)
+        k, v = self.kv(context).view(B, G, K, 2, self.num_heads, -1).permute(3, 0, 4, 1, 2, 5).unbind(0)
+        out = attention(q, k, v, None, self.scale, fused=self.attn_impl != 'reference')  # (B, h, G, Nq, d)
+        return self._merge(out)
+
+    def _region(self, query: torch.Tensor, source: torch.Tensor, border: torch.Tensor,
+                region: Region) -> torch.Tensor:
+        """See :meth:`forward` with ``region``."""
+        B, Gh, Gw, C = source.shape
+        h = self.num_heads
+        q = self._heads(query)  # (B, h, G, Nq, d)
+        kv = self.kv(source).view(B, Gh, Gw, 2, h, -1)  # (B, Gh, Gw, 2, h, d)
+        kv_border = self.kv(border).view(2, h, -1)  # (2, h, d)
         if self.record_attn:
-            logits = (q @ k.transpose(-2, -1)) * self.scale  # (B, G, h, Nq, K)
+            k, v, bias = _gathered(q, kv, kv_border, region)  # 2 x (B, h, G, K, d), (G, 1, K)
+            logits = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, G, Nq, K)
             probs = (logits if bias is None else logits + bias).softmax(dim=-1)
-            # weights (B, G, h, Nq, K) over the keys given by index (G, K) (None: the group's own K tokens)
-            self.last_attn = dict(weights=probs.detach(), index=index)
-            out = probs @ v  # (B, G, h, Nq, d)
-        else:
-            out = attention(q, k, v, bias, self.scale, self.attn_impl)  # (B, G, h, Nq, d)
-        return self.proj(out.transpose(2, 3).reshape(B, G, Nq, C))  # (B, G, Nq, C)
+            # weights (B, G, h, Nq, K) over the keys given by index (G, K)
+            self.last_attn = dict(weights=probs.detach().transpose(1, 2), index=region.index(q.device))
+            return self._merge(probs @ v)
+        impl = self.attn_impl
+        if impl == 'auto':
+            impl = choose_region_impl(region, q.shape[3])
+        return self._merge(REGION_ATTENTION[impl](q, kv, kv_border, region, self.scale))

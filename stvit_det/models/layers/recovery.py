@@ -55,9 +55,8 @@ class SpatialRecovery(SemanticBlockBase):
         if (Hs, Ws) != (self.samples * Hp // ws, self.samples * Wp // ws):
             raise ValueError(f'semantic grid {(Hs, Ws)} does not match the image map {(H, W)}')
         xw = window_partition(xp, ws)  # (B, nW, N, C)
-        context, index, bias = self.region_context(s, self.samples, self.region, (Hs, Ws), self.pad_mask,
-                                                   (Hp - H, Wp - W))
-        xw = xw + self.drop_path(self.layer_scale_1 * self.attn(self.norm1(xw), context, index, bias))
+        attn = self.region_attention(xw, s, self.samples, self.region, (Hs, Ws), self.pad_mask, (Hp - H, Wp - W))
+        xw = xw + self.drop_path(self.layer_scale_1 * attn)  # (B, nW, N, C)
         x = window_reverse(xw, ws, Hp, Wp)[:, :H, :W]  # (B, H, W, C)
         return self.mlp_residual(x), None
 

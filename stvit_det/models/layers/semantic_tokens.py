@@ -17,11 +17,11 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath
 
-from .attention import QKVAttention
-from .window_ops import (PAD_MASK_MODES, pad_to_multiple, region_index, region_key_bias, window_partition,
-                         window_reverse)
+from .attention import QKVAttention, Region
+from .mlp import Mlp
+from .window_ops import PAD_MASK_MODES, pad_to_multiple, window_partition, window_reverse
 
 
 class SemanticBlockBase(nn.Module):
@@ -29,13 +29,13 @@ class SemanticBlockBase(nn.Module):
     scales ``layer_scale_1/2`` (init 1e-5) applied before stochastic depth, as in the released code."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path: float = 0.0, layer_scale_init: float = 1e-5, attn_impl: str = 'dense') -> None:
+                 drop_path: float = 0.0, layer_scale_init: float = 1e-5, attn_impl: str = 'auto') -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = QKVAttention(dim, num_heads, qkv_bias, attn_impl)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.layer_scale_1 = nn.Parameter(torch.full((dim, ), layer_scale_init))
         self.layer_scale_2 = nn.Parameter(torch.full((dim, ), layer_scale_init))
 
@@ -43,27 +43,25 @@ class SemanticBlockBase(nn.Module):
         """t + DropPath(g2 * MLP(LN2 t)) for tokens of any shape (B, ..., C)."""
         return t + self.drop_path(self.layer_scale_2 * self.mlp(self.norm2(t)))
 
-    def region_context(self, src: torch.Tensor, unit: int, kernel: int, valid_hw: Tuple[int, int], pad_mode: str,
-                       image_pads: Tuple[int, int]):
-        """Normalised key/value source plus the gather index and logit bias of every window's key region.
+    def region_attention(self, queries: torch.Tensor, src: torch.Tensor, unit: int, kernel: int,
+                         valid_hw: Tuple[int, int], pad_mode: str, image_pads: Tuple[int, int]) -> torch.Tensor:
+        """Attn(LN1 queries, LN1 src[R_k(w)]) for every window w: the key regions of the source grid, each path
+        of ``attn_impl`` reaching them its own way (``attention.py``).
 
         Args:
-            src: source grid (B, Gh, Gw, C): the padded image map or the semantic grid.
+            queries: raw query tokens of every window (B, nW, Nq, C).
+            src: raw source grid (B, Gh, Gw, C): the padded image map or the semantic grid.
             unit: source cells per window side; kernel: region side.
             valid_hw: real (unpadded) extent of the source, for ``pad_mask='correct'``.
             pad_mode: ``'correct'``, ``'official'`` or ``'none'``.
             image_pads: (pad_b, pad_r) of the image map, for ``pad_mask='official'``.
 
         Returns:
-            context (B, Gh*Gw + 1, C) with LN1 applied and one zero token appended for the outer border,
-            index (nW, K), bias (nW, K) or None.
+            (B, nW, Nq, C).
         """
-        B, Gh, Gw, C = src.shape
-        flat = torch.cat([src.reshape(B, Gh * Gw, C), src.new_zeros(B, 1, C)], dim=1)  # (B, Gh*Gw + 1, C)
-        index, _, _ = region_index(Gh, Gw, unit, kernel, src.device)  # (nW, K)
-        bias = region_key_bias(Gh, Gw, unit, kernel, pad_mode, valid_hw[0], valid_hw[1], image_pads[0],
-                               image_pads[1], src.device)  # (nW, K) or None
-        return self.norm1(flat), index, bias
+        region = Region(tuple(src.shape[1:3]), unit, kernel, pad_mode, tuple(valid_hw), tuple(image_pads))
+        border = self.norm1(src.new_zeros(src.shape[-1]))  # (C, ): LN1 of a zero (outer-border) token
+        return self.attn(self.norm1(queries), self.norm1(src), border, region)
 
 
 class SemanticTokenGenerator(SemanticBlockBase):
@@ -126,8 +124,8 @@ class SemanticTokenGenerator(SemanticBlockBase):
                 raise ValueError(f'refinement needs a semantic grid of size {(Hs, Ws)}, got '
                                  f'{None if s is None else tuple(s.shape[1:3])}')
             sw = window_partition(s, ss)  # (B, nW, S, C)
-        context, index, bias = self.region_context(xp, ws, self.region, (H, W), self.pad_mask, (Hp - H, Wp - W))
-        sw = sw + self.drop_path(self.layer_scale_1 * self.attn(self.norm1(sw), context, index, bias))
+        attn = self.region_attention(sw, xp, ws, self.region, (H, W), self.pad_mask, (Hp - H, Wp - W))
+        sw = sw + self.drop_path(self.layer_scale_1 * attn)  # (B, nW, S, C)
         s = window_reverse(sw, ss, Hs, Ws)  # (B, Hs, Ws, C)
         return x, self.mlp_residual(s)
 

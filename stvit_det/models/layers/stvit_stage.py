@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 
+from .classification_form import CLASSIFICATION_KINDS, build_classification_block
 from .recovery import SpatialRecovery
 from .semantic_tokens import SemanticTokenBlock, SemanticTokenGenerator
 from .swin_block import PatchMerging, SwinBlock
@@ -23,7 +24,7 @@ DUMBBELL_UNIT = ('window', 'generate', 'refine', 'local', 'global', 'recover')
 TOKENLEARNER_UNIT = ('window', 'learn', 'refine', 'local', 'global', 'fuse')
 #: stage-3 unit of every sparsifier (``STViTR(sparsifier=...)``)
 SPARSIFIER_UNITS = {'stvit': DUMBBELL_UNIT, 'tokenlearner': TOKENLEARNER_UNIT}
-BLOCK_KINDS = ('window', 'shifted') + DUMBBELL_UNIT[1:] + ('learn', 'fuse')
+BLOCK_KINDS = ('window', 'shifted') + DUMBBELL_UNIT[1:] + ('learn', 'fuse') + CLASSIFICATION_KINDS
 
 
 def swin_pattern(depth: int) -> Tuple[str, ...]:
@@ -75,7 +76,7 @@ class STViTStage(nn.Module):
                  regions: Tuple[int, int, int] = (14, 21, 27),
                  layer_scale_init: float = 1e-5,
                  pad_mask: str = 'correct',
-                 attn_impl: str = 'dense',
+                 attn_impl: str = 'auto',
                  with_cp: bool = False) -> None:
         super().__init__()
         if len(drop_path) != len(pattern):
@@ -104,6 +105,8 @@ class STViTStage(nn.Module):
                 blk = TokenLearner(dim, window_size, samples, drop_path=dp, **learned)
             elif kind == 'fuse':
                 blk = TokenFuser(dim, window_size, samples, drop_path=dp, **learned)
+            elif kind in CLASSIFICATION_KINDS:  # the released ImageNet network (classification_form.py)
+                blk = build_classification_block(kind, dim, num_heads, window_size, samples, dp, **semantic)
             else:
                 raise ValueError(f"unknown block kind '{kind}', expected one of {BLOCK_KINDS}")
             blocks.append(blk)

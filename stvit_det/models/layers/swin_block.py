@@ -14,10 +14,22 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath
 
 from .attention import attention, check_attn_impl
+from .chunking import chunked
+from .mlp import Mlp
 from .window_ops import pad_to_multiple, shift_window_mask, window_partition, window_reverse
+
+
+def use_fused_window_attention(device: torch.device) -> bool:
+    """Whether window attention (many 49-token windows, a bias per window) runs fused on ``device``.
+
+    Measured (``tools/analysis/benchmark.py --profile``, fp32, 2 CPU threads, torch 2.13): on the CPU, fused
+    ``scaled_dot_product_attention`` with a (nW, h, N, N) float bias is slower than the written-out matmul-softmax
+    (mmdet's ``WindowMSA``), so the CPU writes it out; other devices fuse.
+    """
+    return device.type != 'cpu'
 
 
 class WindowAttention(nn.Module):
@@ -35,7 +47,7 @@ class WindowAttention(nn.Module):
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
-                 attn_impl: str = 'dense') -> None:
+                 attn_impl: str = 'auto') -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
@@ -70,12 +82,14 @@ class WindowAttention(nn.Module):
         h, d = self.num_heads, C // self.num_heads
         q, k, v = self.qkv(x).view(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5).unbind(0)  # 3 x (B, nW, h, N, d)
         bias = self.relative_position_bias()  # (h, N, N)
-        if mask is not None:
-            bias = bias + mask[:, None]  # (nW, h, N, N)
-        if self.attn_impl == 'reference':
-            out = attention(q * self.scale, k, v, bias, 1.0, 'reference')  # Swin scales the queries first
+        if self.attn_impl == 'reference' or not use_fused_window_attention(x.device):
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, nW, h, N, N): Swin scales the queries first
+            attn = attn.add_(bias) if mask is None else attn.add_(bias).add_(mask[:, None])  # in place, as mmdet
+            out = attn.softmax(dim=-1) @ v  # (B, nW, h, N, d)
         else:
-            out = attention(q, k, v, bias, self.scale, self.attn_impl)  # (B, nW, h, N, d)
+            if mask is not None:
+                bias = bias + mask[:, None]  # (nW, h, N, N)
+            out = attention(q, k, v, bias, self.scale, fused=True)  # (B, nW, h, N, d)
         return self.proj(out.transpose(2, 3).reshape(B, nW, N, C))  # (B, nW, N, C)
 
 
@@ -90,20 +104,25 @@ class SwinBlock(nn.Module):
         dim: channels C; num_heads: h; window_size: ws; shift: 0 (W-MSA) or ws // 2 (SW-MSA).
         mlp_ratio: hidden width of the MLP / C; qkv_bias: bias in ``qkv``; drop_path: stochastic depth rate.
         attn_impl: see :class:`WindowAttention`.
+        unshift_fitting_maps: do not shift a map that fits in one window (``min(H, W) <= ws``), as Swin's
+            classification code does (microsoft/Swin-Transformer ``SwinTransformerBlock``); the detection code
+            always shifts.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift: int = 0, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop_path: float = 0.0, attn_impl: str = 'dense') -> None:
+                 qkv_bias: bool = True, drop_path: float = 0.0, attn_impl: str = 'auto',
+                 unshift_fitting_maps: bool = False) -> None:
         super().__init__()
         if not 0 <= shift < window_size:
             raise ValueError(f'shift {shift} must be in [0, window_size={window_size})')
         self.window_size = window_size
         self.shift = shift
+        self.unshift_fitting_maps = unshift_fitting_maps
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, attn_impl)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, s: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
@@ -118,17 +137,22 @@ class SwinBlock(nn.Module):
         ws = self.window_size
         y = pad_to_multiple(self.norm1(x), ws)  # (B, Hp, Wp, C)
         Hp, Wp = y.shape[1:3]
+        shift = 0 if self.unshift_fitting_maps and min(H, W) <= ws else self.shift
         mask = None
-        if self.shift:
-            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-            mask = shift_window_mask(Hp, Wp, ws, self.shift, y.device)  # (nW, N, N)
-        y = self.attn(window_partition(y, ws), mask)  # (B, nW, N, C)
+        if shift:
+            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
+            mask = shift_window_mask(Hp, Wp, ws, shift, y.device)  # (nW, N, N)
+        N, h = ws * ws, self.attn.num_heads
+        y = chunked(lambda w, i: self.attn(w, None if mask is None else mask[i:i + w.shape[1]]),
+                    window_partition(y, ws), 1, B * N * (3 * C + h * N) * 4)  # (B, nW, N, C): qkv + logits
         y = window_reverse(y, ws, Hp, Wp)  # (B, Hp, Wp, C)
-        if self.shift:
-            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        if shift:
+            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
         x = x + self.drop_path(y[:, :H, :W])  # (B, H, W, C)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x, s
+        if self.training:
+            return x + self.drop_path(self.mlp(self.norm2(x))), s
+        hidden = self.mlp.fc1.out_features
+        return chunked(lambda t, _: t + self.mlp(self.norm2(t)), x, 1, B * W * hidden * 4), s  # rows of the map
 
 
 class PatchMerging(nn.Module):

@@ -10,7 +10,7 @@ k key-region side, K = k*k keys per window.
 """
 import functools
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -131,16 +131,15 @@ def region_index(grid_h: int, grid_w: int, unit: int, kernel: int,
     return index, rows, cols
 
 
-@functools.lru_cache(maxsize=64)
-def region_key_bias(grid_h: int, grid_w: int, unit: int, kernel: int, mode: str, valid_h: int, valid_w: int,
-                    pad_b: int, pad_r: int, device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
-    """Additive logit bias of every window's region keys, one row per window (shared by all its queries).
+def key_position_bias(rows: torch.Tensor, cols: torch.Tensor, grid_h: int, grid_w: int, mode: str, valid_h: int,
+                      valid_w: int, pad_b: int, pad_r: int) -> Optional[torch.Tensor]:
+    """Additive logit bias of keys at source positions ``(rows, cols)`` (any shape; may lie outside the grid).
 
-    Modes (see the spec, section 4):
+    The padding rule depends only on where a key sits, never on the query, so every attention path (gathered
+    regions, dense mask, tiles) derives its bias from this one function. Modes (see the spec, section 4):
 
-    * ``'correct'``: ``-inf`` for keys on the outer border or in a padded row (>= ``valid_h``) or column
-      (>= ``valid_w``) of the source grid. Each region contains its own window, which always holds a real key, so
-      no row is fully masked.
+    * ``'correct'``: ``-inf`` for keys on the outer border (outside ``[0, grid_h) x [0, grid_w)``) or in a padded
+      row (>= ``valid_h``) or column (>= ``valid_w``) of the source grid.
     * ``'official'``: the released code's rule: ``-1000`` for the outer border and for interior cells in
       rows[-pad_b:] AND cols[-pad_r:] of the source grid, where a zero pad selects the whole axis (so with no
       padding every key gets -1000, which cancels in the softmax). ``pad_b`` / ``pad_r`` are the IMAGE map's pads
@@ -148,18 +147,134 @@ def region_key_bias(grid_h: int, grid_w: int, unit: int, kernel: int, mode: str,
     * ``'none'``: no mask (``None``); border and padded keys attend as zero tokens.
 
     Returns:
-        None or a float32 tensor of shape (nW, K) on ``device`` (cached: do not modify it in place).
+        None or a float32 tensor shaped like ``rows``.
     """
     if mode not in PAD_MASK_MODES:
         raise ValueError(f"pad_mask must be one of {PAD_MASK_MODES}, got '{mode}'")
     if mode == 'none':
         return None
-    _, rows, cols = region_index(grid_h, grid_w, unit, kernel, device)
     border = (rows < 0) | (rows >= grid_h) | (cols < 0) | (cols >= grid_w)
     if mode == 'correct':
         masked = border | (rows >= valid_h) | (cols >= valid_w)
-        return torch.zeros(rows.shape, device=device).masked_fill(masked, float('-inf'))
+        return torch.zeros(rows.shape, device=rows.device).masked_fill(masked, float('-inf'))
     in_rows = rows >= grid_h - pad_b if pad_b > 0 else torch.ones_like(border)  # rows[-0:] is every row
     in_cols = cols >= grid_w - pad_r if pad_r > 0 else torch.ones_like(border)
     masked = border | (in_rows & in_cols)
-    return torch.zeros(rows.shape, device=device).masked_fill(masked, OFFICIAL_MASK_VALUE)
+    return torch.zeros(rows.shape, device=rows.device).masked_fill(masked, OFFICIAL_MASK_VALUE)
+
+
+@functools.lru_cache(maxsize=64)
+def region_key_bias(grid_h: int, grid_w: int, unit: int, kernel: int, mode: str, valid_h: int, valid_w: int,
+                    pad_b: int, pad_r: int, device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
+    """Additive logit bias of every window's region keys (:func:`key_position_bias` at the positions of
+    :func:`region_index`), one row per window, shared by all its queries. Each region contains its own window,
+    which always holds a real key, so no row is fully masked.
+
+    Returns:
+        None or a float32 tensor of shape (nW, K) on ``device`` (cached: do not modify it in place).
+    """
+    _, rows, cols = region_index(grid_h, grid_w, unit, kernel, device)
+    return key_position_bias(rows, cols, grid_h, grid_w, mode, valid_h, valid_w, pad_b, pad_r)
+
+
+class TileLayout(NamedTuple):
+    """Key regions of a window grid re-expressed as R x R neighbouring *tiles* (see :func:`region_tiles`).
+
+    Attributes:
+        unit: u, source cells per tile side (= per window side); T = u*u cells per tile.
+        tiles: R, tiles per region side (region side k = R * u).
+        tiles_above: p, region tile rows (and columns) before the window's own: region row a of window row i is
+            tile row i - p + a, inside the grid for a in [p - i, th + p - i).
+        shift: s, the tile grid starts s cells above / left of the source grid (tile t covers [u*t - s, u*t - s + u)).
+        grid: (th, tw) tile grid = query grid; the real windows are its top-left (nh, nw) block, the rest is junk.
+        windows: (nh, nw) real query windows.
+        pad: (top, bottom, left, right) source padding (outer-border tokens) that fills the tile grid.
+        offsets: R slab offsets, in tiles: row ``a`` of window f's region is the R consecutive tiles starting at flat
+            tile ``f + offsets[a]`` (flat over the tile grid, row stride tw).
+        margin: (lo, hi) zero tiles to put before / after the flattened tiles so that every slab stays in bounds.
+        bias: (th*tw, R*R*T) float32 logit bias per query window and slot (slot order a, b, row, col in tile);
+            ``-inf`` where a slot lies outside the tile grid (that slot reads a neighbouring row, another image or
+            the zero margin: it stands for outer-border positions, re-added by ``border_bias``).
+        border_bias: (th*tw, ) float32 or None: log(number of outer-border positions outside the tile grid in the
+            window's region) + the border's rule bias; one shared border key carries them all. None when no region
+            has such a position or when the mode masks the border (``'correct'``).
+    """
+    unit: int
+    tiles: int
+    tiles_above: int
+    shift: int
+    grid: Tuple[int, int]
+    windows: Tuple[int, int]
+    pad: Tuple[int, int, int, int]
+    offsets: Tuple[int, ...]
+    margin: Tuple[int, int]
+    bias: torch.Tensor
+    border_bias: Optional[torch.Tensor]
+
+
+def tiles_fit(unit: int, kernel: int) -> bool:
+    """Whether a ``kernel`` x ``kernel`` region splits into whole tiles of ``unit`` x ``unit`` cells."""
+    return kernel % unit == 0
+
+
+@functools.lru_cache(maxsize=64)
+def region_tiles(grid_h: int, grid_w: int, unit: int, kernel: int, mode: str, valid_h: int, valid_w: int,
+                 pad_b: int, pad_r: int, device: Optional[torch.device] = None) -> TileLayout:
+    """The regions of :func:`region_index` as R x R neighbouring tiles, for attention that reads keys in place.
+
+    With k = R*u and margin m = (k - u) // 2, the region of window i, rows [u*i - m, u*i - m + k), is exactly the R
+    tiles i - p .. i - p + R - 1 of a tile grid shifted by s = m mod u (p = m // u), and likewise in columns: the
+    14 x 14 generation region is 2 x 2 tiles of the map shifted by 3, the 21 x 21 refinement region the 3 x 3
+    windows around its own, the 27 x 27 recovery region 9 x 9 windows of 3 x 3 semantic tokens. Flattening the
+    tiles row-major (row stride tw) puts the R tiles of one region row next to each other, so row ``a`` of every
+    window's region is one contiguous slab of R*T tokens that starts ``offsets[a]`` tiles after the window's own
+    flat index: an overlapping strided view of the keys (``Tensor.unfold``), not a copy. Tiles outside the tile
+    grid wrap into the neighbouring row; those slots are masked and their (outer-border) positions are carried by
+    one border key (``border_bias``). Nothing is duplicated and the work is exactly the region arithmetic (plus
+    the junk windows of a shifted grid: one extra row and column of windows for generation).
+
+    Args:
+        grid_h, grid_w: source grid (multiples of ``unit``); unit: u; kernel: k (a multiple of u, see
+            :func:`tiles_fit`); mode, valid_h, valid_w, pad_b, pad_r: see :func:`key_position_bias`.
+
+    Returns:
+        A :class:`TileLayout` (cached: do not modify its tensors in place).
+    """
+    if not tiles_fit(unit, kernel) or kernel < unit:
+        raise ValueError(f'a {kernel} x {kernel} region does not split into tiles of {unit} x {unit}')
+    if device is not None and torch.device(device).type != 'cpu':  # built on the CPU (also for the meta device)
+        lay = region_tiles(grid_h, grid_w, unit, kernel, mode, valid_h, valid_w, pad_b, pad_r, None)
+        return lay._replace(bias=lay.bias.to(device),
+                            border_bias=None if lay.border_bias is None else lay.border_bias.to(device))
+    R, m = kernel // unit, (kernel - unit) // 2
+    s, p = m % unit, m // unit
+    nh, nw = grid_h // unit, grid_w // unit
+    th, tw = -(-(grid_h + s) // unit), -(-(grid_w + s) // unit)  # tiles covering [-s, grid) = ceil((grid + s) / u)
+    offsets = tuple((a - p) * tw - p for a in range(R))
+    margin = (max(0, -min(offsets)), max(0, max(offsets) + R - 1))
+
+    ar = lambda n: torch.arange(n, device=device)  # noqa: E731
+    qi, qj, a, b, r, c = torch.meshgrid(ar(th), ar(tw), ar(R), ar(R), ar(unit), ar(unit), indexing='ij')
+    ti, tj = qi - p + a, qj - p + b  # tile of every (query window, slot)
+    rows, cols = unit * ti - s + r, unit * tj - s + c  # its source position
+    outside = (ti < 0) | (ti >= th) | (tj < 0) | (tj >= tw)  # slot reads a wrapped tile
+    rule = key_position_bias(rows, cols, grid_h, grid_w, mode, valid_h, valid_w, pad_b, pad_r)
+    bias = torch.zeros(rows.shape, device=device) if rule is None else rule
+    bias = bias.masked_fill(outside, float('-inf'))
+    junk = (qi >= nh) | (qj >= nw)
+    bias = bias.masked_fill(junk, 0.0)  # junk windows: any finite logits (their outputs are dropped)
+    bias = bias.reshape(th * tw, -1)  # (th*tw, R*R*T)
+
+    border_bias = None
+    counts = (outside & ~junk).reshape(th * tw, -1).sum(1)  # (th*tw, ) outer-border positions per region
+    if mode != 'correct' and bool((counts > 0).any()):
+        border_rule = 0.0 if mode == 'none' else OFFICIAL_MASK_VALUE
+        border_bias = counts.float().log() + border_rule  # log 0 = -inf: no border key for that window
+    # Softmax is invariant to a shift of a row: subtract each window's largest bias so that the official rule's
+    # -1000 on every key (no padding) becomes 0 instead of a large offset that costs float32 precision.
+    top_bias = bias.amax(dim=1) if border_bias is None else torch.maximum(bias.amax(dim=1), border_bias)
+    top_bias = torch.where(torch.isfinite(top_bias), top_bias, torch.zeros_like(top_bias))
+    bias = bias - top_bias[:, None]
+    border_bias = None if border_bias is None else border_bias - top_bias
+    return TileLayout(unit, R, p, s, (th, tw), (nh, nw), (s, th * unit - s - grid_h, s, tw * unit - s - grid_w),
+                      offsets, margin, bias, border_bias)

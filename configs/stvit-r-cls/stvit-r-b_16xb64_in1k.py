@@ -1,0 +1,8 @@
+# STViT-R-B on ImageNet-1k, the official pretraining recipe (see stvit-r-t_16xb64_in1k.py); drop path 0.4.
+_base_ = 'mmpretrain::swin_transformer/swin-base_16xb64_in1k.py'
+
+custom_imports = dict(imports=['stvit_det'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        _delete_=True, type='STViTR', arch='base', drop_path_rate=0.4, out_indices=(3, ), init_cfg=None))

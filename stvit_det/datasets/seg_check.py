@@ -1,0 +1,237 @@
+"""Early, readable checks of the semantic-segmentation datasets a config points at (MMSegmentation 1.x).
+
+Without them a bad label map surfaces in the middle of training or evaluation, far from its cause: a class index
+outside ``[0, num_classes)`` makes the cross-entropy fail ("Target 150 is out of bounds" on CPU, a device-side
+assert on GPU) at the first batch that draws it; a label map whose size differs from its image is cropped wrongly
+without any error, or breaks ``IoUMetric`` at evaluation; a 16-bit label above 255 is silently wrapped by mmseg's
+``astype(np.uint8)`` (``LoadAnnotations._load_seg_map``); a missing file stops the run when a worker first reads it.
+
+:func:`check_seg_dataset_cfgs` builds each dataset of the config exactly as the Runner would (mmseg's registry, so
+``ann_file`` split lists, suffixes, ``reduce_zero_label`` and class subsets are resolved by mmseg itself), then
+reads every label map and the header of every image. The tools call it after loading the config and before
+building the Runner, and turn a :class:`SegDatasetError` into a one-line exit message that names the file.
+
+Values are checked as mmseg's ``LoadAnnotations`` delivers them to the loss: the raw map (any bit depth; values
+above 255 are reported, mmseg would wrap them), then ``reduce_zero_label`` (0 -> 255, v -> v - 1) and the dataset's
+``label_map``; the result must lie in ``[0, num_classes)`` or equal the decode head's ``ignore_index``.
+"""
+import os
+import os.path as osp
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .coco_check import DatasetCheckError, iter_leaf_datasets
+
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+class SegDatasetError(DatasetCheckError):
+    """A segmentation dataset has a missing or malformed image or label map; the message names the file."""
+
+
+def image_size(path: str) -> Tuple[int, int]:
+    """(H, W) of an image as mmengine's ``LoadImageFromFile`` (cv2, EXIF orientation applied) will decode it, read
+    from the file header only.
+
+    Raises:
+        SegDatasetError: when the file is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except (UnidentifiedImageError, OSError) as e:
+        raise SegDatasetError(f'image file cannot be read: {path} ({e})') from None
+    return (w, h) if orientation in TRANSPOSING_ORIENTATIONS else (h, w)
+
+
+def read_label_map(path: str, backend: str = 'pillow') -> np.ndarray:
+    """The raw label map as mmseg's ``LoadAnnotations`` decodes it (``flag='unchanged'``, squeezed), before its
+    ``uint8`` cast.
+
+    Raises:
+        SegDatasetError: when the file is not a readable image or not single-channel.
+    """
+    import mmcv
+
+    try:
+        with open(path, 'rb') as f:
+            label = mmcv.imfrombytes(f.read(), flag='unchanged', backend=backend)
+    except Exception as e:  # noqa: BLE001  (any decoder error: the file is unusable either way)
+        raise SegDatasetError(f'label map cannot be read: {path} ({type(e).__name__}: {e})') from None
+    if label is None:
+        raise SegDatasetError(f'label map cannot be read: {path} (not an image)')
+    label = np.squeeze(label)
+    if label.ndim != 2:
+        raise SegDatasetError(f'label map {path} has shape {label.shape}: expected one channel of class indices '
+                              '(a colour rendering instead of an index map?)')
+    return label
+
+
+def training_values(values: np.ndarray, reduce_zero_label: bool, label_map: Optional[Dict[int, int]]) -> np.ndarray:
+    """Map raw label values (a 1-D array of distinct values <= 255) to what the loss sees, as mmseg does."""
+    out = values.astype(np.int64)
+    if reduce_zero_label:
+        out = np.where(out == 0, 255, out - 1)
+        out[out == 254] = 255
+    if label_map:
+        mapped = out.copy()
+        for old, new in label_map.items():
+            mapped[out == old] = new
+        out = mapped
+    return out
+
+
+def check_sample(info: Dict[str, Any], num_classes: int, ignore_index: int, backend: str = 'pillow') -> None:
+    """Check one sample of a segmentation dataset (a ``data_list`` entry of mmseg's ``BaseSegDataset``).
+
+    Args:
+        info: with ``img_path``, ``seg_map_path`` and optionally ``reduce_zero_label``, ``label_map``.
+        num_classes: classes of the dataset; valid training values are ``[0, num_classes)``.
+        ignore_index: the other valid value (the decode head's, 255 by default).
+        backend: image decoder of the pipeline's ``LoadAnnotations`` (``imdecode_backend``).
+
+    Raises:
+        SegDatasetError: naming the file and the problem.
+    """
+    img_path, seg_path = info['img_path'], info['seg_map_path']
+    if not osp.isfile(img_path):
+        raise SegDatasetError(f'image file not found: {img_path} (its label map is {seg_path})')
+    if not osp.isfile(seg_path):
+        raise SegDatasetError(f'label map not found: {seg_path} (for image {img_path})')
+    label = read_label_map(seg_path, backend)
+    img_hw = image_size(img_path)
+    if label.shape != img_hw:
+        raise SegDatasetError(f'label map {seg_path} is {label.shape[0]}x{label.shape[1]} (HxW) but its image '
+                              f'{img_path} is {img_hw[0]}x{img_hw[1]}')
+    raw = np.unique(label)
+    if raw.min() < 0 or raw.max() > 255:
+        raise SegDatasetError(f'label map {seg_path} has values outside 0..255 ({raw.min()}..{raw.max()}): mmseg '
+                              'stores labels as uint8, so they would be wrapped')
+    seen = training_values(raw, bool(info.get('reduce_zero_label')), info.get('label_map'))
+    bad = sorted(set(seen[(seen >= num_classes) & (seen != ignore_index)].tolist()))
+    if bad:
+        shown = ', '.join(map(str, bad[:8])) + (', ...' if len(bad) > 8 else '')
+        how = ' after reduce_zero_label' if info.get('reduce_zero_label') else ''
+        raise SegDatasetError(f'label map {seg_path} has class values {shown}{how}, outside [0, {num_classes}) '
+                              f'and not the ignore index {ignore_index}')
+
+
+def _orphan_label(dataset, data_list: Sequence[dict]) -> Optional[str]:
+    """A label map of the dataset's label directory whose image is missing (directory scans only), or None."""
+    if dataset.ann_file and osp.isfile(dataset.ann_file):
+        return None  # a split list chooses the samples: extra files are not part of the dataset
+    seg_dir = dataset.data_prefix.get('seg_map_path')
+    img_dir = dataset.data_prefix.get('img_path')
+    if not seg_dir or not osp.isdir(seg_dir):
+        return None
+    have = {osp.normpath(d['seg_map_path']) for d in data_list}
+    suffix = dataset.seg_map_suffix
+    for root, _, files in os.walk(seg_dir):
+        for name in sorted(files):
+            path = osp.normpath(osp.join(root, name))
+            if name.endswith(suffix) and path not in have:
+                rel = osp.relpath(path, seg_dir)
+                image = osp.join(img_dir, rel[:-len(suffix)] + dataset.img_suffix)
+                return f'image file not found: {image} (for label map {path})'
+    return None
+
+
+def _decode_backend(dataset_cfg: dict) -> str:
+    for step in dataset_cfg.get('pipeline') or []:
+        if isinstance(step, dict) and step.get('type') in ('LoadAnnotations', 'mmseg.LoadAnnotations'):
+            return step.get('imdecode_backend', 'pillow')
+    return 'pillow'
+
+
+def _ignore_index(cfg: Any) -> int:
+    head = (cfg.get('model') or {}).get('decode_head')
+    head = head[0] if isinstance(head, (list, tuple)) and head else head
+    return int(head.get('ignore_index', 255)) if isinstance(head, dict) else 255
+
+
+def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str = 'dataset',
+                          workers: Optional[int] = None) -> int:
+    """Build one leaf segmentation dataset through mmseg's registry and check all its samples.
+
+    Args:
+        dataset_cfg: a leaf dataset config whose ``data_prefix`` has a ``seg_map_path``.
+        ignore_index: label value excluded from the class range check.
+        what: where the config comes from, used in messages.
+        workers: threads reading files (default: up to 8).
+
+    Returns:
+        the number of samples checked.
+
+    Raises:
+        SegDatasetError: for the first bad sample (in file order), naming the file; the count of further bad
+            samples is appended.
+    """
+    import copy
+
+    from mmengine.registry import DefaultScope
+
+    from mmseg.registry import DATASETS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    cfg = copy.deepcopy(dict(dataset_cfg))
+    cfg['lazy_init'] = True
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        dataset = DATASETS.build(cfg)
+        dataset.full_init()
+    data_list = [dataset.get_data_info(i) for i in range(len(dataset))]
+    num_classes = len(dataset.metainfo['classes'])
+    backend = _decode_backend(cfg)
+    if not data_list:
+        raise SegDatasetError(f'no images found in {dataset.data_prefix.get("img_path")} with suffix '
+                              f'{dataset.img_suffix!r} ({what})')
+
+    def run(info):
+        try:
+            check_sample(info, num_classes, ignore_index, backend)
+        except SegDatasetError as e:
+            return str(e)
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        problems = [p for p in pool.map(run, data_list) if p]
+    orphan = _orphan_label(dataset, data_list)
+    if orphan:
+        problems.append(orphan)
+    if problems:
+        more = f' (and {len(problems) - 1} more bad samples in this dataset)' if len(problems) > 1 else ''
+        raise SegDatasetError(f'{problems[0]}{more} ({what})')
+    return len(data_list)
+
+
+def check_seg_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 'test')) -> List[Tuple[str, int]]:
+    """Check every segmentation dataset (a leaf whose ``data_prefix`` has ``seg_map_path``) of the given phases.
+
+    Other datasets (detection, classification) are skipped, so the tools call this for any config; mmseg is only
+    imported when a segmentation dataset is found.
+
+    Returns:
+        (where, number of samples) for every dataset checked.
+
+    Raises:
+        SegDatasetError: naming the missing or malformed file.
+    """
+    checked = []
+    ignore_index = _ignore_index(cfg)
+    for phase in phases:
+        loader = cfg.get(f'{phase}_dataloader')
+        if not loader:
+            continue
+        for index, leaf in enumerate(iter_leaf_datasets(loader.get('dataset'))):
+            prefix = leaf.get('data_prefix') or {}
+            if not (isinstance(prefix, dict) and prefix.get('seg_map_path')):
+                continue
+            what = f'{phase}_dataloader.dataset' + (f' #{index}' if index else '')
+            checked.append((what, check_seg_dataset_cfg(leaf, ignore_index, what)))
+    return checked

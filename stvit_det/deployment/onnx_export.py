@@ -1,0 +1,226 @@
+"""Export a PyTorch module to ONNX, run the file with ONNX Runtime, and compare it with PyTorch.
+
+Model-agnostic: what is exported (backbone, backbone + neck, a whole detector) is decided by
+``stvit_det.deployment.parts``. Two exporters of ``torch.onnx.export`` are offered:
+
+* ``'dynamo'`` (default, ``dynamo=True``): ``torch.export`` traces the module to an FX graph which is translated
+  op by op through onnxscript; dynamic dimensions are declared with ``torch.export.Dim``. Custom ops get their
+  ONNX translation through ``custom_translation_table`` (``deployment/ops.py``).
+* ``'torchscript'`` (``dynamo=False``): the legacy tracer plus per-op symbolic functions, kept as a fallback and
+  for comparison.
+
+Errors are reported once, naming the problem: :class:`ExportError` names the operator that could not be exported
+and why; :func:`load_session` names a file that ONNX Runtime cannot load; :func:`check_feeds` names an input whose
+shape the graph cannot take.
+
+References: PyTorch ``torch.onnx`` documentation (``torch.onnx.export``, ``dynamic_shapes``,
+``custom_translation_table``); ONNX Runtime Python API (``InferenceSession``, ``SessionOptions``).
+"""
+import os
+import re
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .equivalents import ExportableOps, exportable_attention
+
+EXPORTERS = ('dynamo', 'torchscript')
+#: ONNX opset: 18 is the dynamo exporter's floor in recent PyTorch; RoiAlign half_pixel needs >= 16
+OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """A module could not be exported; the message names the operator (when known) and the exporter's reason."""
+
+
+class OnnxInputError(ValueError):
+    """An input does not fit what the exported graph takes (name, shape or dtype)."""
+
+
+class OnnxLoadError(RuntimeError):
+    """ONNX Runtime could not load a file."""
+
+
+_OP_PATTERNS = (
+    r"operator '?(aten::\w+)'?",  # TorchScript: Exporting the operator 'aten::xyz' to ONNX opset ...
+    r'export of operator (\w+)',  # TorchScript: Unsupported: ONNX export of operator xyz, ...
+    r'(aten\.\w+(?:\.\w+)?)',  # dynamo: aten.xyz.default
+    r'(torchvision::\w+|mmcv::\w+|mmdeploy::\w+|stvit_deploy::\w+)',
+    r"(torch\.ops\.\w+\.\w+)",
+)
+
+
+def failing_operator(exc: BaseException) -> Optional[str]:
+    """Best-effort name of the operator an exporter complained about, read from its error message chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for pattern in _OP_PATTERNS:
+            m = re.search(pattern, str(exc))
+            if m:
+                return m.group(1)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _first_line(exc: BaseException, width: int = 400) -> str:
+    text = ' '.join(str(exc).split())
+    return f'{type(exc).__name__}: {text[:width]}'
+
+
+def export_onnx(module: torch.nn.Module,
+                args: Tuple[torch.Tensor, ...],
+                path: str,
+                input_names: Sequence[str],
+                output_names: Sequence[str],
+                dynamic_batch: bool = True,
+                exporter: str = 'torchscript',
+                opset: int = OPSET,
+                custom_translation_table: Optional[Dict[Callable, Callable]] = None,
+                optimize: bool = True) -> str:
+    """Export ``module(*args)`` to ``path`` with static shapes, optionally a dynamic batch dimension.
+
+    Args:
+        module: module in eval mode whose forward takes ``args`` and returns a tensor or a tuple of tensors.
+        args: example inputs; their shapes are baked in (except dim 0 with ``dynamic_batch``).
+        path: output ``.onnx`` file (weights stored inside).
+        input_names, output_names: graph input / output names, one per tensor.
+        dynamic_batch: declare dim 0 of every input (and output) dynamic.
+        exporter: ``'dynamo'`` or ``'torchscript'``.
+        opset: ONNX opset version.
+        custom_translation_table: dynamo only: ``{torch op: onnxscript function}`` for custom ops.
+        optimize: dynamo only: run onnxscript's graph optimiser on the result (slow on 2 cores; ONNX Runtime
+            optimises the graph again when it loads it).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ExportError: naming the operator that failed and why.
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got '{exporter}'")
+    if len(input_names) != len(args):
+        raise ValueError(f'{len(args)} inputs but {len(input_names)} input names')
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    module = module.eval()
+    try:
+        with torch.no_grad(), exportable_attention(module):
+            if exporter == 'dynamo':
+                dynamic_shapes = None
+                if dynamic_batch:
+                    batch = torch.export.Dim('batch', min=1, max=64)
+                    dynamic_shapes = tuple({0: batch} for _ in args)
+                    # torch.export specialises a size-1 dimension to the constant 1: trace with batch 2
+                    args = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.shape[0] == 1 else a for a in args)
+                with ExportableOps():
+                    program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+                onnx_program = torch.onnx.export(
+                    program, dynamo=True, input_names=list(input_names), output_names=list(output_names),
+                    opset_version=opset, custom_translation_table=custom_translation_table, optimize=optimize,
+                    verbose=False)
+                onnx_program.save(path, external_data=False)
+            else:
+                dynamic_axes = None
+                if dynamic_batch:
+                    dynamic_axes = {n: {0: 'batch'} for n in list(input_names) + list(output_names)}
+                with ExportableOps():
+                    torch.onnx.export(
+                        module, args, path, dynamo=False, input_names=list(input_names),
+                        output_names=list(output_names), opset_version=opset, dynamic_axes=dynamic_axes,
+                        do_constant_folding=True, verbose=False)
+    except Exception as exc:  # the exporters raise many types; re-raise one, naming the operator
+        op = failing_operator(exc)
+        where = f'operator {op}' if op else 'an operator it could not name'
+        raise ExportError(f'{exporter} export failed at {where}: {_first_line(exc)}') from exc
+    return path
+
+
+def load_session(path: str, threads: Optional[int] = None):
+    """An ONNX Runtime CPU session for ``path``.
+
+    Args:
+        path: ``.onnx`` file.
+        threads: intra-op threads (default: ``torch.get_num_threads()``, so both runtimes use the same number).
+
+    Raises:
+        OnnxLoadError: if the file is missing or ONNX Runtime refuses it (with ONNX Runtime's reason).
+    """
+    import onnxruntime as ort
+
+    if not os.path.isfile(path):
+        raise OnnxLoadError(f'ONNX file not found: {path}')
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(path, sess_options=opts, providers=['CPUExecutionProvider'])
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / InvalidProtobuf types
+        raise OnnxLoadError(f'ONNX Runtime cannot load {path}: {_first_line(exc)}') from exc
+
+
+def graph_inputs(session) -> List[Tuple[str, Tuple, str]]:
+    """(name, shape, element type) of every graph input; a dynamic dimension is its symbolic name (a str)."""
+    return [(i.name, tuple(i.shape), i.type) for i in session.get_inputs()]
+
+
+_ORT_TYPES = {'tensor(float)': np.float32, 'tensor(int64)': np.int64, 'tensor(uint8)': np.uint8}
+
+
+def check_feeds(session, feeds: Dict[str, np.ndarray]) -> None:
+    """Raise :class:`OnnxInputError` unless ``feeds`` has exactly the graph's inputs with shapes it can take."""
+    expected = graph_inputs(session)
+    names = [n for n, _, _ in expected]
+    if sorted(feeds) != sorted(names):
+        raise OnnxInputError(f'the graph takes inputs {names}, got {sorted(feeds)}')
+    for name, shape, dtype in expected:
+        arr = feeds[name]
+        want = _ORT_TYPES.get(dtype)
+        if want is not None and arr.dtype != want:
+            raise OnnxInputError(f"input '{name}': the graph takes {np.dtype(want).name}, got {arr.dtype}")
+        fixed = ['?' if not isinstance(d, int) else d for d in shape]
+        ok = len(shape) == arr.ndim and all(not isinstance(d, int) or d == a for d, a in zip(shape, arr.shape))
+        if not ok:
+            raise OnnxInputError(f"input '{name}' has shape {tuple(arr.shape)}, but the exported graph takes "
+                                 f"({', '.join(map(str, fixed))}) ('?' = dynamic); export again with "
+                                 f"--shape {arr.shape[-2]} {arr.shape[-1]} for this size")
+
+
+def run_session(session, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+    """Check the inputs, then run the graph; returns the outputs in graph order."""
+    check_feeds(session, feeds)
+    return session.run(None, feeds)
+
+
+def compare(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> Dict[str, float]:
+    """Max absolute difference and max difference relative to the reference's largest magnitude, over all
+    outputs (``max_rel = max_i max|a_i - r_i| / max|r_i|``)."""
+    if len(reference) != len(actual):
+        raise ValueError(f'{len(reference)} reference outputs but {len(actual)} actual outputs')
+    max_abs, max_rel = 0.0, 0.0
+    for i, (r, a) in enumerate(zip(reference, actual)):
+        r, a = np.asarray(r, dtype=np.float64), np.asarray(a, dtype=np.float64)
+        if r.shape != a.shape:
+            raise ValueError(f'output {i}: shape {a.shape} differs from the reference {r.shape}')
+        if r.size == 0:
+            continue
+        diff = float(np.abs(r - a).max())
+        max_abs = max(max_abs, diff)
+        max_rel = max(max_rel, diff / max(float(np.abs(r).max()), 1e-12))
+    return dict(max_abs=max_abs, max_rel=max_rel)
+
+
+def median_latency_ms(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall-clock time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)

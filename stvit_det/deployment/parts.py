@@ -1,0 +1,167 @@
+"""What ``tools/deployment/export_onnx.py`` exports: a detector built from its config (and checkpoint), and the
+module of one part of it, with the names of its graph inputs and outputs.
+
+Parts (:data:`PARTS`):
+
+* ``'backbone'``: ``detector.backbone`` (STViT-R or any mmdet backbone); image -> ``out{i}`` feature maps.
+* ``'backbone+neck'``: ``detector.extract_feat``; image -> ``p{i}`` FPN maps.
+* ``'detector'``: the whole two-stage inference of ``two_stage.TwoStageExport``; image -> boxes, scores, labels,
+  masks.
+
+The image input is the *preprocessed* tensor (normalised, padded), as mmdet's ``data_preprocessor`` returns it.
+Checkpoints must fit the config exactly: a missing, unexpected or differently shaped tensor is an error that names
+the tensors (a deployed model must not silently run with random weights).
+"""
+import copy
+import os.path as osp
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..toolboxes.scope import drop_init_cfgs, resolve_config_path
+
+PARTS = ('backbone', 'backbone+neck', 'detector')
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not fit the model built from the config."""
+
+
+def check_part(part: str) -> str:
+    if part not in PARTS:
+        raise ValueError(f"unknown part '{part}': choose one of {', '.join(PARTS)}")
+    return part
+
+
+def _model_state(checkpoint) -> Dict[str, torch.Tensor]:
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
+        checkpoint = checkpoint['state_dict']
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise CheckpointMismatchError('the checkpoint holds no state dict (a dict of tensors, or one under '
+                                      "'state_dict')")
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in checkpoint.items()}
+
+
+def _names(keys: Sequence[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more
+
+
+def load_exact(model: nn.Module, path: str) -> None:
+    """Load a checkpoint that must fit ``model`` exactly.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointMismatchError: naming the tensors whose shapes differ, that are missing or unexpected.
+    """
+    from ..utils import allow_mmengine_checkpoints
+
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    allow_mmengine_checkpoints()
+    state = _model_state(torch.load(path, map_location='cpu', weights_only=True))
+    own = model.state_dict()
+    shape = [f'{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})' for k, v in state.items()
+             if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in state if k not in own]
+    problems = []
+    if shape:
+        problems.append(f'{len(shape)} tensors with another shape: {_names(shape)}')
+    if missing:
+        problems.append(f'{len(missing)} tensors missing: {_names(missing)}')
+    if unexpected:
+        problems.append(f'{len(unexpected)} unexpected tensors: {_names(unexpected)}')
+    if problems:
+        raise CheckpointMismatchError(f'checkpoint {path} does not fit the config: ' + '; '.join(problems))
+    model.load_state_dict(state, strict=False)
+
+
+def build_detector(config: str, checkpoint: Optional[str] = None, cfg_options: Optional[dict] = None):
+    """Build a detector in eval mode from a config path (``mmdet::`` paths too), load ``checkpoint`` exactly.
+
+    Without a checkpoint the weights are random (every ``init_cfg`` dropped, nothing is downloaded).
+
+    Returns:
+        (detector, Config).
+    """
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    import stvit_det  # noqa: F401  (registers STViTR)
+
+    full = resolve_config_path(config)
+    if not osp.isfile(full):
+        raise FileNotFoundError(f'config file not found: {config}')
+    cfg = Config.fromfile(full)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if 'model' not in cfg:
+        raise ValueError(f'{config} defines no `model`')
+    register_all_modules(init_default_scope=True)
+    model_cfg = copy.deepcopy(cfg.model)
+    drop_init_cfgs(model_cfg)
+    model = revert_sync_batchnorm(MODELS.build(model_cfg))
+    if checkpoint:
+        load_exact(model, checkpoint)
+    return model.eval(), cfg
+
+
+class BackboneNeck(nn.Module):
+    """``detector.extract_feat`` as a module returning a tuple of maps."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        return tuple(self.detector.extract_feat(image))
+
+
+def build_part(detector: nn.Module, part: str, shape: Tuple[int, int],
+               img_shape: Optional[Tuple[int, int]] = None) -> Tuple[nn.Module, List[str], List[str], bool]:
+    """The module to export for ``part``, its input / output names, and whether its batch can be dynamic.
+
+    Args:
+        detector: from :func:`build_detector`.
+        part: one of :data:`PARTS`.
+        shape: (H, W) of the network input.
+        img_shape: detector only: the image extent inside the input (box clipping); default ``shape``.
+    """
+    check_part(part)
+    if min(shape) < 1:
+        raise ValueError(f'input shape must be positive, got {tuple(shape)}')
+    with torch.no_grad():
+        if part == 'backbone':
+            module = detector.backbone
+            n = len(module(torch.zeros(1, 3, *shape)))
+            return module, ['image'], [f'out{i}' for i in range(n)], True
+        if part == 'backbone+neck':
+            module = BackboneNeck(detector)
+            n = len(module(torch.zeros(1, 3, *shape)))
+            return module, ['image'], [f'p{i}' for i in range(n)], True
+    from .two_stage import TwoStageExport
+
+    return TwoStageExport(detector, shape, img_shape), ['image'], ['boxes', 'scores', 'labels', 'masks'], False
+
+
+def preprocess_image(detector: nn.Module, cfg, image_path: str) -> Tuple[torch.Tensor, object]:
+    """Run the config's test pipeline (annotation loading removed) and the detector's data preprocessor on one
+    image file.
+
+    Returns:
+        (inputs (1, 3, H, W), the ``DetDataSample`` with its metainfo: ``img_shape``, ``scale_factor``, ...).
+    """
+    from mmcv.transforms import Compose
+
+    if not osp.isfile(image_path):
+        raise FileNotFoundError(f'image not found: {image_path}')
+    steps = [t for t in cfg.test_dataloader.dataset.pipeline
+             if t['type'] not in ('LoadAnnotations', 'mmdet.LoadAnnotations')]
+    data = Compose(steps)(dict(img_path=image_path, img_id=0))
+    batch = detector.data_preprocessor(dict(inputs=[data['inputs']], data_samples=[data['data_samples']]), False)
+    return batch['inputs'], batch['data_samples'][0]

@@ -1,0 +1,43 @@
+"""Inference-time chunking of work that is independent per token or per window, so that no temporary grows
+large: on the CPU a tensor of more than about 32 MB is freshly mapped from the OS on every allocation (glibc
+returns it with ``munmap`` when freed), and the page faults of touching it cost more than the arithmetic of a
+LayerNorm, a GELU or a softmax over it. Processing 60800 stage-1 tokens of an 800x1216 image in chunks of a few
+thousand keeps every temporary in the allocator's reused heap and in cache; the result is the same.
+
+Chunking applies only without autograd (training needs every activation anyway), on the CPU, and never while
+tracing, exporting or compiling (a graph wants one op, not a loop).
+"""
+from typing import Callable
+
+import torch
+
+#: target size of the largest temporary of one chunk, in bytes
+CHUNK_BYTES = 8 * 2**20
+
+
+def should_chunk(x: torch.Tensor) -> bool:
+    """True in eager CPU inference (no autograd, no tracing / export / compilation)."""
+    return (x.device.type == 'cpu' and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
+
+
+def chunked(fn: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, dim: int,
+            bytes_per_item: int) -> torch.Tensor:
+    """``fn(x, 0)`` computed on slices of ``x`` along ``dim`` (``fn`` must act independently on every slice).
+
+    Args:
+        fn: maps a slice (..., n, ...) and the index of its first item to an output with the same extent n along
+            ``dim``.
+        x: input.
+        dim: the independent dimension (tokens, windows).
+        bytes_per_item: bytes of the largest temporary per item along ``dim``; chunks hold about
+            :data:`CHUNK_BYTES` of it.
+
+    Returns:
+        ``fn(x)``, assembled along ``dim``.
+    """
+    n = x.shape[dim]
+    step = max(1, CHUNK_BYTES // max(1, bytes_per_item))
+    if not should_chunk(x) or step >= n:
+        return fn(x, 0)
+    return torch.cat([fn(part, i * step) for i, part in enumerate(x.split(step, dim))], dim)

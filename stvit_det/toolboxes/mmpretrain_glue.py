@@ -1,0 +1,22 @@
+"""Make ``STViTR`` buildable from MMPretrain 1.x configs (``default_scope='mmpretrain'``), e.g. as the backbone of
+an ``ImageClassifier`` with ``GlobalAveragePooling`` and ``LinearClsHead`` (``configs/stvit-r-cls/``).
+
+The class registered here IS ``stvit_det.models.STViTR`` (the object ``mmdet.registry.MODELS`` holds): no copy, no
+subclass. For classification it returns the last stage only (``out_indices=(3, )``), through ``norm3``, which is
+where the final LayerNorm ``norm`` of an official STViT-R ImageNet checkpoint goes
+(``stvit_det.utils.ckpt_convert.imagenet_to_classifier``). Imported by ``stvit_det.toolboxes.register_toolboxes``
+only when mmpretrain is installed.
+"""
+
+
+def register() -> None:
+    """Register ``STViTR`` into ``mmpretrain.registry.MODELS`` (idempotent)."""
+    from mmpretrain.registry import MODELS
+
+    from ..models import STViTR
+
+    if MODELS.module_dict.get('STViTR') is not STViTR:
+        MODELS.register_module(module=STViTR, force=True)
+
+
+__all__ = ['register']

@@ -1,0 +1,242 @@
+"""ImageNet classification through MMPretrain 1.x: the same STViTR class in mmpretrain's registry, the
+``configs/stvit-r-cls`` recipe, an ``ImageClassifier`` with STViTR through ``loss`` + backward + ``predict`` at 224,
+official ImageNet checkpoints loading 0 / 0, classifier -> detector weight transfer, and the head-size error."""
+import copy
+import os.path as osp
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+
+import stvit_det
+from stvit_det.utils.ckpt_file import CheckpointError, check_checkpoint_for_config
+
+from test_released_models import stvit_backbone_layout, tiny_tensors
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import convert_ckpt  # noqa: E402
+
+CLS = osp.join(ROOT, 'configs', 'stvit-r-cls')
+TRAIN_LEAVES = {'t': 'stvit-r-t_16xb64_in1k.py', 's': 'stvit-r-s_16xb64_in1k.py', 'b': 'stvit-r-b_16xb64_in1k.py'}
+RELEASED = {'s': 'stvit-r-s-released_16xb64_in1k.py', 'b': 'stvit-r-b-released_16xb64_in1k.py'}
+NARROW = dict(embed_dims=16, depths=(2, 2, 6, 2), num_heads=(1, 1, 2, 2))  # last stage: 128 channels
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _scope():
+    init_default_scope('mmpretrain')
+
+
+def test_one_class_in_every_registry():
+    from mmdet.registry import MODELS as DET
+    from mmpretrain.registry import MODELS as PRETRAIN
+
+    assert PRETRAIN.get('STViTR') is DET.get('STViTR') is stvit_det.STViTR
+    assert 'mmpretrain' in stvit_det.register_toolboxes()  # idempotent
+
+
+@pytest.mark.parametrize('arch', ['t', 's', 'b'])
+def test_official_pretraining_recipe(arch):
+    """Design spec 7.2 / changsn/STViT-R log/small.txt: 300 epochs, AdamW 1e-3 at batch 1024, wd 0.05 (none on
+    norms, biases, layer scales), 20 warm-up epochs, cosine to 1e-5, clip 5, drop path 0.2 / 0.3 / 0.4, RandAugment
+    m9 + Mixup 0.8 + CutMix 1.0 + label smoothing 0.1 + random erasing 0.25; test: resize 256, centre crop 224."""
+    cfg = Config.fromfile(osp.join(CLS, TRAIN_LEAVES[arch]))
+    assert cfg.default_scope == 'mmpretrain' and cfg.custom_imports.imports == ['stvit_det']
+    bb = cfg.model.backbone
+    assert bb.type == 'STViTR' and bb.arch == dict(t='tiny', s='small', b='base')[arch]
+    assert bb.drop_path_rate == dict(t=0.2, s=0.3, b=0.4)[arch] and bb.out_indices == (3, )
+    assert bb.get('stage3_form', 'detection') == 'detection'  # what the detectors fine-tune
+    assert cfg.model.type == 'ImageClassifier' and cfg.model.neck.type == 'GlobalAveragePooling'
+    assert cfg.model.head.type == 'LinearClsHead' and cfg.model.head.num_classes == 1000
+    assert cfg.model.head.in_channels == stvit_det.STViTR(arch=bb.arch).num_features[3]
+    assert cfg.model.head.loss == dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original')
+    assert [a['type'] for a in cfg.model.train_cfg.augments] == ['Mixup', 'CutMix']
+    assert [a['alpha'] for a in cfg.model.train_cfg.augments] == [0.8, 1.0]
+    opt = cfg.optim_wrapper
+    assert opt.optimizer.type == 'AdamW' and opt.optimizer.lr == 1e-3 and opt.optimizer.weight_decay == 0.05
+    assert opt.clip_grad == dict(max_norm=5.0)
+    assert opt.paramwise_cfg.norm_decay_mult == 0 and opt.paramwise_cfg.bias_decay_mult == 0
+    assert opt.paramwise_cfg.flat_decay_mult == 0  # 1-D parameters: layer scales, norms
+    assert cfg.train_dataloader.batch_size * 16 == cfg.auto_scale_lr.base_batch_size == 1024
+    warm, cosine = cfg.param_scheduler
+    assert warm.type == 'LinearLR' and warm.end == 20 and warm.by_epoch
+    assert cosine.type == 'CosineAnnealingLR' and cosine.begin == 20 and cosine.eta_min == 1e-5
+    assert cfg.train_cfg.max_epochs == 300
+    train = {t.type: t for t in cfg.train_dataloader.dataset.pipeline}
+    assert train['RandomResizedCrop'].scale == 224 and train['RandomResizedCrop'].interpolation == 'bicubic'
+    ra = train['RandAugment']
+    assert (ra.policies, ra.magnitude_level, ra.magnitude_std, ra.num_policies) == ('timm_increasing', 9, 0.5, 2)
+    assert train['RandomErasing'].erase_prob == 0.25
+    test = {t.type: t for t in cfg.test_dataloader.dataset.pipeline}
+    assert test['ResizeEdge'].scale == 256 and test['CenterCrop'].crop_size == 224
+
+
+@pytest.mark.parametrize('arch', ['s', 'b'])
+def test_released_leaves_select_the_classification_form(arch):
+    cfg = Config.fromfile(osp.join(CLS, RELEASED[arch]))
+    assert cfg.model.backbone.stage3_form == 'classification'
+    assert cfg.model.backbone.arch == dict(s='small', b='base')[arch]
+
+
+def narrow_classifier(stage3_form='detection'):
+    cfg = Config.fromfile(osp.join(CLS, TRAIN_LEAVES['t']))
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.backbone.update(NARROW, drop_path_rate=0.1, stage3_form=stage3_form)
+    model_cfg.head.in_channels = 128
+    model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)  # what mmengine's Runner does
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    return model
+
+
+def _batch(n=2, size=224):
+    from mmpretrain.structures import DataSample
+
+    inputs = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8) for _ in range(n)]
+    return dict(inputs=inputs, data_samples=[DataSample().set_gt_label(i * 7) for i in range(n)])
+
+
+@pytest.mark.parametrize('form', ['detection', 'classification'])
+def test_image_classifier_loss_backward_predict(form):
+    """The config's ImageClassifier (data preprocessor with Mixup / CutMix, label-smoothing loss) with a narrow
+    STViTR: loss + backward reach every backbone parameter; predict gives 1000 scores per image."""
+    model = narrow_classifier(form)
+    assert type(model.backbone) is stvit_det.STViTR
+    model.train()
+    data = model.data_preprocessor(_batch(), True)
+    losses = model(**data, mode='loss')
+    loss = sum(v for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(loss)
+    loss.backward()
+    no_grad = [n for n, p in model.backbone.named_parameters() if p.grad is None]
+    assert not no_grad, no_grad[:5]
+    model.eval()
+    with torch.no_grad():
+        preds = model(**model.data_preprocessor(_batch(), False), mode='predict')
+    assert len(preds) == 2 and all(p.pred_score.shape == (1000, ) for p in preds)
+    assert all(abs(float(p.pred_score.sum()) - 1) < 1e-4 for p in preds)
+
+
+def official_imagenet_checkpoint(path, arch='s'):
+    """An official STViT-R ImageNet checkpoint (``{'model': ...}``: backbone keys, ``norm``, ``head``, the two
+    attn_mask buffers; changsn/STViT-R, DET log 'unexpected key' line), zero-stride tensors."""
+    sizes = dict(s=dict(C=96, depths=(2, 2, 18, 2), heads=(3, 6, 12, 24)),
+                 b=dict(C=128, depths=(2, 2, 18, 2), heads=(4, 8, 16, 32)))[arch]
+    layout = stvit_backbone_layout(**sizes, imagenet=True)
+    torch.save({'model': tiny_tensors(layout)}, path)
+    return layout
+
+
+def test_official_imagenet_checkpoint_loads_0_0(tmp_path):
+    src, dst = tmp_path / 'STViT-R-Swin-S.pth', tmp_path / 'stvit-r-s_in1k_mmpretrain.pth'
+    layout = official_imagenet_checkpoint(src)
+    assert sorted(k for k in layout if k.endswith('attn_mask')) == ['layers.0.blocks.1.attn_mask',
+                                                                     'layers.1.blocks.1.attn_mask']
+    config = osp.join(CLS, RELEASED['s'])
+    report = convert_ckpt.main(['--classifier', config, str(src), str(dst)])
+    assert report['missing'] == [] and report['unexpected'] == [] and report['mismatched'] == []
+    assert sorted(report['dropped']) == ['layers.0.blocks.1.attn_mask', 'layers.1.blocks.1.attn_mask']
+    model = convert_ckpt.build_model(config)[0]
+    sd = torch.load(dst, weights_only=True)['state_dict']
+    result = model.load_state_dict(sd, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert 'backbone.norm3.weight' in sd and 'head.fc.weight' in sd and 'norm.weight' not in sd
+
+
+def test_head_of_another_size_is_refused_with_advice(tmp_path):
+    src = tmp_path / 'STViT-R-Swin-S.pth'
+    official_imagenet_checkpoint(src)
+    config = tmp_path / 'stvit-r-s-released_100cls.py'
+    config.write_text(f"_base_ = '{osp.join(CLS, RELEASED['s'])}'\n"
+                      "model = dict(head=dict(num_classes=100))\n"
+                      "data_preprocessor = dict(num_classes=100)\n")
+    with pytest.raises(SystemExit) as e:
+        convert_ckpt.main(['--classifier', str(config), str(src), str(tmp_path / 'out.pth')])
+    msg = str(e.value.code)
+    assert 'head has 1000 classes' in msg and 'num_classes is 100' in msg and '--drop-head' in msg
+    # --drop-head: the backbone only; the head keeps its initialisation
+    report = convert_ckpt.main(['--classifier', str(config), '--drop-head', str(src), str(tmp_path / 'bb.pth')])
+    assert report['unexpected'] == [] and report['mismatched'] == []
+    assert not any(k.startswith('head.') for k in torch.load(tmp_path / 'bb.pth', weights_only=True)['state_dict'])
+    # the same check before tools/test.py / tools/train.py (load_from) run: a converted 1000-class classifier
+    convert_ckpt.main(['--classifier', osp.join(CLS, RELEASED['s']), str(src), str(tmp_path / 'cls1000.pth')])
+    with pytest.raises(CheckpointError, match='--drop-head'):
+        check_checkpoint_for_config(Config.fromfile(str(config)), str(tmp_path / 'cls1000.pth'))
+    check_checkpoint_for_config(Config.fromfile(osp.join(CLS, RELEASED['s'])), str(tmp_path / 'cls1000.pth'))
+
+
+def test_classifier_weights_transfer_to_the_detection_backbone(tmp_path):
+    """A classifier checkpoint (mmengine layout: backbone.* + head.fc.*) initialises the detection backbone
+    through init_cfg=Pretrained: every backbone tensor loads (norm3 included), only the detection norms 0-2 are
+    missing, and the head is reported as outside the backbone."""
+    classifier = narrow_classifier()
+    path = tmp_path / 'epoch_300.pth'
+    torch.save({'state_dict': classifier.state_dict(), 'meta': {'epoch': 300}}, path)
+    det = stvit_det.STViTR(**NARROW, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    det.init_weights()
+    report = det.load_pretrained(torch.load(path, weights_only=True), source=str(path))
+    assert sorted(report['missing']) == sorted(f'norm{i}.{n}' for i in range(3) for n in ('weight', 'bias'))
+    assert report['unexpected'] == [] and report['dropped'] == []
+    assert sorted(report['outside_backbone']) == ['head.fc.bias', 'head.fc.weight']
+    for k, v in det.state_dict().items():
+        if not k.startswith(('norm0', 'norm1', 'norm2')):
+            assert torch.equal(v, classifier.backbone.state_dict()[k]), k
+
+
+SMOKE_CONFIG = """_base_ = '{base}'
+model = dict(backbone=dict(embed_dims=16, depths=(2, 2, 6, 2), num_heads=(1, 1, 2, 2)), head=dict(in_channels=128))
+_data = dict(type='CustomDataset', data_root='{root}', with_label=True)
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(_delete_=True, data_prefix='train', pipeline={{{{_base_.train_pipeline}}}},
+                                     **_data))
+val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                      dataset=dict(_delete_=True, data_prefix='val', pipeline={{{{_base_.test_pipeline}}}}, **_data))
+test_dataloader = val_dataloader
+train_cfg = dict(max_epochs=1, val_interval=2)
+param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0, end=2)]
+default_hooks = dict(logger=dict(interval=1))
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
+"""
+
+
+def test_train_and_test_tools_run_a_classification_config(tmp_path):
+    """End to end: tools/train.py trains the STViT-R-T ImageNet config (narrow, on 8 fake images in class folders)
+    for one epoch, tools/test.py evaluates its checkpoint (top-1 / top-5) and dumps predictions; the checkpoint then
+    initialises a detection backbone reporting only the detection norms as missing."""
+    import subprocess
+
+    import numpy as np
+    from mmcv import imwrite
+
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for c in ('cat', 'dog'):
+            for i in range(2):
+                image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+                imwrite(image, str(tmp_path / 'data' / split / c / f'{i}.png'))
+    cfg = tmp_path / 'stvit-r-t-narrow_smoke.py'
+    cfg.write_text(SMOKE_CONFIG.format(base=osp.join(CLS, TRAIN_LEAVES['t']), root=tmp_path / 'data'))
+    work = tmp_path / 'work'
+    run = dict(cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    r = subprocess.run([sys.executable, 'tools/train.py', str(cfg), '--work-dir', str(work)], **run)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ckpt = work / 'epoch_1.pth'
+    assert ckpt.is_file()
+    r = subprocess.run([sys.executable, 'tools/test.py', str(cfg), str(ckpt), '--work-dir', str(work), '--out',
+                        str(tmp_path / 'preds.pkl')], **run)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'accuracy/top1' in r.stdout + r.stderr and (tmp_path / 'preds.pkl').is_file()
+    # what tools/test.py checks before its Runner: this checkpoint against a 10-class head is refused
+    bad = Config.fromfile(str(cfg))
+    bad.merge_from_dict({'model.head.num_classes': 10})
+    with pytest.raises(CheckpointError, match='head has 1000 classes.*num_classes is 10.*--drop-head'):
+        check_checkpoint_for_config(bad, str(ckpt))
+
+    det = stvit_det.STViTR(**NARROW)
+    stvit_det.utils.allow_mmengine_checkpoints()  # the Runner's checkpoint holds its message hub
+    report = det.load_pretrained(torch.load(ckpt, weights_only=True), source=str(ckpt))
+    assert sorted(report['missing']) == sorted(f'norm{i}.{n}' for i in range(3) for n in ('weight', 'bias'))
+    assert report['unexpected'] == [] and sorted(report['outside_backbone']) == ['head.fc.bias', 'head.fc.weight']

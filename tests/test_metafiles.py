@@ -1,0 +1,103 @@
+"""Model-zoo metadata: every ``configs/*/metafile.yml`` is imported by ``model-index.yml`` and parses as OpenMMLab
+model-index (what ``mim search`` reads); every entry points at a config that exists, and its Parameters and FLOPs
+equal what ``tools/analysis/get_flops.py --device meta`` computes at the entry's ``Input Shape`` (the paper's region
+arithmetic, ``attn_impl='reference'``)."""
+import glob
+import json
+import os.path as osp
+import sys
+
+import pytest
+import torch
+import yaml
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
+import get_flops  # noqa: E402
+
+METAFILES = sorted(glob.glob(osp.join(ROOT, 'configs', '*', 'metafile.yml')))
+# folders whose every experiment leaf must be listed (others' folders may list a subset)
+COMPLETE = ('stvit-r', 'stvit-r-cls')
+
+
+def _rel(path):
+    return osp.relpath(path, ROOT)
+
+
+def _load(path):
+    with open(path, encoding='utf-8') as f:
+        return yaml.safe_load(f)
+
+
+def test_model_index_imports_every_metafile():
+    import modelindex
+
+    index = _load(osp.join(ROOT, 'model-index.yml'))
+    assert sorted(index['Import']) == sorted(_rel(p) for p in METAFILES)
+    assert {'configs/stvit-r/metafile.yml', 'configs/stvit-r-cls/metafile.yml'} <= set(index['Import'])
+    mi = modelindex.load(osp.join(ROOT, 'model-index.yml'))  # the parser mim uses
+    names = [m.name for m in mi.models]
+    assert len(names) == len(set(names)) == sum(len(_load(p)['Models']) for p in METAFILES)
+    assert all(m.metadata.parameters for m in mi.models)
+
+
+@pytest.mark.parametrize('metafile', METAFILES, ids=_rel)
+def test_entries_point_at_configs(metafile):
+    data = _load(metafile)
+    collections = {c['Name'] for c in data.get('Collections', [])}
+    folder = osp.dirname(metafile)
+    for model in data['Models']:
+        config = osp.join(ROOT, model['Config'])
+        assert osp.isfile(config), f'{model["Name"]}: {model["Config"]} does not exist'
+        assert osp.dirname(config) == folder, f'{model["Name"]}: config outside {_rel(folder)}'
+        assert model['Name'] == osp.splitext(osp.basename(config))[0]
+        assert model['In Collection'] in collections
+        assert 'Results' not in model or model['Results'], model['Name']
+        weights = model.get('Weights')
+        assert weights is None or weights.startswith('https://'), model['Name']
+    if osp.basename(folder) in COMPLETE:
+        leaves = {osp.relpath(p, ROOT) for p in glob.glob(osp.join(folder, '*.py'))}
+        assert leaves == {m['Config'] for m in data['Models']}, 'every experiment of the folder is listed'
+
+
+def _entries():
+    for metafile in METAFILES:
+        for model in _load(metafile)['Models']:
+            if 'FLOPs' in model.get('Metadata', {}) or 'Parameters' in model.get('Metadata', {}):
+                yield model
+
+
+def test_figures_equal_the_tool():
+    """Parameters and FLOPs of every entry, recomputed on the meta device (the same model is measured once)."""
+    measured = {}
+    wrong = []
+    entries = list(_entries())
+    assert entries
+    for model in entries:
+        meta = model['Metadata']
+        assert 'Input Shape' in meta or 'FLOPs' not in meta, f'{model["Name"]}: FLOPs without an Input Shape'
+        shape = tuple(meta.get('Input Shape', (224, 224)))
+        cfg = get_flops.load_config(osp.join(ROOT, model['Config']), {'model.backbone.attn_impl': 'reference'})
+        key = (json.dumps(cfg.model.to_dict(), sort_keys=True, default=str), shape)
+        if key not in measured:
+            torch.manual_seed(0)
+            net = get_flops.build_model(cfg, 'meta')
+            inputs = torch.empty(1, 3, *shape, device='meta')
+            measured[key] = (sum(p.numel() for p in net.parameters()),
+                             get_flops.count_macs(get_flops.meta_predict, net, inputs))
+        params, flops = measured[key]
+        if meta.get('Parameters') is not None and meta['Parameters'] != params:
+            wrong.append(f'{model["Name"]}: Parameters {meta["Parameters"]} vs {params}')
+        if meta.get('FLOPs') is not None and meta['FLOPs'] != flops:
+            wrong.append(f'{model["Name"]}: FLOPs {meta["FLOPs"]} vs {flops} at {shape}')
+    assert not wrong, '\n'.join(wrong)
+
+
+def test_meta_count_is_the_cli_count(capsys):
+    """The figures above are get_flops.py's: its CLI on the meta device prints the same numbers."""
+    sys.argv = ['get_flops.py', osp.join(ROOT, 'configs', 'stvit-r-cls', 'stvit-r-s-released_16xb64_in1k.py'),
+                '--shape', '224', '224', '--device', 'meta', '--cfg-options', 'model.backbone.attn_impl=reference']
+    get_flops.main()
+    row = [line for line in capsys.readouterr().out.splitlines() if 'stvit-r-s-released' in line][0]
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert cells[1] == '48.86' and cells[2] == '5.8' and cells[4] == '49.63' and cells[5] == '5.8'

@@ -1,0 +1,272 @@
+"""ONNX export (stvit_det.deployment, tools/deployment/export_onnx.py): exportable equivalents equal the kernels
+they replace; backbones of every attention implementation, both sparsifiers and the pad-mask modes exported and run
+by ONNX Runtime equal PyTorch (relative 1e-4, dynamic batch); the whole Mask R-CNN of the demo config on the demo's
+held-out image gives predict's detections; bad input gets one clear error.
+
+Exports use the TorchScript-based exporter (the tool's default); narrow models keep each export to seconds.
+"""
+import importlib.util
+import itertools
+import logging
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.logging import MMLogger
+
+from stvit_det import STViTR
+from stvit_det.deployment import (CheckpointMismatchError, ExportError, ExportableOps, OnnxInputError,
+                                  OnnxLoadError, adaptive_max_pool2d_as_slices, build_detector, build_part, compare,
+                                  export_onnx, load_exact, load_session, match_detections, run_session,
+                                  sdpa_as_matmul)
+from stvit_det.deployment.onnx_export import failing_operator
+from stvit_det.deployment.two_stage import TwoStageExport
+from stvit_det.models.layers.attention import ATTN_IMPLS
+
+from conftest import randomize_
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO_CONFIG = osp.join(ROOT, 'configs', 'stvit-r', 'mask-rcnn_stvit-r-demo_fpn_nuclei.py')
+TOOL = osp.join(ROOT, 'tools', 'deployment', 'export_onnx.py')
+# narrow STViT-R: one dumbbell unit, few blocks elsewhere; a few seconds per export
+NARROW = dict(embed_dims=16, depths=(1, 1, 6, 1), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_mmengine():
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # init_weights logs every parameter
+    yield
+    logger.setLevel(level)
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location('export_onnx_tool', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------------ equivalents
+@pytest.mark.parametrize('hw,out', [((7, 7), (3, 3)), ((7, 7), (2, 5)), ((9, 6), (4, 4)), ((5, 5), (5, 5))])
+def test_adaptive_max_pool_equivalent_equals_kernel(hw, out):
+    x = torch.randn(3, 4, *hw)
+    x[0, 0] = 0  # ties: the kernel and the equivalent both pick the first maximum
+    values, indices = F.adaptive_max_pool2d(x, out, return_indices=True)
+    v2, i2 = adaptive_max_pool2d_as_slices(x, out)
+    torch.testing.assert_close(v2, values, rtol=0, atol=0)
+    torch.testing.assert_close(i2, indices, rtol=0, atol=0)
+
+
+def test_sdpa_equivalent_equals_kernel():
+    q, k, v = torch.randn(2, 3, 4, 9, 8), torch.randn(2, 3, 4, 20, 8), torch.randn(2, 3, 4, 20, 8)  # 5-D windows
+    bias = torch.randn(3, 1, 9, 20).masked_fill(torch.rand(3, 1, 9, 20) < 0.3, float('-inf'))
+    bias[..., 0] = 0  # no fully masked row
+    for mask in (None, bias, bias > -1):
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+        torch.testing.assert_close(sdpa_as_matmul(q, k, v, attn_mask=mask, scale=0.3), ref, rtol=1e-5, atol=1e-6)
+
+
+def _cached_entries() -> int:
+    """Entries held by the ``functools.lru_cache`` functions of the model code."""
+    import functools
+    import sys
+
+    return sum(obj.cache_info().currsize for name, mod in list(sys.modules.items())
+               if name.startswith('stvit_det.models') and mod is not None for obj in vars(mod).values()
+               if isinstance(obj, functools._lru_cache_wrapper))
+
+
+def test_exportable_ops_swap_only_inside_and_keep_caches_clean():
+    """Inside the mode the model runs the equivalents (same output); the model's cached masks / indices are
+    emptied on entry and exit, so no tensor made while tracing survives into eager calls."""
+    model = randomize_(STViTR(**NARROW)).eval()
+    x = torch.randn(1, 3, 90, 75)
+    with torch.no_grad():
+        ref = model(x)
+        assert _cached_entries() > 0  # the eager run cached something
+        with ExportableOps():
+            assert _cached_entries() == 0
+            out = model(x)
+    assert _cached_entries() == 0
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- backbones
+BACKBONE_CASES = [
+    # (sparsifier, attn_impl (None: the constructor's default), pad_mask, (H, W), real width)
+    ('stvit', None, 'correct', (224, 224), True),  # STViT-R-T itself (arch 'tiny'), default attention path
+    ('tokenlearner', None, 'correct', (224, 224), False),
+    ('tokenlearner', None, 'correct', (230, 333), False),
+] + [('stvit', impl, mode, (230, 333), False)  # every attention implementation, the pad-mask modes in turn
+     for impl, mode in zip(ATTN_IMPLS, itertools.cycle(('correct', 'official', 'none')))]
+
+
+@pytest.mark.parametrize('sparsifier,attn_impl,pad_mask,hw,full', BACKBONE_CASES)
+def test_backbone_onnx_equals_pytorch(tmp_path, sparsifier, attn_impl, pad_mask, hw, full):
+    """ONNX Runtime output == PyTorch (relative 1e-4) for batch 1 and, through the dynamic batch, batch 2."""
+    kwargs = dict(arch='tiny', drop_path_rate=0.0) if full else dict(NARROW)
+    if attn_impl is not None:
+        kwargs['attn_impl'] = attn_impl
+    model = randomize_(STViTR(sparsifier=sparsifier, pad_mask=pad_mask, **kwargs), 0.02).eval()
+    path = export_onnx(model, (torch.randn(1, 3, *hw), ), str(tmp_path / 'b.onnx'), ['image'],
+                       [f'out{i}' for i in range(4)], dynamic_batch=True)
+    session = load_session(path)
+    for batch in (1, 2):
+        x = torch.randn(batch, 3, *hw)
+        with torch.no_grad():
+            ref = [o.numpy() for o in model(x)]
+        out = run_session(session, {'image': x.numpy()})
+        assert [o.shape for o in out] == [r.shape for r in ref]
+        diff = compare(ref, out)
+        assert diff['max_rel'] <= 1e-4, (batch, diff)
+
+
+# ---------------------------------------------------------------------------------------------- detector
+@pytest.fixture(scope='module')
+def demo_image(tmp_path_factory):
+    from stvit_det.datasets import make_demo_dataset
+
+    root = str(tmp_path_factory.mktemp('nuclei_demo'))
+    make_demo_dataset(root)
+    return osp.join(root, 'val', 'nuclei_val_000.png')
+
+
+@pytest.fixture(scope='module')
+def demo_checkpoint(tmp_path_factory):
+    """A checkpoint of the demo config: seeded random weights, perturbed so that the heads are not at their
+    symmetric init (spread scores, boxes off the anchors), with a decisive mask head (random mask logits near 0
+    would put most pixels of every mask at the 0.5 threshold, where float rounding flips them)."""
+    torch.manual_seed(0)
+    detector, _ = build_detector(DEMO_CONFIG)
+    detector.init_weights()
+    randomize_(detector, 0.02)
+    with torch.no_grad():
+        detector.roi_head.mask_head.conv_logits.weight.mul_(50)
+    path = str(tmp_path_factory.mktemp('ckpt') / 'demo.pth')
+    torch.save(dict(state_dict=detector.state_dict()), path)
+    return path
+
+
+def test_detector_onnx_equals_predict_on_demo_image(tmp_path, demo_image, demo_checkpoint):
+    """Mask R-CNN of the demo config, whole inference in ONNX Runtime vs mmdet predict (rescale=False: network
+    input coordinates) on the held-out demo image: same detections, boxes within 1 px, mask IoU >= 0.98."""
+    from stvit_det.deployment import preprocess_image
+
+    detector, cfg = build_detector(DEMO_CONFIG, demo_checkpoint)
+    image, sample = preprocess_image(detector, cfg, demo_image)
+    assert tuple(image.shape) == (1, 3, 448, 448)  # 256 x 256 quadrant resized by the test pipeline
+    with torch.no_grad():
+        pred = detector.predict(image, [sample], rescale=False)[0].pred_instances
+    reference = [pred.bboxes.numpy(), pred.scores.numpy(), pred.labels.numpy(), pred.masks.numpy()]
+    assert len(pred) > 10  # enough detections to compare
+
+    module, inputs, outputs, dynamic = build_part(detector, 'detector', (448, 448), sample.img_shape)
+    assert not dynamic
+    with torch.no_grad():  # the traced module itself equals predict exactly
+        eager = [o.numpy() for o in module(image)]
+    for a, b in zip(eager, reference):
+        np.testing.assert_array_equal(a, b)
+
+    path = export_onnx(module, (image, ), str(tmp_path / 'det.onnx'), inputs, outputs, dynamic_batch=False)
+    actual = run_session(load_session(path), {'image': image.numpy()})
+    assert actual[3].dtype == np.bool_ and actual[3].shape[1:] == (448, 448)
+    m = match_detections(reference, actual, score_thr=cfg.model.test_cfg.rcnn.score_thr)
+    assert m['n_actual'] == m['n_reference'] == len(pred)
+    assert m['same_labels']
+    assert m['max_box_diff'] <= 1.0
+    assert m['min_mask_iou'] >= 0.98
+    assert m['max_score_diff'] <= 1e-4
+
+
+def test_detector_export_names_unsupported_component():
+    with pytest.raises(ExportError, match='is not a two-stage detector'):
+        TwoStageExport._check_supported(torch.nn.Conv2d(3, 3, 1))
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_checkpoint_that_does_not_fit_names_the_tensors(tmp_path, demo_checkpoint):
+    state = torch.load(demo_checkpoint, weights_only=True)['state_dict']
+    state['backbone.norm0.weight'] = torch.ones(5)
+    del state['neck.fpn_convs.0.conv.bias']
+    state['head.extra'] = torch.ones(1)
+    bad = str(tmp_path / 'bad.pth')
+    torch.save(dict(state_dict=state), bad)
+    detector, _ = build_detector(DEMO_CONFIG)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_exact(detector, bad)
+    msg = str(info.value)
+    for name in ('backbone.norm0.weight (5,)', 'neck.fpn_convs.0.conv.bias', 'head.extra'):
+        assert name in msg
+
+
+def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, demo_image):
+    tool = _tool()
+    out = str(tmp_path / 'x.onnx')
+    shape = ['--shape', '224', '224', '--out', out]
+    cases = [
+        ([DEMO_CONFIG, *shape, '--part', 'head'],
+         "unknown part 'head': choose one of backbone, backbone+neck, detector"),
+        ([DEMO_CONFIG, str(tmp_path / 'none.pth'), *shape, '--part', 'backbone'], 'checkpoint not found'),
+        ([DEMO_CONFIG, *shape, '--part', 'detector', '--image', demo_image],
+         'preprocesses to (448, 448), not --shape 224 224'),
+        ([str(tmp_path / 'none.py'), *shape, '--part', 'backbone'], 'config file not found'),
+    ]
+    for argv, expected in cases:
+        rc = tool.main(argv)
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith('error: ')]
+        assert rc == 1 and len(errors) == 1 and expected in errors[0] and 'Traceback' not in err, err
+
+
+def test_tool_exports_backbone_neck_and_reports(tmp_path, capsys):
+    """The tool end to end on the demo config's backbone + FPN: exported, run, compared, timed."""
+    import re
+
+    rc = _tool().main([DEMO_CONFIG, '--shape', '96', '128', '--part', 'backbone+neck', '--out',
+                       str(tmp_path / 'bn.onnx'), '--repeats', '1'])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "('image', ['batch', 3, 96, 128])" in out
+    rel = float(re.search(r'max relative diff ([0-9.e+-]+)', out).group(1))
+    assert rel <= 1e-4
+    assert re.search(r'PyTorch eager [0-9.]+ ms, ONNX Runtime [0-9.]+ ms', out)
+
+
+def test_shape_the_graph_cannot_take(tmp_path):
+    model = randomize_(STViTR(**NARROW)).eval()
+    path = export_onnx(model, (torch.randn(1, 3, 64, 64), ), str(tmp_path / 'b.onnx'), ['image'],
+                       [f'out{i}' for i in range(4)], dynamic_batch=True)
+    session = load_session(path)
+    with pytest.raises(OnnxInputError, match=r"input 'image' has shape \(1, 3, 230, 333\), but the exported graph "
+                       r"takes \(\?, 3, 64, 64\)"):
+        run_session(session, {'image': np.zeros((1, 3, 230, 333), np.float32)})
+    with pytest.raises(OnnxInputError, match='takes float32, got float64'):
+        run_session(session, {'image': np.zeros((1, 3, 64, 64))})
+    with pytest.raises(OnnxInputError, match=r"takes inputs \['image'\]"):
+        run_session(session, {'x': np.zeros((1, 3, 64, 64), np.float32)})
+
+
+def test_onnx_file_that_fails_to_load(tmp_path):
+    bad = tmp_path / 'broken.onnx'
+    bad.write_bytes(b'not a protobuf')
+    with pytest.raises(OnnxLoadError, match=f'ONNX Runtime cannot load {bad}'):
+        load_session(str(bad))
+    with pytest.raises(OnnxLoadError, match='ONNX file not found'):
+        load_session(str(tmp_path / 'missing.onnx'))
+
+
+def test_export_failure_names_the_operator(tmp_path):
+
+    class Svd(torch.nn.Module):
+
+        def forward(self, x):
+            return torch.linalg.svd(x)[1]
+
+    with pytest.raises(ExportError, match='operator') as info:
+        export_onnx(Svd(), (torch.randn(1, 4, 4), ), str(tmp_path / 's.onnx'), ['x'], ['s'], dynamic_batch=False)
+    assert 'svd' in failing_operator(info.value.__cause__).lower()

@@ -1,0 +1,428 @@
+"""STViT-R in MMSegmentation 1.x: one class in every registry, UperNet (our configs) and two stock mmseg segmentors
+with STViTR swapped in (loss + backward, predict at odd sizes, sliding windows), the configs' recipe, weights /
+frozen stages / with_cp through an mmseg config, the label-map checks, the toolbox-missing message, and the nuclei
+segmentation demo end to end through tools/train.py and tools/test.py.
+
+Backbones are narrowed to ``conftest.SMALL`` (C=32) and heads to a few channels, so that everything runs on CPU.
+"""
+import copy
+import glob
+import os
+import os.path as osp
+import pickle
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import ConfigDict
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import MODELS
+from mmengine.structures import PixelData
+
+from mmseg.structures import SegDataSample  # installed by tools/install.sh (requirements/seg.txt)
+
+import stvit_det
+from stvit_det.datasets import SegDatasetError, check_seg_dataset_cfgs
+from stvit_det.models.backbones.stvit_r import ARCH_SETTINGS
+from stvit_det.toolboxes.scope import ToolboxMissingError, init_toolbox_scope, load_config
+
+from conftest import SMALL
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SEG_DIR = osp.join(ROOT, 'configs', 'stvit-r-seg')
+ADE_T = osp.join(SEG_DIR, 'stvit-r-t-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py')
+CITYSCAPES_S = osp.join(SEG_DIR, 'stvit-r-s-in1k-pre_upernet_4xb2-80k_cityscapes-512x1024.py')
+DEMO = osp.join(SEG_DIR, 'stvit-r-demo_upernet_1xb4-400_nuclei-224x224.py')
+SEG_CONFIGS = sorted(glob.glob(osp.join(SEG_DIR, '*.py')))
+SMALL_CHANNELS = [SMALL['embed_dims'] * 2**i for i in range(4)]
+BN = dict(type='BN', requires_grad=True)
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+
+
+def _narrow(cfg, num_classes=3):
+    """``cfg.model`` with the SMALL backbone, random weights and narrow heads (in place); returns cfg.model."""
+    model = cfg.model
+    model.backbone.update(SMALL, init_cfg=None, drop_path_rate=0.0)
+    model.backbone.pop('arch', None)
+    head = model.decode_head
+    if 'in_index' in head and isinstance(head.in_index, int):
+        head.in_channels = SMALL_CHANNELS[head.in_index]
+    elif 'in_channels' in head:
+        head.in_channels = SMALL_CHANNELS
+    head.update(channels=16, num_classes=num_classes, norm_cfg=BN)
+    if model.get('neck') is not None:  # Semantic FPN
+        model.neck.update(in_channels=SMALL_CHANNELS, out_channels=16)
+        head.update(in_channels=[16] * 4)
+    if model.get('auxiliary_head') is not None:
+        model.auxiliary_head.update(
+            in_channels=SMALL_CHANNELS[model.auxiliary_head.in_index], channels=8, num_classes=num_classes, norm_cfg=BN)
+    return model
+
+
+def _build(model_cfg):
+    init_toolbox_scope('mmseg')
+    model = revert_sync_batchnorm(MODELS.build(copy.deepcopy(model_cfg)))
+    model.init_weights()
+    return model
+
+
+def _samples(batch, h, w, num_classes=3, with_gt=True):
+    samples = []
+    for _ in range(batch):
+        s = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                                        padding_size=[0, 0, 0, 0]))
+        if with_gt:
+            s.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, h, w)))
+        samples.append(s)
+    return samples
+
+
+def _loss_backward_all_backbone_grads(model, h, w):
+    model.train()
+    losses = model.loss(torch.randn(2, 3, h, w), _samples(2, h, w))
+    total = sum(v for k, v in losses.items() if k.startswith(('decode.loss', 'aux.loss')))
+    assert torch.isfinite(total)
+    total.backward()
+    missing = [n for n, p in model.backbone.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f'backbone parameters without a gradient: {missing}'
+    return losses
+
+
+def _predict_shapes(model, h, w, num_classes=3):
+    model.eval()
+    with torch.no_grad():
+        out = model.predict(torch.randn(1, 3, h, w), _samples(1, h, w, with_gt=False))
+    pred, logits = out[0].pred_sem_seg.data, out[0].seg_logits.data
+    assert pred.shape == (1, h, w) and logits.shape == (num_classes, h, w)
+    assert torch.isfinite(logits).all() and 0 <= pred.min() and pred.max() < num_classes
+
+
+# ------------------------------------------------------------------------------------------ one class, registries
+def test_one_class_in_every_registry():
+    from mmdet.registry import MODELS as DET_MODELS
+    from mmseg.registry import MODELS as SEG_MODELS
+
+    assert SEG_MODELS.get('STViTR') is stvit_det.STViTR is DET_MODELS.get('STViTR')
+
+
+# ------------------------------------------------------------------------------------------ UperNet (our configs)
+@pytest.fixture(scope='module')
+def upernet():
+    return _build(_narrow(load_config(ADE_T)))
+
+
+def test_upernet_loss_backward(upernet):
+    losses = _loss_backward_all_backbone_grads(upernet, 161, 237)  # odd: padded to windows inside the backbone
+    assert {'decode.loss_ce', 'aux.loss_ce'} <= set(losses)  # the auxiliary FCN head trains too
+    assert all(p.grad is not None for p in upernet.auxiliary_head.parameters())
+
+
+@pytest.mark.parametrize('hw', [(512, 512), (383, 517)], ids=lambda hw: f'{hw[0]}x{hw[1]}')
+def test_upernet_predict(upernet, hw):
+    _predict_shapes(upernet, *hw)
+
+
+def test_slide_inference_visits_every_window():
+    """Cityscapes config with the documented slide options (scaled down 4x): the backbone sees every window at the
+    crop size, and the stitched prediction covers the whole image; whole-image inference works on the same model."""
+    cfg = load_config(CITYSCAPES_S)
+    model = _build(_narrow(cfg))
+    h, w, crop, stride = 256, 512, (128, 256), (85, 171)
+    model.test_cfg = ConfigDict(mode='slide', crop_size=crop, stride=stride)
+    seen = []
+    hook = model.backbone.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[2:])))
+    try:
+        _predict_shapes(model, h, w)
+    finally:
+        hook.remove()
+    rows = (h - crop[0] + stride[0] - 1) // stride[0] + 1
+    cols = (w - crop[1] + stride[1] - 1) // stride[1] + 1
+    assert (rows, cols) == (3, 3) and seen == [crop] * (rows * cols)
+    model.test_cfg = ConfigDict(mode='whole')
+    seen.clear()
+    _predict_shapes(model, 133, 291)  # whole: one odd-sized pass
+
+
+# ------------------------------------------------------------------------------------------ stock mmseg configs
+STOCK = {
+    # UperNet R-50 on ADE20K: the ResNet replaced (its `pretrained` URL dropped), the heads' inputs widened
+    'upernet': 'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py',
+    # Semantic FPN R-50: an FPN neck between STViTR and the FPNHead
+    'sem_fpn': 'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py',
+}
+
+
+@pytest.mark.parametrize('name', sorted(STOCK))
+def test_stvitr_in_stock_mmseg_config(name):
+    """The README recipe: custom_imports + backbone=dict(_delete_=True, type='STViTR') + the heads' in_channels."""
+    cfg = load_config(STOCK[name])
+    cfg.merge_from_dict(dict(
+        custom_imports=dict(imports=['stvit_det'], allow_failed_imports=False),
+        model=dict(pretrained=None, backbone=dict(_delete_=True, type='STViTR', out_indices=(0, 1, 2, 3)))))
+    assert cfg.model.backbone == dict(type='STViTR', out_indices=(0, 1, 2, 3))
+    model = _build(_narrow(cfg))
+    assert type(model.backbone) is stvit_det.STViTR
+    _loss_backward_all_backbone_grads(model, 96, 128)
+    _predict_shapes(model, 97, 131)
+
+
+# ------------------------------------------------------------------------------------------ configs
+@pytest.mark.parametrize('path', SEG_CONFIGS, ids=osp.basename)
+def test_config_recipe(path):
+    cfg = load_config(path)
+    name = osp.basename(path)
+    assert cfg.default_scope == 'mmseg'
+    assert cfg.custom_imports == dict(imports=['stvit_det'], allow_failed_imports=False)
+    model_cfg = cfg.model
+    assert model_cfg.type == 'EncoderDecoder' and model_cfg.backbone.type == 'STViTR'
+    assert model_cfg.decode_head.type == 'UPerHead' and model_cfg.auxiliary_head.type == 'FCNHead'
+    crop = tuple(int(v) for v in re.search(r'(\d+)x(\d+)\.py$', name).groups())
+    assert tuple(model_cfg.data_preprocessor.size) == crop
+    if 'demo' in name:
+        assert model_cfg.backbone.init_cfg is None  # trained from scratch
+        return
+    arch = re.match(r'stvit-r-([tsb])-in1k-pre_upernet_', name).group(1)
+    assert model_cfg.backbone.arch == dict(t='tiny', s='small', b='base')[arch]
+    assert model_cfg.backbone.init_cfg == dict(type='Pretrained', checkpoint=None)  # a local file via --cfg-options
+    assert model_cfg.backbone.drop_path_rate == 0.3
+    iters, classes = (160000, 150) if '_ade20k-' in name else (80000, 19)
+    assert model_cfg.decode_head.num_classes == model_cfg.auxiliary_head.num_classes == classes
+    assert cfg.train_cfg.max_iters == iters
+    # mmseg's Swin UperNet recipe: AdamW 6e-5, wd 0.01 but none on norms / position tables, warm-up 1500, poly
+    opt = cfg.optim_wrapper.optimizer
+    assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 6e-5, 0.01)
+    assert {k: v.decay_mult for k, v in cfg.optim_wrapper.paramwise_cfg.custom_keys.items()} == {
+        'absolute_pos_embed': 0.0, 'relative_position_bias_table': 0.0, 'norm': 0.0}
+    warmup, poly = cfg.param_scheduler
+    assert (warmup.type, warmup.end, poly.type, poly.begin, poly.end) == ('LinearLR', 1500, 'PolyLR', 1500, iters)
+
+    # heads wired to the backbone's channels (tests/test_configs.py builds every config at full size)
+    channels = [ARCH_SETTINGS[model_cfg.backbone.arch]['embed_dims'] * 2**i for i in range(4)]
+    assert model_cfg.decode_head.in_channels == channels
+    assert model_cfg.auxiliary_head.in_channels == channels[model_cfg.auxiliary_head.in_index] == channels[2]
+
+
+def test_pretrained_without_a_checkpoint_stops():
+    """The ADE20K / Cityscapes configs want ImageNet weights from a local file: none given is an error, not a
+    silent start from random weights."""
+    init_toolbox_scope('mmseg')
+    backbone = MODELS.build(copy.deepcopy(load_config(ADE_T).model.backbone))
+    with pytest.raises(ValueError, match='checkpoint'):
+        backbone.init_weights()
+
+
+def test_no_weight_decay_on_norms_and_position_tables():
+    """The paramwise keys reach STViTR's parameters (LayerNorms, relative position tables) in the built optimizer."""
+    from mmengine.optim import build_optim_wrapper
+
+    cfg = load_config(ADE_T)
+    model = _build(_narrow(cfg))
+    wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)]: g['weight_decay'] for g in wrapper.optimizer.param_groups for p in g['params']}
+    assert decay['backbone.layers.0.blocks.0.attn.relative_position_bias_table'] == 0.0
+    assert decay['backbone.norm2.weight'] == 0.0 and decay['backbone.layers.2.blocks.1.norm1.weight'] == 0.0
+    assert decay['backbone.layers.2.blocks.1.attn.q.weight'] == 0.01
+    assert all(v == 0.0 for n, v in decay.items() if 'norm' in n)
+
+
+def test_weights_frozen_stages_and_with_cp_through_mmseg_config(tmp_path, monkeypatch):
+    """Same loading and training duties as in detection: a local checkpoint through init_cfg, frozen stem + stage 1
+    in eval mode without gradients, activation checkpointing of every block."""
+    import torch.utils.checkpoint as cp
+
+    source = stvit_det.STViTR(**SMALL)
+    source.init_weights()
+    path = tmp_path / 'stvit-small.pth'
+    torch.save(source.state_dict(), path)
+    cfg = load_config(ADE_T)
+    model_cfg = _narrow(cfg)
+    model_cfg.backbone.update(init_cfg=dict(type='Pretrained', checkpoint=str(path)), frozen_stages=1, with_cp=True)
+    model = _build(model_cfg).train()
+    for name, value in source.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[name], value), name
+    frozen = [model.backbone.patch_embed, model.backbone.layers[0]]
+    assert all(not m.training for f in frozen for m in f.modules())
+    assert all(not p.requires_grad for f in frozen for p in f.parameters())
+    calls = []
+    checkpoint = cp.checkpoint
+    monkeypatch.setattr(cp, 'checkpoint', lambda fn, *a, **k: calls.append(fn) or checkpoint(fn, *a, **k))
+    losses = model.loss(torch.randn(2, 3, 64, 96), _samples(2, 64, 96))
+    sum(v for k, v in losses.items() if 'loss' in k).backward()
+    assert len(calls) == sum(SMALL['depths'])  # every block checkpointed
+    assert model.backbone.layers[1].blocks[0].attn.qkv.weight.grad is not None
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def _png(path, array):
+    import cv2
+
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+
+
+@pytest.fixture
+def seg_root(tmp_path):
+    """A 2-class dataset of three 24x32 images with valid label maps (0, 1 and the ignore index 255)."""
+    for i in range(3):
+        _png(tmp_path / 'img' / f'a{i}.png', np.full((24, 32, 3), 40 * i, np.uint8))
+        label = np.zeros((24, 32), np.uint8)
+        label[:, 16:] = 1
+        label[0, 0] = 255
+        _png(tmp_path / 'ann' / f'a{i}.png', label)
+    return tmp_path
+
+
+def _seg_cfg(root, **dataset):
+    ds = dict(type='BaseSegDataset', data_root=str(root), metainfo=dict(classes=('bg', 'fg')), img_suffix='.png',
+              seg_map_suffix='.png', data_prefix=dict(img_path='img', seg_map_path='ann'),
+              pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')])
+    ds.update(dataset)
+    return dict(model=dict(decode_head=dict(ignore_index=255)), train_dataloader=dict(dataset=ds),
+                val_dataloader=None)
+
+
+def test_valid_labels_pass(seg_root):
+    assert check_seg_dataset_cfgs(_seg_cfg(seg_root), phases=('train', 'val')) == [('train_dataloader.dataset', 3)]
+
+
+def _expect(cfg, *fragments):
+    with pytest.raises(SegDatasetError) as info:
+        check_seg_dataset_cfgs(cfg, phases=('train', ))
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+    return str(info.value)
+
+
+def test_label_values_outside_the_classes(seg_root):
+    bad = np.ones((24, 32), np.uint8)
+    bad[3, 3], bad[4, 4] = 2, 7
+    _png(seg_root / 'ann' / 'a1.png', bad)
+    _expect(_seg_cfg(seg_root), str(seg_root / 'ann' / 'a1.png'), 'class values 2, 7', 'outside [0, 2)',
+            'ignore index 255')
+
+
+def test_reduce_zero_label_is_applied_before_the_range_check(seg_root):
+    """ADE20K style: raw 1..K are classes 0..K-1, raw 0 (and 255) are ignored; so raw 2 is class 1 (valid for two
+    classes) and raw 3 is class 2 (not), where without the reduction both are out of range."""
+    label = np.zeros((24, 32), np.uint8)
+    label[0, :4] = (1, 2, 3, 255)
+    _png(seg_root / 'ann' / 'a1.png', label)
+    _expect(_seg_cfg(seg_root, reduce_zero_label=True), 'a1.png', 'class values 2 after reduce_zero_label')
+    _expect(_seg_cfg(seg_root), 'a1.png', 'class values 2, 3,')
+
+
+def test_label_map_size_differs_from_its_image(seg_root):
+    _png(seg_root / 'ann' / 'a2.png', np.zeros((24, 31), np.uint8))
+    _expect(_seg_cfg(seg_root), str(seg_root / 'ann' / 'a2.png'), 'is 24x31 (HxW)', str(seg_root / 'img' / 'a2.png'),
+            'is 24x32')
+
+
+def test_missing_label_map(seg_root):
+    os.remove(seg_root / 'ann' / 'a0.png')
+    _expect(_seg_cfg(seg_root), 'label map not found', str(seg_root / 'ann' / 'a0.png'))
+
+
+def test_missing_image(seg_root):
+    os.remove(seg_root / 'img' / 'a2.png')  # its label map is left without an image
+    _expect(_seg_cfg(seg_root), 'image file not found', str(seg_root / 'img' / 'a2.png'))
+
+
+def test_missing_image_of_a_split_list(seg_root):
+    (seg_root / 'split.txt').write_text('a0\na9\n')
+    _expect(_seg_cfg(seg_root, ann_file='split.txt'), 'image file not found', str(seg_root / 'img' / 'a9.png'))
+
+
+def test_colour_label_map(seg_root):
+    _png(seg_root / 'ann' / 'a0.png', np.zeros((24, 32, 3), np.uint8))
+    _expect(_seg_cfg(seg_root), str(seg_root / 'ann' / 'a0.png'), 'expected one channel')
+
+
+def test_16_bit_labels_above_255(seg_root):
+    _png(seg_root / 'ann' / 'a0.png', np.full((24, 32), 256, np.uint16))
+    _expect(_seg_cfg(seg_root), 'outside 0..255', 'would be wrapped')
+
+
+# ------------------------------------------------------------------------------------------ toolbox missing
+def test_toolbox_missing_message_from_base_resolution(monkeypatch):
+    """mmengine's own error for an absent `mmseg::` base becomes one line naming the config and the install."""
+    from mmengine.config import config as mmengine_config
+
+    monkeypatch.setattr(mmengine_config, 'is_installed', lambda package: package != 'mmsegmentation')
+    with pytest.raises(ToolboxMissingError) as info:
+        load_config(ADE_T)
+    assert str(info.value).startswith(ADE_T)
+    assert 'inherits `mmseg::` configs' in str(info.value) and 'requirements/seg.txt' in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ tools, end to end
+def _tool(script, *args, cwd, code=None):
+    cmd = [sys.executable, osp.join(ROOT, 'tools', script), *args]
+    if code is not None:  # run the tool after `code` in the same interpreter
+        cmd = [sys.executable, '-c', f'{code}; import runpy, sys; sys.argv = {[script, *args]!r}; '
+               f'runpy.run_path({osp.join(ROOT, "tools", script)!r}, run_name="__main__")']
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_train_without_mmseg_says_so(tmp_path):
+    """Where mmseg cannot be imported, `import stvit_det` still works (detection) and a segmentation config stops
+    before anything is built, in one line naming the toolbox."""
+    block = ("import sys; sys.modules['mmseg'] = None; import stvit_det; from mmdet.registry import MODELS; "
+             "assert MODELS.get('STViTR') is stvit_det.STViTR")
+    rc, out, err = _tool('train.py', ADE_T, cwd=tmp_path, code=block)
+    assert rc != 0 and 'Traceback' not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('train.py: error:') and "default_scope='mmseg'" in last and 'MMSegmentation' in last
+
+
+def _run_tool_in_process(monkeypatch, script, *args):
+    """Run a tool's ``__main__`` here (no interpreter start-up) and return its SystemExit message."""
+    import runpy
+
+    monkeypatch.setattr(sys, 'argv', [script, *args])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(osp.join(ROOT, 'tools', script), run_name='__main__')
+    return str(info.value.code)
+
+
+def test_seg_demo_end_to_end(tmp_path, monkeypatch):
+    """The demo's steps at smoke scale: build the semantic dataset (tools/make_demo_dataset.py --semantic), a bad
+    label map stops tools/train.py in one line before anything is built, train 2 iterations with tools/train.py,
+    test with tools/test.py: mIoU, a painted PNG and a results pickle."""
+    from stvit_det.datasets.demo_nuclei_seg import make_seg_demo_dataset
+
+    data = tmp_path / 'data' / 'nuclei_demo'
+    info, built = make_seg_demo_dataset(str(data))
+    assert built and info['counts']['val']['images'] == 1
+    opts = ['--cfg-options', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
+            'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+            'train_dataloader.persistent_workers=False', 'train_dataloader.dataset.pipeline.2.scale=(128,128)',
+            'train_dataloader.dataset.pipeline.3.crop_size=(112,112)', 'model.data_preprocessor.size=(112,112)']
+
+    label = data / 'seg_maps' / 'train' / 'nuclei_train_005.png'
+    good = label.read_bytes()
+    _png(label, np.full((256, 256), 3, np.uint8))  # class 3 of a 2-class dataset
+    monkeypatch.chdir(tmp_path)  # the config's data_root is relative
+    message = _run_tool_in_process(monkeypatch, 'train.py', DEMO, '--work-dir', str(tmp_path / 'bad'), *opts)
+    rel = osp.join('data', 'nuclei_demo', 'seg_maps', 'train', 'nuclei_train_005.png')
+    assert message.startswith(f'train.py: error: label map {rel} has class values 3, outside [0, 2)'), message
+    assert not (tmp_path / 'bad').exists()  # stopped before the Runner
+    label.write_bytes(good)
+
+    rc, out, err = _tool('train.py', DEMO, '--work-dir', str(tmp_path / 'work'), *opts, cwd=tmp_path)
+    assert rc == 0, (out + err)[-4000:]
+    ckpt = (tmp_path / 'work' / 'last_checkpoint').read_text().strip()
+    rc, out, err = _tool('test.py', DEMO, ckpt, '--work-dir', str(tmp_path / 'test'), '--show-dir',
+                         str(tmp_path / 'vis'), '--out', str(tmp_path / 'preds.pkl'), cwd=tmp_path)
+    assert rc == 0, (out + err)[-4000:]
+    miou = re.findall(r'Iter\(test\).*mIoU: ([\d.]+)', out + err)
+    assert miou and 0.0 <= float(miou[-1]) <= 100.0
+    pngs = glob.glob(str(tmp_path / 'vis' / '**' / '*nuclei_val_000*.png'), recursive=True)
+    assert len(pngs) == 1
+    with open(tmp_path / 'preds.pkl', 'rb') as f:
+        preds = pickle.load(f)
+    assert len(preds) == 1 and tuple(preds[0]['pred_sem_seg']['data'].shape) == (1, 256, 256)

@@ -1,0 +1,118 @@
+"""Export a detector's backbone, backbone + neck, or whole inference to ONNX, run it with ONNX Runtime on the same
+input and report the difference to PyTorch and the CPU latency of both.
+
+    python tools/deployment/export_onnx.py CONFIG [CHECKPOINT] --shape H W
+        --part {backbone,backbone+neck,detector} --out FILE.onnx [--image IMG] [--exporter {torchscript,dynamo}]
+        [--threads N] [--repeats 5] [--static-batch] [--cfg-options k=v ...]
+
+The input is the preprocessed tensor (normalised, padded) of a fixed H x W; ``--image`` takes it from an image file
+through the config's test pipeline (H x W must then be its padded size), else from a seeded random normal tensor.
+Backbone parts have a dynamic batch dimension unless ``--static-batch``; the detector takes one image. Without a
+checkpoint the weights are random. Everything is in ``stvit_det.deployment``; this file only parses and prints.
+Exit status 1 with one ``error:`` line on bad input (config, checkpoint, part, shape, image) or an export failure
+(naming the operator).
+"""
+import argparse
+import sys
+
+import torch
+from mmengine.config import DictAction
+
+from stvit_det.deployment import (PARTS, CheckpointMismatchError, ExportError, OnnxInputError, OnnxLoadError,
+                                  build_detector, build_part, compare, export_onnx, load_session, median_latency_ms,
+                                  preprocess_image, run_session)
+from stvit_det.deployment.equivalents import exportable_attention
+from stvit_det.deployment.onnx_export import EXPORTERS
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Export to ONNX and check the file against PyTorch')
+    parser.add_argument('config', help='config file (also mmdet::... paths)')
+    parser.add_argument('checkpoint', nargs='?', help='checkpoint that fits the config (default: random weights)')
+    parser.add_argument('--shape', type=int, nargs=2, required=True, metavar=('H', 'W'), help='network input size')
+    parser.add_argument('--part', required=True, help=f"one of {', '.join(PARTS)}")
+    parser.add_argument('--out', required=True, help='output .onnx file')
+    parser.add_argument('--image', help='image file: the input comes from the test pipeline (else random)')
+    parser.add_argument('--exporter', default='torchscript', choices=EXPORTERS, help='torch.onnx exporter')
+    parser.add_argument('--static-batch', action='store_true', help='no dynamic batch dimension')
+    parser.add_argument('--threads', type=int, default=None, help='CPU threads for both runtimes')
+    parser.add_argument('--repeats', type=int, default=5, help='timed runs per runtime (median reported)')
+    parser.add_argument('--score-thr', type=float, default=0.3, help='detector: detections compared above this')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
+    return parser.parse_args(argv)
+
+
+def _as_list(out):
+    return [o.detach().numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    try:
+        if args.part not in PARTS:
+            raise ValueError(f"unknown part '{args.part}': choose one of {', '.join(PARTS)}")
+        detector, cfg = build_detector(args.config, args.checkpoint, args.cfg_options)
+        shape = tuple(args.shape)
+        img_shape = None
+        if args.image:
+            image, sample = preprocess_image(detector, cfg, args.image)
+            if tuple(image.shape[-2:]) != shape:
+                raise OnnxInputError(f'{args.image} preprocesses to {tuple(image.shape[-2:])}, not --shape '
+                                     f'{shape[0]} {shape[1]}: export with --shape {image.shape[-2]} '
+                                     f'{image.shape[-1]}')
+            img_shape = sample.img_shape
+        else:
+            image = torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(0))
+        module, inputs, outputs, dynamic = build_part(detector, args.part, shape, img_shape)
+        with exportable_attention(module) as switched:  # only lists what export_onnx will switch
+            pass
+        if switched:
+            impls = sorted({impl for _, impl in switched})
+            print(f"attention: {len(switched)} modules with attn_impl {impls} are exported as the equal 'dense' "
+                  "path (the tiled attention has no ONNX translation)")
+        export_onnx(module, (image, ), args.out, inputs, outputs, dynamic and not args.static_batch, args.exporter)
+        session = load_session(args.out, threads)
+        feeds = {inputs[0]: image.numpy()}
+        with torch.inference_mode():
+            reference = _as_list(module(image))
+        actual = run_session(session, feeds)
+    except (ValueError, FileNotFoundError, ExportError, OnnxLoadError, CheckpointMismatchError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+
+    print(f'exported {args.part} of {args.config} ({args.exporter} exporter) to {args.out}')
+    print(f'inputs: {[(i.name, i.shape) for i in session.get_inputs()]}')
+    if args.part == 'detector':
+        report_detections(reference, actual, args.score_thr)
+    else:
+        diff = compare(reference, actual)
+        print(f"ONNX Runtime vs PyTorch: max abs diff {diff['max_abs']:.3g}, max relative diff {diff['max_rel']:.3g}")
+
+    def run_torch():
+        with torch.inference_mode():
+            module(image)
+
+    t_torch = median_latency_ms(run_torch, args.repeats)
+    t_ort = median_latency_ms(lambda: session.run(None, feeds), args.repeats)
+    print(f'latency, CPU, {threads} threads, median of {args.repeats}: PyTorch eager {t_torch:.1f} ms, '
+          f'ONNX Runtime {t_ort:.1f} ms ({t_torch / t_ort:.2f}x)')
+    return 0
+
+
+def report_detections(reference, actual, score_thr: float) -> None:
+    """Detections above ``score_thr`` of both runtimes: count, box and score differences, mask IoU."""
+    from stvit_det.deployment import match_detections
+
+    m = match_detections(reference, actual, score_thr)
+    print(f"detections with score >= {score_thr}: PyTorch {m['n_reference']}, ONNX Runtime {m['n_actual']}, "
+          f"same labels: {m['same_labels']}")
+    if m['n_reference'] and m['n_reference'] == m['n_actual']:
+        print(f"max box difference {m['max_box_diff']:.3g} px, max score difference {m['max_score_diff']:.3g}, "
+              f"min mask IoU {m['min_mask_iou']:.4f}")
+
+
+if __name__ == '__main__':
+    sys.exit(main())
