@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from timm.layers import Mlp as TimmMlp
 
-from stvit_det.models.layers import chunking, tiled_attention
+from stvit_det.models.layers import chunking, mlp, tiled_attention
 from stvit_det.models.layers.attention import ATTN_IMPLS, Region, choose_region_impl, densify_region_bias
 from stvit_det.models.layers.mlp import Mlp
 from stvit_det.models.layers.swin_block import SwinBlock
@@ -193,8 +193,13 @@ def test_chunked_inference_changes_nothing(shift, monkeypatch):
     torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6)
 
 
-def test_mlp_recomputing_gelu_equals_timm_mlp():
-    """Same outputs and gradients as timm's Mlp (which keeps GELU's output), also under bf16 autocast."""
+@pytest.mark.parametrize('chunk_bytes', [None, 64 * 4 * 4], ids=['whole', 'chunks-of-4-tokens'])
+def test_mlp_recomputing_gelu_equals_timm_mlp(monkeypatch, chunk_bytes):
+    """Same outputs and gradients as timm's Mlp (which keeps GELU's output), also under bf16 autocast; on the
+    CPU the training forward / backward loop over chunks of tokens (15 tokens: 3 full chunks and a short one)."""
+    if chunk_bytes is not None:
+        monkeypatch.setattr(chunking, 'CHUNK_BYTES', chunk_bytes)
+        assert mlp._rows_per_chunk(torch.empty(3, 5, 64)) == 4
     ref, ours = TimmMlp(16, 64), Mlp(16, 64)
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(3, 5, 16, requires_grad=True)

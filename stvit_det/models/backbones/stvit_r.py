@@ -124,10 +124,13 @@ class STViTR(BaseModule):
         layer_scale_init: initial layer scale of the semantic blocks.
         pad_mask: ``'correct'`` (default: every padded key masked), ``'official'`` (the released code's partial
             mask, to reproduce released checkpoints exactly) or ``'none'``.
-        attn_impl: ``'dense'`` (default: key regions as a dense mask over once-projected keys/values, fused
-            attention, nothing duplicated), ``'sdpa'`` (key regions gathered per window, fused attention) or
-            ``'reference'`` (gathered, written-out softmax: the oracle). Swin blocks use fused attention for both
-            fast paths. See ``layers/attention.py``.
+        attn_impl: ``'auto'`` (default: per block ``'tiled'``, or ``'dense'`` where one masked call over the
+            whole map is cheaper by the cost model, i.e. where the key region covers most of the map),
+            ``'tiled'`` (each key region read in place as R x R neighbouring tiles: the paper's region
+            arithmetic at any size, nothing duplicated), ``'dense'`` (every key under a region mask, one fused
+            call), ``'sdpa'`` (key regions gathered per window, fused attention) or ``'reference'`` (gathered,
+            written-out softmax: the oracle). See ``layers/attention.py``; Swin blocks pick their kernel per
+            device (``layers/swin_block.py``).
         out_indices: stages whose outputs are returned.
         frozen_stages: -1 none; 0 the stem; k >= 1 the stem and stages 0..k-1 (with their patch merging and
             output norms). Frozen parts stay in eval mode after ``train()``.

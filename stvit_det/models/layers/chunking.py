@@ -4,8 +4,9 @@ returns it with ``munmap`` when freed), and the page faults of touching it cost 
 LayerNorm, a GELU or a softmax over it. Processing 60800 stage-1 tokens of an 800x1216 image in chunks of a few
 thousand keeps every temporary in the allocator's reused heap and in cache; the result is the same.
 
-Chunking applies only without autograd (training needs every activation anyway), on the CPU, and never while
-tracing, exporting or compiling (a graph wants one op, not a loop).
+:func:`chunked` applies only without autograd (training needs every activation anyway), on the CPU, and never
+while tracing, exporting or compiling (a graph wants one op, not a loop); autograd functions that keep their
+saved tensors whole can still loop over chunks inside their forward and backward (``mlp.py``).
 """
 from typing import Callable
 
@@ -15,10 +16,20 @@ import torch
 CHUNK_BYTES = 8 * 2**20
 
 
+def eager_cpu(x: torch.Tensor) -> bool:
+    """True for a CPU tensor in eager execution (no tracing / export / compilation)."""
+    return (x.device.type == 'cpu' and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and not torch.onnx.is_in_onnx_export())
+
+
 def should_chunk(x: torch.Tensor) -> bool:
     """True in eager CPU inference (no autograd, no tracing / export / compilation)."""
-    return (x.device.type == 'cpu' and not torch.is_grad_enabled() and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
+    return eager_cpu(x) and not torch.is_grad_enabled()
+
+
+def chunk_items(bytes_per_item: int) -> int:
+    """Items per chunk so that a chunk's largest temporary holds about :data:`CHUNK_BYTES`."""
+    return max(1, CHUNK_BYTES // max(1, bytes_per_item))
 
 
 def chunked(fn: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, dim: int,
@@ -37,7 +48,7 @@ def chunked(fn: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, di
         ``fn(x)``, assembled along ``dim``.
     """
     n = x.shape[dim]
-    step = max(1, CHUNK_BYTES // max(1, bytes_per_item))
+    step = chunk_items(bytes_per_item)
     if not should_chunk(x) or step >= n:
         return fn(x, 0)
     return torch.cat([fn(part, i * step) for i, part in enumerate(x.split(step, dim))], dim)
