@@ -1,7 +1,8 @@
 """ONNX export (stvit_det.deployment, tools/deployment/export_onnx.py): exportable equivalents equal the kernels
 they replace; backbones of every attention implementation, both sparsifiers and the pad-mask modes exported and run
 by ONNX Runtime equal PyTorch (relative 1e-4, dynamic batch); the whole Mask R-CNN of the demo config on the demo's
-held-out image gives predict's detections; bad input gets one clear error.
+held-out image, and narrow 80-class COCO Mask R-CNN / Cascade Mask R-CNN, give predict's detections; bad input gets
+one clear error.
 
 Exports use the TorchScript-based exporter (the tool's default); narrow models keep each export to seconds.
 """
@@ -181,6 +182,51 @@ def test_detector_onnx_equals_predict_on_demo_image(tmp_path, demo_image, demo_c
     assert m['max_box_diff'] <= 1.0
     assert m['min_mask_iou'] >= 0.98
     assert m['max_score_diff'] <= 1e-4
+
+
+# 80-class COCO detectors with a narrow STViT-R, few proposals and no score threshold (random weights score every
+# class about 1/81): a few seconds each
+COCO_NARROW = {
+    'model.backbone.embed_dims': 16, 'model.backbone.depths': (1, 1, 6, 1), 'model.backbone.num_heads': (1, 2, 4, 8),
+    'model.neck.in_channels': [16, 32, 64, 128], 'model.test_cfg.rpn.nms_pre': 200,
+    'model.test_cfg.rpn.max_per_img': 30, 'model.test_cfg.rcnn.score_thr': 0.0, 'model.test_cfg.rcnn.max_per_img': 20}
+
+
+@pytest.mark.parametrize('config', ['mask-rcnn_stvit-r-t_fpn_1x_coco.py',
+                                    'cascade-mask-rcnn_stvit-r-t_fpn_4conv1fc-giou_ms-crop-3x_coco.py'])
+def test_coco_detector_onnx_equals_predict(tmp_path, config):
+    """80-class Mask R-CNN and Cascade Mask R-CNN (class-aware boxes, stage-averaged scores and masks): the traced
+    module equals mmdet's predict, and ONNX Runtime gives the same detections (boxes within 1 px, mask IoU >= 0.98)."""
+    from mmdet.structures import DetDataSample
+
+    torch.manual_seed(0)
+    detector, _ = build_detector(osp.join(ROOT, 'configs', 'stvit-r', config), cfg_options=COCO_NARROW)
+    detector.init_weights()
+    randomize_(detector, 0.02)
+    mask_heads = detector.roi_head.mask_head  # one FCNMaskHead, or one per cascade stage
+    with torch.no_grad():  # decisive masks (see demo_checkpoint)
+        for head in (mask_heads if isinstance(mask_heads, torch.nn.ModuleList) else [mask_heads]):
+            head.conv_logits.weight.mul_(50)
+    hw = (128, 160)
+    image = torch.randn(1, 3, *hw)
+    sample = DetDataSample(metainfo=dict(img_shape=hw, ori_shape=hw, pad_shape=hw, batch_input_shape=hw,
+                                         scale_factor=(1.0, 1.0)))
+    with torch.no_grad():
+        pred = detector.predict(image, [sample], rescale=False)[0].pred_instances
+    reference = [pred.bboxes.numpy(), pred.scores.numpy(), pred.labels.numpy(), pred.masks.numpy()]
+    assert len(pred) == 20 and len(set(pred.labels.tolist())) > 1  # several classes among the detections
+
+    module, inputs, outputs, _ = build_part(detector, 'detector', hw)
+    with torch.no_grad():
+        eager = [o.numpy() for o in module(image)]
+    for a, b in zip(eager, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    path = export_onnx(module, (image, ), str(tmp_path / 'det.onnx'), inputs, outputs, dynamic_batch=False)
+    actual = run_session(load_session(path), {'image': image.numpy()})
+    m = match_detections(reference, actual, score_thr=0.0)
+    assert m['n_actual'] == m['n_reference'] == 20 and m['same_labels']
+    assert m['max_box_diff'] <= 1.0 and m['min_mask_iou'] >= 0.98
 
 
 def test_detector_export_names_unsupported_component():

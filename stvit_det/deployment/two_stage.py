@@ -110,9 +110,8 @@ class TwoStageExport(nn.Module):
     Raises:
         ExportError: naming the component that this module does not express.
 
-    Export status (TorchScript exporter, torch 2.13): the demo Mask R-CNN (one class) exports and matches; the
-    80-class COCO Mask R-CNN and Cascade Mask R-CNN equal ``predict`` in PyTorch but stop in PyTorch's ONNX shape
-    inference ("shape_has_zero = true && minus_one_pos == -1"), not located yet.
+    Export status (TorchScript exporter, torch 2.13): the demo Mask R-CNN (one class) and the 80-class COCO
+    Mask R-CNN and Cascade Mask R-CNN export and match ``predict`` (``tests/test_onnx_export.py``).
 
     ``forward(image (1, 3, H, W))`` returns boxes (K, 4), scores (K,), labels (K,) int64 and masks (K, H, W) bool
     (K <= ``test_cfg.rcnn.max_per_img``), ordered by descending score, as mmdet's ``predict(rescale=False)``.
