@@ -1,4 +1,4 @@
-"""Shared fixtures: deterministic seeds, a small STViTR factory, and a CUDA marker."""
+"""Shared fixtures: deterministic seeds, eager FlexAttention, a small STViTR factory, and a CUDA marker."""
 import pytest
 import torch
 
@@ -14,6 +14,15 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _flex_eager(monkeypatch):
+    """attn_impl='flex' runs PyTorch's unfused FlexAttention reference in tests: compiling the kernel takes 10-20 s
+    per shape on the CPU. ``tests/test_flex_attention.py`` compiles it on purpose."""
+    from stvit_det.models.layers import attention
+    monkeypatch.setattr(attention, 'FLEX_COMPILE', False)
     yield
 
 

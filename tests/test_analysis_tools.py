@@ -135,6 +135,30 @@ def test_benchmark_training_step_with_profile():
     assert any(r[5] == 'stage 3 / SwinBlock' for r in swin)
 
 
+def test_per_config_overrides_measure_variants_side_by_side():
+    """`CONFIG@key=value` applies to that config only: the same STViT-R-T with its default attention, the oracle and
+    FlexAttention in one run (no CPU memory figure for FlexAttention: '-'); the FLOP counter sees the dense path's
+    extra work only where it is asked for, and refuses FlexAttention in one line."""
+    out = _run('benchmark.py', OURS, OURS + '@model.backbone.attn_impl=reference', OURS + '@model.backbone.attn_impl=flex',
+               '--shape', '64', '96', '--warmup', '0', '--repeats', '1', '--device', 'cpu', '--threads', '1',
+               '--mode', 'backbone')
+    rows = _table(out)
+    assert [r[0] for r in rows] == ['mask-rcnn_stvit-r-t_fpn_1x_coco',
+                                    'mask-rcnn_stvit-r-t_fpn_1x_coco@attn_impl=reference',
+                                    'mask-rcnn_stvit-r-t_fpn_1x_coco@attn_impl=flex']
+    assert all(float(r[5]) > 0 for r in rows)
+    assert float(rows[1][8]) > 100 and rows[2][8] == '-'  # FlexAttention cannot run under the CPU memory tracker
+    flops = _table(_run('get_flops.py', OURS + '@model.backbone.attn_impl=dense', OURS, '--shape', '800', '1216',
+                        '--device', 'meta', '--mode', 'backbone'))
+    assert float(flops[0][2]) > 1.05 * float(flops[1][2])  # dense: 79.2 vs 74.2 GMACs
+    get_flops = _load_tool('get_flops')
+    with pytest.raises(SystemExit, match="must be key=value, got 'model.backbone.attn_impl'"):
+        get_flops.load_config(OURS + '@model.backbone.attn_impl')
+    args = get_flops.argparse.Namespace(cfg_options=None, device='meta', shape=(64, 64), mode='backbone')
+    with pytest.raises(SystemExit, match="attn_impl='flex' cannot be counted"):
+        get_flops.measure(OURS + '@model.backbone.attn_impl=flex', args)
+
+
 def test_missing_config_is_a_one_line_error():
     proc = subprocess.run([sys.executable, osp.join(TOOLS, 'get_flops.py'), 'configs/no_such_config.py'], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=300)

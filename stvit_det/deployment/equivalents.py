@@ -139,7 +139,7 @@ def _adaptive_max_pool2d(input: torch.Tensor, output_size, return_indices: bool 
 
 
 #: ``attn_impl`` values with no ONNX translation -> the exportable implementation of the same attention
-ATTN_IMPL_FOR_EXPORT = {'tiled': 'dense', 'auto': 'dense'}
+ATTN_IMPL_FOR_EXPORT = {'tiled': 'dense', 'auto': 'dense', 'flex': 'dense'}
 
 
 @contextlib.contextmanager

@@ -4,6 +4,11 @@ model through the registry of the config's toolbox (``default_scope``: mmdet det
 
     cfg = load_config(path); model = build_model(cfg); inputs, samples = fake_batch(2, (512, 512), scope=...)
 
+A config argument may carry its own overrides after ``@`` (on top of ``--cfg-options``, which apply to every config),
+so that variants of one config are measured side by side in one run::
+
+    configs/stvit-r/mask-rcnn_stvit-r-t_fpn_1x_coco.py@model.backbone.attn_impl=flex
+
 ``build_detector`` is ``build_model`` (its old name); ``fake_batch`` without ``scope`` uses the scope of the model
 built last (mmengine's current default scope), so a build-then-batch caller works for every toolbox unchanged.
 No model logic lives here: the networks come from the configs, exactly as ``tools/train.py`` would build them.
@@ -14,7 +19,7 @@ import os.path as osp
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS, DefaultScope
 
@@ -24,7 +29,23 @@ from stvit_det.toolboxes.scope import (DEFAULT_SCOPE, ToolboxMissingError, confi
 from stvit_det.toolboxes.scope import load_config as _load_toolbox_config
 
 
-def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+def split_overrides(spec: str) -> Tuple[str, dict]:
+    """``'path.py@a.b=1@c=x'`` -> ``('path.py', {'a.b': 1, 'c': 'x'})`` (values parsed as ``--cfg-options``)."""
+    path, *items = spec.split('@')
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep or not key:
+            raise SystemExit(f"error: '{spec}': each override after '@' must be key=value, got '{item}'")
+        overrides[key] = DictAction._parse_iterable(value)
+    return path, overrides
+
+
+def load_config(spec: str, cfg_options: Optional[dict] = None) -> Config:
+    """Load ``spec`` (a path, ``mmdet::`` / ``mmseg::`` path, optionally with ``@key=value`` overrides), then
+    ``cfg_options``, then the spec's own overrides."""
+    path, overrides = split_overrides(spec)
+    cfg_options = {**(cfg_options or {}), **overrides} or None
     try:
         full = resolve_config_path(path)
         if not osp.isfile(full):
@@ -97,11 +118,16 @@ def fake_batch(batch_size: int, shape: Sequence[int], device: str = 'cpu',
     return inputs, samples
 
 
-def short_name(path: str, width: int = 72) -> str:
+def short_name(spec: str, width: int = 72) -> str:
+    path, _ = split_overrides(spec)
     name = osp.splitext(osp.basename(path))[0]
     if '::' in path:  # a toolbox's own config: mmdet::..., mmseg::...
         name = path.split('::', 1)[0] + '::' + name
-    return name if len(name) <= width else name[:width - 3] + '...'
+    name = name if len(name) <= width else name[:width - 3] + '...'
+    if '@' in spec:  # the overrides, without their dotted prefixes: name@attn_impl=flex
+        name += ''.join('@' + item.split('=', 1)[0].rsplit('.', 1)[-1] + '=' + item.split('=', 1)[1]
+                        for item in spec.split('@')[1:])
+    return name
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -99,6 +99,10 @@ def measure(config: str, args) -> Dict[str, float]:
     cfg = load_config(config, args.cfg_options)
     torch.manual_seed(0)  # the same random weights and input whatever the position of the config in the list
     model = build_model(cfg, args.device)
+    if any(getattr(m, 'attn_impl', None) == 'flex' for m in model.modules()):
+        raise SystemExit(f"error: {config}: attn_impl='flex' cannot be counted (FlopCounterMode cannot run PyTorch's "
+                         "FlexAttention); count attn_impl='reference' for the region arithmetic or 'dense' for every "
+                         "(query, key) pair (flex computes the 128x128 blocks of the latter that hold region keys)")
     inputs, samples = fake_batch(1, args.shape, args.device, scope=cfg.get('default_scope'))
     out = dict(backbone_params=num_params(model.backbone) / 1e6, detector_params=num_params(model) / 1e6)
     if args.mode in ('backbone', 'both'):

@@ -128,9 +128,10 @@ class STViTR(BaseModule):
             whole map is cheaper by the cost model, i.e. where the key region covers most of the map),
             ``'tiled'`` (each key region read in place as R x R neighbouring tiles: the paper's region
             arithmetic at any size, nothing duplicated), ``'dense'`` (every key under a region mask, one fused
-            call), ``'sdpa'`` (key regions gathered per window, fused attention) or ``'reference'`` (gathered,
-            written-out softmax: the oracle). See ``layers/attention.py``; Swin blocks pick their kernel per
-            device (``layers/swin_block.py``).
+            call), ``'sdpa'`` (key regions gathered per window, fused attention), ``'flex'`` (PyTorch's
+            FlexAttention with a block mask from the region table: the GPU path; forward only on the CPU) or
+            ``'reference'`` (gathered, written-out softmax: the oracle). See ``layers/attention.py``; Swin blocks
+            pick their kernel per device (``layers/swin_block.py``).
         out_indices: stages whose outputs are returned.
         frozen_stages: -1 none; 0 the stem; k >= 1 the stem and stages 0..k-1 (with their patch merging and
             output norms). Frozen parts stay in eval mode after ``train()``.

@@ -15,6 +15,9 @@ softmax(q k^T * scale + bias) v over each window's key region; they differ only 
   with the square of the map);
 * :func:`region_tiled`: each region as R x R neighbouring tiles read in place through overlapping strided views
   (``Tensor.unfold``): no gather, no copy, and exactly the region arithmetic;
+* :func:`region_flex`: PyTorch's FlexAttention over all source tokens with the dense region bias as a score
+  modification and a block mask made from the same table, so that only the 128 x 128 blocks of (queries, keys)
+  that touch a region are computed (the GPU path; the CPU runs its forward only: PyTorch has no CPU backward);
 * ``'auto'`` (default): the cheapest of ``tiled`` and ``dense`` for the block at hand, by :func:`choose_region_impl`.
 
 The released code instead unfolds the map into per-window copies and projects every copy (4x / 9x / 81x work).
@@ -35,7 +38,7 @@ from .tiled_attention import TileGeometry, tiled_attention
 from .window_ops import region_index, region_key_bias, region_tiles, tiles_fit
 
 #: every value of ``attn_impl``: the automatic choice, then the implementations of :data:`REGION_ATTENTION`
-ATTN_IMPLS = ('auto', 'reference', 'sdpa', 'dense', 'tiled')
+ATTN_IMPLS = ('auto', 'reference', 'sdpa', 'dense', 'tiled', 'flex')
 
 
 def check_attn_impl(attn_impl: str) -> str:
@@ -226,12 +229,89 @@ def region_tiled(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, reg
     return out.reshape(B, h, G, Nq, d)
 
 
+#: FlexAttention block side (queries and keys), and whether :func:`region_flex` runs the compiled kernel outside
+#: ``torch.compile`` (else PyTorch's unfused reference implementation, which materialises every score)
+FLEX_BLOCK = 128
+FLEX_COMPILE = True
+_compiled_flex: Dict[str, Callable] = {}
+
+
+def _flex_kernel(device: torch.device) -> Callable:
+    """``flex_attention`` itself inside a compiled graph, else one cached ``torch.compile`` of it per device type
+    (eager FlexAttention is only a reference implementation). On the CPU the kernel is compiled for static shapes:
+    torch 2.13's C++ template fails to build its dynamic-shape variant (``cur_kvSplitSize8`` undeclared)."""
+    from torch.nn.attention.flex_attention import flex_attention
+    if not FLEX_COMPILE or torch.compiler.is_compiling():
+        return flex_attention
+    if device.type not in _compiled_flex:
+        _compiled_flex[device.type] = torch.compile(flex_attention, dynamic=False if device.type == 'cpu' else None)
+    return _compiled_flex[device.type]
+
+
+def region_block_mask(allowed: torch.Tensor, num_queries: int, block: int = FLEX_BLOCK):
+    """The FlexAttention ``BlockMask`` of a region table: which (query block, key block) pairs hold any key of a
+    query's region (partial blocks) and which hold only such keys (full blocks).
+
+    Args:
+        allowed: (G, L) bool, key l lies in window g's region (the finite entries of :func:`densify_region_bias`).
+        num_queries: Nq queries per window; query n belongs to window n // Nq (window-major, as in
+            :func:`region_dense`).
+        block: block side.
+
+    Returns:
+        ``BlockMask`` over (G*Nq, L), no ``mask_mod`` (the score modification carries the -inf of the table).
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+    G, L = allowed.shape
+    N = G * num_queries
+    nq, nk = -(-N // block), -(-L // block)
+    per_query = F.pad(allowed.repeat_interleave(num_queries, dim=0), (0, nk * block - L, 0, nq * block - N))
+    per_query = per_query.view(nq, block, nk, block)  # (query block, query, key block, key); padding False
+    full = per_query.all(dim=3).all(dim=1)  # (nq, nk)
+    partial = per_query.any(dim=3).any(dim=1) & ~full  # (nq, nk)
+
+    def table(hit: torch.Tensor):  # (nq, nk) -> ((1, 1, nq) counts, (1, 1, nq, nk) key blocks with hits first)
+        order = torch.argsort(hit.to(torch.int8), dim=1, descending=True, stable=True)
+        return hit.sum(dim=1).to(torch.int32)[None, None], order.to(torch.int32)[None, None]
+
+    return BlockMask.from_kv_blocks(*table(partial), *table(full), BLOCK_SIZE=block, seq_lengths=(N, L))
+
+
+def region_flex(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, region: Region,
+                scale: float) -> torch.Tensor:
+    """FlexAttention (Dong et al., arXiv 2412.05496) of every query over ALL source tokens (plus the border token),
+    with :func:`region_dense`'s table as the score modification and :func:`region_block_mask` skipping the blocks
+    outside every region: fused like ``dense``, block-sparse like the region arithmetic (up to the 128-token
+    blocks). Training needs CUDA: PyTorch's FlexAttention has no CPU backward."""
+    if q.device.type == 'cpu' and torch.is_grad_enabled() and (q.requires_grad or kv.requires_grad):
+        raise RuntimeError("attn_impl='flex' trains on CUDA only (PyTorch's FlexAttention has no CPU backward); "
+                           "use attn_impl='auto' on the CPU")
+    B, h, G, Nq, d = q.shape
+    flat = _flat_with_border(kv, kv_border)  # (B, L, 2, h, d)
+    L = flat.shape[1]
+    k, v = flat.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, L, d)
+    bias = densify_region_bias(region.index(q.device), region.key_bias(q.device), L)  # (G, L)
+    block_mask = region_block_mask(bias > float('-inf'), Nq)
+    # rows/columns up to the padded block grid, so that the kernel may read them for padded queries and keys
+    nq, nk = block_mask.kv_indices.shape[-2:]
+    table = F.pad(bias, (0, nk * FLEX_BLOCK - L), value=float('-inf'))  # (G, nk*block): padded keys masked
+    table = F.pad(table, (0, 0, 0, -(-nq * FLEX_BLOCK // Nq) - G))  # (>= G, nk*block): padded queries see keys
+
+    def add_region_bias(score, b, head, q_idx, kv_idx):
+        return score + table[q_idx // Nq, kv_idx]
+
+    out = _flex_kernel(q.device)(q.reshape(B, h, G * Nq, d), k, v, score_mod=add_region_bias, block_mask=block_mask,
+                         scale=scale)  # (B, h, G*Nq, d)
+    return out.view(B, h, G, Nq, d)
+
+
 #: ``attn_impl`` -> region attention function (all with the signature of :func:`region_reference`)
 REGION_ATTENTION: Dict[str, Callable[..., torch.Tensor]] = {
     'reference': region_reference,
     'sdpa': region_sdpa,
     'dense': region_dense,
     'tiled': region_tiled,
+    'flex': region_flex,
 }
 
 
