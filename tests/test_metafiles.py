@@ -17,7 +17,7 @@ import get_flops  # noqa: E402
 
 METAFILES = sorted(glob.glob(osp.join(ROOT, 'configs', '*', 'metafile.yml')))
 # folders whose every experiment leaf must be listed (others' folders may list a subset)
-COMPLETE = ('stvit-r', 'stvit-r-cls')
+COMPLETE = ('stvit-r', 'stvit-r-cls', 'stvit-r-seg')
 
 
 def _rel(path):
@@ -34,7 +34,7 @@ def test_model_index_imports_every_metafile():
 
     index = _load(osp.join(ROOT, 'model-index.yml'))
     assert sorted(index['Import']) == sorted(_rel(p) for p in METAFILES)
-    assert {'configs/stvit-r/metafile.yml', 'configs/stvit-r-cls/metafile.yml'} <= set(index['Import'])
+    assert {f'configs/{folder}/metafile.yml' for folder in COMPLETE} <= set(index['Import'])
     mi = modelindex.load(osp.join(ROOT, 'model-index.yml'))  # the parser mim uses
     names = [m.name for m in mi.models]
     assert len(names) == len(set(names)) == sum(len(_load(p)['Models']) for p in METAFILES)
