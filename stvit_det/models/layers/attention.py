@@ -252,6 +252,10 @@ def region_block_mask(allowed: torch.Tensor, num_queries: int, block: int = FLEX
     """The FlexAttention ``BlockMask`` of a region table: which (query block, key block) pairs hold any key of a
     query's region (partial blocks) and which hold only such keys (full blocks).
 
+    Worked out per window, never per query: query block b holds the queries of the contiguous windows
+    ``b*block // Nq .. ((b+1)*block - 1) // Nq``, so its key blocks are the union (full: the intersection) of
+    those windows' key blocks; memory O(windows x key blocks).
+
     Args:
         allowed: (G, L) bool, key l lies in window g's region (the finite entries of :func:`densify_region_bias`).
         num_queries: Nq queries per window; query n belongs to window n // Nq (window-major, as in
@@ -265,10 +269,17 @@ def region_block_mask(allowed: torch.Tensor, num_queries: int, block: int = FLEX
     G, L = allowed.shape
     N = G * num_queries
     nq, nk = -(-N // block), -(-L // block)
-    per_query = F.pad(allowed.repeat_interleave(num_queries, dim=0), (0, nk * block - L, 0, nq * block - N))
-    per_query = per_query.view(nq, block, nk, block)  # (query block, query, key block, key); padding False
-    full = per_query.all(dim=3).all(dim=1)  # (nq, nk)
-    partial = per_query.any(dim=3).any(dim=1) & ~full  # (nq, nk)
+    keys = F.pad(allowed, (0, nk * block - L)).view(G, nk, block)  # (G, nk, block); padded keys False
+    any_key, all_keys = keys.any(dim=2), keys.all(dim=2)  # (G, nk) each
+    first = torch.arange(nq, device=allowed.device) * block // num_queries  # (nq, ) first window of each block
+    last = ((torch.arange(nq, device=allowed.device) + 1) * block - 1).clamp(max=N - 1) // num_queries
+    span = block // num_queries + 2  # most windows one query block can touch
+    windows = torch.minimum(first[:, None] + torch.arange(span, device=allowed.device), last[:, None])  # (nq, span)
+    partial = any_key[windows].any(dim=1)  # (nq, nk)
+    full = all_keys[windows].all(dim=1)  # (nq, nk)
+    if N % block:  # the last query block is cut by the end of the queries: never 'full'
+        full[-1] = False
+    partial &= ~full
 
     def table(hit: torch.Tensor):  # (nq, nk) -> ((1, 1, nq) counts, (1, 1, nq, nk) key blocks with hits first)
         order = torch.argsort(hit.to(torch.int8), dim=1, descending=True, stable=True)
