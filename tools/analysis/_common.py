@@ -124,10 +124,16 @@ def short_name(spec: str, width: int = 72) -> str:
     if '::' in path:  # a toolbox's own config: mmdet::..., mmseg::...
         name = path.split('::', 1)[0] + '::' + name
     name = name if len(name) <= width else name[:width - 3] + '...'
-    if '@' in spec:  # the overrides, without their dotted prefixes: name@attn_impl=flex
-        name += ''.join('@' + item.split('=', 1)[0].rsplit('.', 1)[-1] + '=' + item.split('=', 1)[1]
-                        for item in spec.split('@')[1:])
+    for item in spec.split('@')[1:]:  # the overrides as written, without their dotted prefixes: name@attn_impl=flex
+        key, _, value = item.partition('=')
+        name += f"@{key.rsplit('.', 1)[-1]}={value}"
     return name
+
+
+def uses_flex_attention(model: torch.nn.Module) -> bool:
+    """True if any sub-module runs ``attn_impl='flex'`` (PyTorch's FlexAttention cannot run under the counting and
+    memory-tracking dispatch modes of these tools)."""
+    return any(getattr(m, 'attn_impl', None) == 'flex' for m in model.modules())
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

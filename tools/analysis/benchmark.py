@@ -65,7 +65,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import build_model, fake_batch, load_config, print_table, short_name  # noqa: E402
+from _common import build_model, fake_batch, load_config, print_table, short_name, uses_flex_attention  # noqa: E402
 
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -314,11 +314,14 @@ def run_setting(configs: List[str], mode: str, shape, batch_size: int, dtype_nam
         for b in benches.values():
             b.call()
     for c, b in benches.items():
-        flex = args.device == 'cpu' and any(getattr(m, 'attn_impl', None) == 'flex' for m in b.net.modules())
-        if flex and args.memory:  # under the tracking mode it fails, and leaves its compiled kernel unusable
+        results[c] = dict(peak=None)
+        if not args.memory:
+            continue
+        if args.device == 'cpu' and uses_flex_attention(b.net):  # under the tracker it fails, and breaks its kernel
             print(f"{short_name(c)} ({mode}): no CPU memory figure: attn_impl='flex' cannot run under the memory "
                   'tracker', file=sys.stderr)
-        results[c] = dict(peak=b.peak_bytes() if args.memory and not flex else None)
+            continue
+        results[c]['peak'] = b.peak_bytes()
     if args.profile:
         for b in benches.values():
             b.profile = Profile(b.backbone, args.device)

@@ -46,7 +46,7 @@ from mmengine.config import DictAction
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import build_model, fake_batch, load_config, print_table, short_name  # noqa: E402
+from _common import build_model, fake_batch, load_config, print_table, short_name, uses_flex_attention  # noqa: E402
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -99,7 +99,7 @@ def measure(config: str, args) -> Dict[str, float]:
     cfg = load_config(config, args.cfg_options)
     torch.manual_seed(0)  # the same random weights and input whatever the position of the config in the list
     model = build_model(cfg, args.device)
-    if any(getattr(m, 'attn_impl', None) == 'flex' for m in model.modules()):
+    if uses_flex_attention(model):
         raise SystemExit(f"error: {config}: attn_impl='flex' cannot be counted (FlopCounterMode cannot run PyTorch's "
                          "FlexAttention); count attn_impl='reference' for the region arithmetic or 'dense' for every "
                          "(query, key) pair (flex computes the 128x128 blocks of the latter that hold region keys)")

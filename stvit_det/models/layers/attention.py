@@ -167,15 +167,21 @@ def densify_region_bias(index: torch.Tensor, bias: Optional[torch.Tensor], num_k
     return dense[:, :num_keys]
 
 
+def _all_keys(kv: torch.Tensor, kv_border: torch.Tensor, region: Region):
+    """Every source token (and the border token, last) as keys / values (B, h, L, d) each, and the (G, L) dense
+    region bias of :func:`densify_region_bias` (``dense`` and ``flex``)."""
+    flat = _flat_with_border(kv, kv_border)  # (B, L, 2, h, d)
+    k, v = flat.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, L, d)
+    bias = densify_region_bias(region.index(kv.device), region.key_bias(kv.device), flat.shape[1])  # (G, L)
+    return k, v, bias
+
+
 def region_dense(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, region: Region,
                  scale: float) -> torch.Tensor:
     """Every query over ALL source tokens (plus the border token), a dense mask keeping its window's region;
     one fused call, nothing duplicated, work proportional to (queries x source tokens)."""
     B, h, G, Nq, d = q.shape
-    flat = _flat_with_border(kv, kv_border)  # (B, L, 2, h, d)
-    L = flat.shape[1]
-    k, v = flat.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, L, d)
-    mask = densify_region_bias(region.index(q.device), region.key_bias(q.device), L)  # (G, L)
+    k, v, mask = _all_keys(kv, kv_border, region)  # 2 x (B, h, L, d), (G, L)
     mask = mask.repeat_interleave(Nq, dim=0)  # (G*Nq, L), window-major queries
     out = attention(q.reshape(B, h, G * Nq, d), k, v, mask, scale, fused=True)  # (B, h, G*Nq, d)
     return out.view(B, h, G, Nq, d)
@@ -298,10 +304,8 @@ def region_flex(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, regi
         raise RuntimeError("attn_impl='flex' trains on CUDA only (PyTorch's FlexAttention has no CPU backward); "
                            "use attn_impl='auto' on the CPU")
     B, h, G, Nq, d = q.shape
-    flat = _flat_with_border(kv, kv_border)  # (B, L, 2, h, d)
-    L = flat.shape[1]
-    k, v = flat.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, L, d)
-    bias = densify_region_bias(region.index(q.device), region.key_bias(q.device), L)  # (G, L)
+    k, v, bias = _all_keys(kv, kv_border, region)  # 2 x (B, h, L, d), (G, L)
+    L = k.shape[2]
     block_mask = region_block_mask(bias > float('-inf'), Nq)
     # rows/columns up to the padded block grid, so that the kernel may read them for padded queries and keys
     nq, nk = block_mask.kv_indices.shape[-2:]
