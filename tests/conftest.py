@@ -1,4 +1,4 @@
-"""Shared fixtures: deterministic seeds, eager FlexAttention, a small STViTR factory, and a CUDA marker."""
+"""Shared fixtures: deterministic seeds, eager FlexAttention, a temporary data-check cache, a small STViTR factory, and a CUDA marker."""
 import pytest
 import torch
 
@@ -15,6 +15,16 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs 
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _data_check_cache(tmp_path_factory):
+    """The tools' memory of checked segmentation samples lives in a temporary folder, not in ~/.cache (the tools
+    the tests start as subprocesses inherit the variable)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv('STVIT_DATA_CHECK_CACHE', str(tmp_path_factory.mktemp('data_check')))
+    yield
+    mp.undo()
 
 
 @pytest.fixture(autouse=True)

@@ -297,6 +297,49 @@ def _expect(cfg, *fragments):
     return str(info.value)
 
 
+def test_checked_samples_are_remembered_until_they_change(seg_root, tmp_path_factory, monkeypatch):
+    """A second check reads no file; a changed label map is read again (and a bad one never remembered); another
+    class count is another setting; a corrupt memory file counts as empty."""
+    from stvit_det.datasets import seg_check
+
+    cache = tmp_path_factory.mktemp('remembered')
+    reads = []
+    read = seg_check.read_label_map
+    monkeypatch.setattr(seg_check, 'read_label_map', lambda path, *a: reads.append(osp.basename(path)) or read(path, *a))
+    ds = _seg_cfg(seg_root)['train_dataloader']['dataset']
+
+    def check(dataset=ds):
+        reads.clear()
+        return seg_check.check_seg_dataset_cfg(dataset, cache_dir=str(cache))
+
+    assert check() == 3 and sorted(reads) == ['a0.png', 'a1.png', 'a2.png']
+    assert check() == 3 and reads == []
+    bad = np.full((24, 32), 5, np.uint8)
+    _png(seg_root / 'ann' / 'a1.png', bad)
+    os.utime(seg_root / 'ann' / 'a1.png', ns=(1, 1))  # a new stamp even where the clock is coarse
+    for _ in range(2):
+        with pytest.raises(SegDatasetError, match='a1.png has class values 5'):
+            check()
+        assert reads == ['a1.png']
+    _png(seg_root / 'ann' / 'a1.png', np.ones((24, 32), np.uint8))
+    assert check() == 3 and reads == ['a1.png']
+    assert check(dict(ds, metainfo=dict(classes=('bg', 'fg', 'other')))) == 3 and len(reads) == 3
+    for memory in cache.iterdir():
+        memory.write_text('{not json')
+    assert check() == 3 and len(reads) == 3
+    assert check() == 3 and reads == []
+
+
+def test_unwritable_check_cache_only_costs_a_reread(seg_root, tmp_path_factory):
+    from stvit_det.datasets import seg_check
+
+    blocker = tmp_path_factory.mktemp('blocked') / 'a_file'
+    blocker.write_text('')  # a file where the cache folder should be
+    ds = _seg_cfg(seg_root)['train_dataloader']['dataset']
+    assert seg_check.check_seg_dataset_cfg(ds, cache_dir=str(blocker / 'cache')) == 3
+    assert seg_check.check_seg_dataset_cfg(ds, cache_dir=None) == 3
+
+
 def test_label_values_outside_the_classes(seg_root):
     bad = np.ones((24, 32), np.uint8)
     bad[3, 3], bad[4, 4] = 2, 7
