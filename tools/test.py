@@ -11,25 +11,22 @@ ground truth and prediction painted by ``SegLocalVisualizer``, PNGs under ``WORK
 ``--out`` dumps the raw predictions (``DetDataSample`` / ``SegDataSample``) to a pickle for every toolbox.
 MMPretrain classifiers (``configs/stvit-r-cls``) run the same way. The checkpoint is checked before the
 Runner starts: an unreadable file, or a classifier head with another number of classes than the config's,
-ends with one line (``stvit_det.utils.ckpt_file``).
+ends with one line (``stvit_det.utils.ckpt_file``). What both tools share (launcher arguments, config loading, the
+early checks, the Runner) is in ``tools/_launch.py``.
 """
 import argparse
 import os
 import os.path as osp
+import sys
 
 from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
-from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import ConfigDict, DictAction
+from mmengine.config import ConfigDict
 from mmengine.evaluator import DumpResults
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
-import stvit_det  # noqa: F401  (registers STViTR)
-from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs, check_seg_dataset_cfgs
-from stvit_det.toolboxes.scope import ToolboxMissingError, config_scope, load_config
-from stvit_det.utils import allow_mmengine_checkpoints, prepare_cpu_distributed
-from stvit_det.utils.ckpt_file import CheckpointError, check_checkpoint_for_config
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _launch import add_launch_args, build_runner, check_inputs, load_tool_config, set_local_rank  # noqa: E402
+from stvit_det.toolboxes.scope import config_scope  # noqa: E402
 
 
 def parse_args():
@@ -45,21 +42,10 @@ def parse_args():
         help='directory where painted images will be saved. If specified, it will be automatically saved to the '
         'work_dir/timestamp/show_dir')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair in xxx=yyy format will be merged into '
-        'config file. If the value to be overwritten is a list, it should be like key="[a,b]" or key=a,b It also '
-        'allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" Note that the quotation marks are necessary and '
-        'that no white space is allowed.')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
+    add_launch_args(parser)
     parser.add_argument('--tta', action='store_true')
-    # torch.distributed.launch / torchrun of PyTorch >= 2.0 pass `--local-rank` instead of `--local_rank`.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    set_local_rank(args)
     return args
 
 
@@ -79,34 +65,12 @@ def trigger_seg_visualization_hook(cfg, args):
 
 def main():
     args = parse_args()
-    if not osp.isfile(args.config):
-        raise SystemExit(f'test.py: error: config file not found: {args.config}')
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'test.py: error: checkpoint file not found: {args.checkpoint}')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise SystemExit(f'test.py: error: --out must be a .pkl or .pickle file, got {args.out}')
-    allow_mmengine_checkpoints()
-
-    # Reduce the number of repeated compilations and improve testing speed.
-    setup_cache_size_limit_of_dynamo()
-
-    # load config (a clear message when its toolbox, e.g. mmseg, is not installed)
-    try:
-        cfg = load_config(args.config)
-    except ToolboxMissingError as e:
-        raise SystemExit(f'test.py: error: {e}') from None
+    cfg = load_tool_config('test.py', args)
     scope = config_scope(cfg)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    prepare_cpu_distributed(cfg, args.launcher)  # DDP over gloo when there is no GPU (mmengine assumes CUDA)
-
-    # work_dir is determined in this priority: CLI > segment in file > filename
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-
     cfg.load_from = args.checkpoint
 
     if args.show or args.show_dir:
@@ -121,27 +85,10 @@ def main():
             test_data_cfg = test_data_cfg['dataset']
         test_data_cfg.pipeline = cfg.tta_pipeline
 
-    # fail early, in one line, on missing / malformed annotation files and image directories
-    try:
-        check_dataset_cfgs(cfg, phases=('test', ))
-        check_seg_dataset_cfgs(cfg, phases=('test', ))
-    except DatasetCheckError as e:
-        raise SystemExit(f'test.py: error: {e}') from None
-
-    # one line for an unreadable checkpoint or a classifier head of another size than the config's (mmengine would
-    # only warn and go on with a random head)
-    try:
-        check_checkpoint_for_config(cfg, args.checkpoint)
-    except CheckpointError as e:
-        raise SystemExit(f'test.py: error: {e}') from None
-
-    # build the runner from config
-    if 'runner_type' not in cfg:
-        # build the default runner
-        runner = Runner.from_cfg(cfg)
-    else:
-        # build customized runner from the registry if 'runner_type' is set in the cfg
-        runner = RUNNERS.build(cfg)
+    # fail early, in one line: the test dataset, and a checkpoint that cannot be read or whose classifier head has
+    # another number of classes than the config's
+    check_inputs('test.py', cfg, ('test', ), checkpoint=args.checkpoint)
+    runner = build_runner(cfg)
 
     # add `DumpResults` dummy metric
     if args.out is not None:

@@ -8,22 +8,16 @@ STViTR into every installed toolbox), allow-listing the classes mmengine stores 
 ``torch.load(weights_only=True)``, a clear message when the config's toolbox is not installed, and an early check of
 the config's datasets (COCO files; segmentation images and label maps) that ends with a one-line message instead of
 a traceback from inside the Runner. MMPretrain classifiers (``configs/stvit-r-cls``) train the same way; a
-``load_from`` checkpoint is checked like ``tools/test.py`` checks its checkpoint.
+``load_from`` checkpoint is checked like ``tools/test.py`` checks its checkpoint. What both tools share (launcher
+arguments, config loading, the early checks, the Runner) is in ``tools/_launch.py``.
 """
 import argparse
 import os
 import os.path as osp
+import sys
 
-from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-import stvit_det  # noqa: F401  (registers STViTR)
-from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs, check_seg_dataset_cfgs
-from stvit_det.toolboxes.scope import ToolboxMissingError, load_config
-from stvit_det.utils import allow_mmengine_checkpoints, prepare_cpu_distributed
-from stvit_det.utils.ckpt_file import CheckpointError, check_checkpoint_for_config
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _launch import add_launch_args, build_runner, check_inputs, load_tool_config, set_local_rank  # noqa: E402
 
 
 def parse_args():
@@ -40,49 +34,17 @@ def parse_args():
         const='auto',
         help='If specify checkpoint path, resume from it, while if not specify, try to auto resume from the latest '
         'checkpoint in the work directory.')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair in xxx=yyy format will be merged into '
-        'config file. If the value to be overwritten is a list, it should be like key="[a,b]" or key=a,b It also '
-        'allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" Note that the quotation marks are necessary and '
-        'that no white space is allowed.')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
-    # torch.distributed.launch / torchrun of PyTorch >= 2.0 pass `--local-rank` instead of `--local_rank`.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_launch_args(parser)
     args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    set_local_rank(args)
     return args
 
 
 def main():
     args = parse_args()
-    if not osp.isfile(args.config):
-        raise SystemExit(f'train.py: error: config file not found: {args.config}')
     if args.resume not in (None, 'auto') and not osp.isfile(args.resume):
         raise SystemExit(f'train.py: error: checkpoint file not found: {args.resume}')
-    allow_mmengine_checkpoints()
-
-    # Reduce the number of repeated compilations and improve training speed.
-    setup_cache_size_limit_of_dynamo()
-
-    # load config (a clear message when its toolbox, e.g. mmseg, is not installed)
-    try:
-        cfg = load_config(args.config)
-    except ToolboxMissingError as e:
-        raise SystemExit(f'train.py: error: {e}') from None
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    prepare_cpu_distributed(cfg, args.launcher)  # DDP over gloo when there is no GPU (mmengine assumes CUDA)
-
-    # work_dir is determined in this priority: CLI > segment in file > filename
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config('train.py', args)
 
     # enable automatic-mixed-precision training
     if args.amp is True:
@@ -105,29 +67,11 @@ def main():
         cfg.resume = True
         cfg.load_from = args.resume
 
-    # fail early, in one line, on missing / malformed annotation files, image directories and label maps
-    try:
-        phases = ('train', 'val') if cfg.get('val_cfg') else ('train', )
-        check_dataset_cfgs(cfg, phases=phases)
-        check_seg_dataset_cfgs(cfg, phases=phases)
-    except DatasetCheckError as e:
-        raise SystemExit(f'train.py: error: {e}') from None
-
-    # fine-tuning from a whole-model checkpoint (load_from): one line if it cannot be read or its classifier head
-    # does not fit the config
-    if cfg.get('load_from') and not cfg.get('resume'):
-        try:
-            check_checkpoint_for_config(cfg, cfg.load_from)
-        except CheckpointError as e:
-            raise SystemExit(f'train.py: error: {e}') from None
-
-    # build the runner from config
-    if 'runner_type' not in cfg:
-        # build the default runner
-        runner = Runner.from_cfg(cfg)
-    else:
-        # build customized runner from the registry if 'runner_type' is set in the cfg
-        runner = RUNNERS.build(cfg)
+    # fail early, in one line: datasets (annotation files, image directories, label maps) and a fine-tuning
+    # checkpoint (load_from) that cannot be read or whose classifier head does not fit the config
+    phases = ('train', 'val') if cfg.get('val_cfg') else ('train', )
+    check_inputs('train.py', cfg, phases, checkpoint=None if cfg.get('resume') else cfg.get('load_from'))
+    runner = build_runner(cfg)
 
     # start training
     runner.train()

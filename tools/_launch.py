@@ -1,0 +1,90 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: the launcher arguments, loading the config as the toolbox's
+own tools do (``--cfg-options``, launcher, work dir), the early input checks that end in one line, and the Runner.
+
+    args = parser.parse_args(); set_local_rank(args)
+    cfg = load_tool_config('train.py', args)
+    check_inputs('train.py', cfg, phases=('train', 'val'), checkpoint=cfg.get('load_from'))
+    build_runner(cfg).train()
+
+No model logic lives here: the networks come from the configs, through the registries of their toolbox.
+"""
+import argparse
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+from mmdet.utils import setup_cache_size_limit_of_dynamo
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+import stvit_det  # noqa: F401  (registers STViTR)
+from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs, check_seg_dataset_cfgs
+from stvit_det.toolboxes.scope import ToolboxMissingError, load_config
+from stvit_det.utils import allow_mmengine_checkpoints, prepare_cpu_distributed
+from stvit_det.utils.ckpt_file import CheckpointError, check_checkpoint_for_config
+
+
+def add_launch_args(parser: argparse.ArgumentParser) -> None:
+    """``--cfg-options``, ``--launcher`` and ``--local-rank``, as in MMDetection 3.3's tools."""
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair in xxx=yyy format will be merged into '
+        'config file. If the value to be overwritten is a list, it should be like key="[a,b]" or key=a,b It also '
+        'allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" Note that the quotation marks are necessary and '
+        'that no white space is allowed.')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
+    # torch.distributed.launch / torchrun of PyTorch >= 2.0 pass `--local-rank` instead of `--local_rank`.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def set_local_rank(args: argparse.Namespace) -> None:
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+
+
+def load_tool_config(tool: str, args: argparse.Namespace) -> Config:
+    """The config of ``args.config`` with the command line applied, as the toolboxes' tools build it.
+
+    Also allow-lists the classes mmengine stores in checkpoints for ``torch.load(weights_only=True)`` and raises
+    dynamo's cache limit (mmdet's tools do). Ends with ``TOOL: error: ...`` for a missing config file or a
+    config whose toolbox (e.g. mmseg) is not installed.
+    """
+    if not osp.isfile(args.config):
+        raise SystemExit(f'{tool}: error: config file not found: {args.config}')
+    allow_mmengine_checkpoints()
+    setup_cache_size_limit_of_dynamo()  # fewer repeated compilations
+    try:
+        cfg = load_config(args.config)
+    except ToolboxMissingError as e:
+        raise SystemExit(f'{tool}: error: {e}') from None
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    prepare_cpu_distributed(cfg, args.launcher)  # DDP over gloo when there is no GPU (mmengine assumes CUDA)
+    # work_dir is determined in this priority: CLI > segment in file > filename
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
+def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Optional[str] = None) -> None:
+    """Fail early, in one line, on missing / malformed annotation files, image directories and label maps of the
+    given phases, and on a checkpoint that cannot be read or whose classifier head does not fit the config
+    (mmengine would only warn and go on with a random head)."""
+    try:
+        check_dataset_cfgs(cfg, phases=phases)
+        check_seg_dataset_cfgs(cfg, phases=phases)
+        if checkpoint:
+            check_checkpoint_for_config(cfg, checkpoint)
+    except (DatasetCheckError, CheckpointError) as e:
+        raise SystemExit(f'{tool}: error: {e}') from None
+
+
+def build_runner(cfg: Config) -> Runner:
+    """The default Runner, or the config's ``runner_type`` from the registry."""
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
