@@ -182,6 +182,24 @@ def test_compiles_as_one_graph(impl):
     torch._dynamo.reset()
 
 
+def test_training_step_compiles_as_one_graph():
+    """The default path in training (its autograd functions: tiled region attention, chunked MLP) is one graph
+    too, and the compiled step gives the eager outputs and input gradients."""
+    model = randomize_(small_stvit()).train()
+    x = torch.randn(1, 3, 93, 117)
+    compiled = torch.compile(model, backend='eager', fullgraph=True, dynamic=False)
+    grads = []
+    for fn in (model, compiled):
+        xi = x.clone().requires_grad_()
+        outs = fn(xi)
+        sum((o * torch.linspace(0, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        grads.append((outs, xi.grad))
+    for a, b in zip(grads[0][0], grads[1][0]):
+        torch.testing.assert_close(b, a)
+    torch.testing.assert_close(grads[1][1], grads[0][1])
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize('shift', [0, 3])
 def test_chunked_inference_changes_nothing(shift, monkeypatch):
     """Swin block (window attention, MLP) in CPU inference: tiny chunks give the outputs of one big chunk."""
