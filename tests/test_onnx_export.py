@@ -316,3 +316,40 @@ def test_export_failure_names_the_operator(tmp_path):
     with pytest.raises(ExportError, match='operator') as info:
         export_onnx(Svd(), (torch.randn(1, 4, 4), ), str(tmp_path / 's.onnx'), ['x'], ['s'], dynamic_batch=False)
     assert 'svd' in failing_operator(info.value.__cause__).lower()
+
+
+def test_onnx_benchmark_tool_interleaves_files_and_reports_ratios(tmp_path, capsys):
+    """tools/deployment/benchmark_onnx.py: one row per file with its own input shape (dynamic batch from
+    --batch), ratios to the first file; bad files and inputs end in one error line."""
+    spec = importlib.util.spec_from_file_location('benchmark_onnx_tool',
+                                                  osp.join(osp.dirname(TOOL), 'benchmark_onnx.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    model = randomize_(STViTR(**NARROW)).eval()
+    files = []
+    for hw in ((64, 64), (64, 96)):
+        files.append(export_onnx(model, (torch.randn(1, 3, *hw), ), str(tmp_path / f'b{hw[1]}.onnx'), ['image'],
+                                 [f'out{i}' for i in range(4)], dynamic_batch=True))
+    assert tool.main([*files, '--batch', '2', '--repeats', '2', '--threads', '1']) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| b')]
+    assert [r.split('|')[1:3] for r in rows] == [[' b64.onnx ', ' 2x3x64x64 '], [' b96.onnx ', ' 2x3x64x96 ']]
+    assert rows[0].rstrip(' |').endswith('1.00 / 1.00')
+
+    (tmp_path / 'broken.onnx').write_bytes(b'not a protobuf')
+    assert tool.main([files[0], str(tmp_path / 'broken.onnx')]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ONNX Runtime cannot load') and err.count('\n') == 1
+
+
+def test_other_mmdet_backbone_exports(tmp_path):
+    """Any mmdet backbone exports (the peer in a deployment comparison): mmdet's SwinTransformer, whose train()
+    returns None, at an odd size; ONNX Runtime equals PyTorch."""
+    from mmdet.models.backbones import SwinTransformer
+
+    swin = randomize_(SwinTransformer(embed_dims=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4)))
+    swin.eval()
+    x = torch.randn(1, 3, 70, 101)
+    path = export_onnx(swin, (x, ), str(tmp_path / 'swin.onnx'), ['image'], [f'out{i}' for i in range(4)])
+    with torch.no_grad():
+        ref = [o.numpy() for o in swin(x)]
+    assert compare(ref, run_session(load_session(path), {'image': x.numpy()}))['max_rel'] <= 1e-4

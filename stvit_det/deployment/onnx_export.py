@@ -106,7 +106,7 @@ def export_onnx(module: torch.nn.Module,
     if len(input_names) != len(args):
         raise ValueError(f'{len(args)} inputs but {len(input_names)} input names')
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    module = module.eval()
+    module.eval()  # not `module = module.eval()`: mmdet's backbones override train() and return None
     try:
         with torch.no_grad(), exportable_attention(module):
             if exporter == 'dynamo':

@@ -1,0 +1,85 @@
+"""Time exported ONNX files side by side in ONNX Runtime (CPU), interleaved call by call, with ratios to the first.
+
+    python tools/deployment/benchmark_onnx.py A.onnx B.onnx [...] [--batch 1] [--threads 2] [--warmup 1]
+        [--repeats 5]
+
+Files come from ``tools/deployment/export_onnx.py`` (any config, also ``mmdet::`` ones, so that an STViT-R backbone
+and mmdet's Swin can be compared in the runtime a deployment uses). Each file gets a seeded random float input of
+its own static shape (a dynamic batch dimension takes ``--batch``). As in ``tools/analysis/benchmark.py``, the
+machines are shared and noisy: the files run in turn (A B A B ...) after the warm-up calls, and the table gives
+min / median of the timed calls and speed-up = first file's time / this file's (by min / by median).
+Nothing here knows about models; bad input (a missing or unloadable file, an input that is not float or has a
+dynamic dimension other than the batch) ends with one ``error:`` line.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'analysis'))
+from _common import print_table  # noqa: E402
+from stvit_det.deployment import OnnxInputError, OnnxLoadError, load_session  # noqa: E402
+from stvit_det.deployment.onnx_export import graph_inputs  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Time ONNX files in ONNX Runtime, interleaved')
+    parser.add_argument('files', nargs='+', help='.onnx files (the first is the reference of the ratios)')
+    parser.add_argument('--batch', type=int, default=1, help='size of a dynamic batch dimension')
+    parser.add_argument('--threads', type=int, default=None, help='intra-op threads (default: torch\'s count)')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed calls per file first')
+    parser.add_argument('--repeats', type=int, default=5, help='timed calls per file')
+    return parser.parse_args(argv)
+
+
+def random_feeds(session, batch: int, seed: int = 0) -> dict:
+    """A seeded standard-normal float32 input of the graph's shape; the batch dimension may be dynamic."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, shape, dtype in graph_inputs(session):
+        if dtype != 'tensor(float)':
+            raise OnnxInputError(f"input '{name}' is {dtype}: only float inputs get random data")
+        dims = [d if isinstance(d, int) else batch if i == 0 else None for i, d in enumerate(shape)]
+        if None in dims:
+            raise OnnxInputError(f"input '{name}' has the shape {shape}: only the batch dimension may be dynamic")
+        feeds[name] = rng.standard_normal(dims, dtype=np.float32)
+    return feeds
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        sessions = [load_session(f, args.threads) for f in args.files]
+        feeds = [random_feeds(s, args.batch) for s in sessions]
+    except (OnnxLoadError, OnnxInputError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    for _ in range(args.warmup):
+        for session, feed in zip(sessions, feeds):
+            session.run(None, feed)
+    times = [[] for _ in sessions]
+    for _ in range(max(args.repeats, 1)):
+        for session, feed, t in zip(sessions, feeds, times):
+            start = time.perf_counter()
+            session.run(None, feed)
+            t.append((time.perf_counter() - start) * 1e3)
+
+    threads = sessions[0].get_session_options().intra_op_num_threads
+    print(f'ONNX Runtime, CPU, {threads} threads; {args.repeats} timed calls per file after {args.warmup} warm-up, '
+          'interleaved; speed-up vs the first file, by min / by median (> 1 = faster)')
+    ref_min, ref_med = min(times[0]), statistics.median(times[0])
+    rows = []
+    for path, feed, t in zip(args.files, feeds, times):
+        shape = 'x'.join(map(str, next(iter(feed.values())).shape))
+        t_min, t_med = min(t), statistics.median(t)
+        rows.append([os.path.basename(path), shape, f'{t_min:.1f}', f'{t_med:.1f}',
+                     f'{ref_min / t_min:.2f} / {ref_med / t_med:.2f}'])
+    print_table(['file', 'input', 'min (ms)', 'median (ms)', 'speed-up'], rows)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
