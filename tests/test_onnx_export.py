@@ -76,9 +76,9 @@ def _cached_entries() -> int:
     import functools
     import sys
 
-    return sum(obj.cache_info().currsize for name, mod in list(sys.modules.items())
-               if name.startswith('stvit_det.models') and mod is not None for obj in vars(mod).values()
-               if isinstance(obj, functools._lru_cache_wrapper))
+    caches = [getattr(obj, 'cache', obj) for name, mod in list(sys.modules.items())
+              if name.startswith('stvit_det.models') and mod is not None for obj in vars(mod).values()]
+    return sum(c.cache_info().currsize for c in caches if isinstance(c, functools._lru_cache_wrapper))
 
 
 def test_exportable_ops_swap_only_inside_and_keep_caches_clean():

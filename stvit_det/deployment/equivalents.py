@@ -104,8 +104,9 @@ def clear_model_caches() -> int:
         if not name.startswith('stvit_det.models') or module is None:
             continue
         for obj in vars(module).values():
-            if isinstance(obj, functools._lru_cache_wrapper):
-                obj.cache_clear()
+            cache = getattr(obj, 'cache', obj)  # window_ops.geometry_cache keeps its lru_cache in .cache
+            if isinstance(cache, functools._lru_cache_wrapper):
+                cache.cache_clear()
                 n += 1
     return n
 

@@ -21,6 +21,21 @@ PAD_MASK_MODES = ('correct', 'official', 'none')
 OFFICIAL_MASK_VALUE = -1000.0
 
 
+def geometry_cache(fn):
+    """``functools.lru_cache(maxsize=64)`` for the pure geometry helpers below (masks, indices, biases of a map
+    size), bypassed while ``torch.compile`` traces: Dynamo would trace the wrapped function anyway, with a warning
+    that it ignores the cache. The cache itself is ``.cache`` (a ``functools`` cache wrapper)."""
+    cached = functools.lru_cache(maxsize=64)(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs) if torch.compiler.is_compiling() else cached(*args, **kwargs)
+
+    call.cache = cached
+    call.cache_clear, call.cache_info = cached.cache_clear, cached.cache_info
+    return call
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pad an NHWC map on the bottom/right so that H and W are multiples of ``multiple``.
 
@@ -75,7 +90,7 @@ def semantic_grid_size(H: int, W: int, window_size: int, samples: int) -> Tuple[
     return samples * math.ceil(H / window_size), samples * math.ceil(W / window_size)
 
 
-@functools.lru_cache(maxsize=64)
+@geometry_cache
 def shift_window_mask(Hp: int, Wp: int, ws: int, shift: int, device: Optional[torch.device] = None) -> torch.Tensor:
     """Additive attention mask of Swin's shifted windows (0 inside a region, -100 across regions).
 
@@ -96,7 +111,7 @@ def shift_window_mask(Hp: int, Wp: int, ws: int, shift: int, device: Optional[to
     return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
 
 
-@functools.lru_cache(maxsize=64)
+@geometry_cache
 def region_index(grid_h: int, grid_w: int, unit: int, kernel: int,
                  device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Key positions of every window's square key region on a source grid, as gather indices.
@@ -163,7 +178,7 @@ def key_position_bias(rows: torch.Tensor, cols: torch.Tensor, grid_h: int, grid_
     return torch.zeros(rows.shape, device=rows.device).masked_fill(masked, OFFICIAL_MASK_VALUE)
 
 
-@functools.lru_cache(maxsize=64)
+@geometry_cache
 def region_key_bias(grid_h: int, grid_w: int, unit: int, kernel: int, mode: str, valid_h: int, valid_w: int,
                     pad_b: int, pad_r: int, device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
     """Additive logit bias of every window's region keys (:func:`key_position_bias` at the positions of
@@ -217,7 +232,7 @@ def tiles_fit(unit: int, kernel: int) -> bool:
     return kernel % unit == 0
 
 
-@functools.lru_cache(maxsize=64)
+@geometry_cache
 def region_tiles(grid_h: int, grid_w: int, unit: int, kernel: int, mode: str, valid_h: int, valid_w: int,
                  pad_b: int, pad_r: int, device: Optional[torch.device] = None) -> TileLayout:
     """The regions of :func:`region_index` as R x R neighbouring tiles, for attention that reads keys in place.
