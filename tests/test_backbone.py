@@ -1,5 +1,6 @@
 """STViTR as a detection backbone: shapes at odd sizes, gradients, checkpointing parity, frozen stages, FLOPs."""
 import math
+import re
 
 import pytest
 import torch
@@ -149,10 +150,21 @@ def test_norm_eval_keeps_stem_bn_in_eval():
     (dict(frozen_stages=5), 'frozen_stages'),
     (dict(num_heads=(5, 6, 12, 24)), 'heads'),
     (dict(regions=(5, 21, 27)), 'at least the window'),
+    (dict(regions=(14.5, 21, 27)), 'integer sides'),
+    (dict(window_size=0), 'window_size must be a positive integer, got 0'),
+    (dict(embed_dims=0), 'embed_dims must be a positive integer'),
+    (dict(mlp_ratio=0), 'mlp_ratio must be positive'),
+    (dict(drop_path_rate=1.5), r'drop_path_rate must be in \[0, 1\), got 1.5'),
 ])
 def test_bad_config_values_fail_clearly(kwargs, match):
     with pytest.raises(ValueError, match=match):
         STViTR(**kwargs)
+
+
+@pytest.mark.parametrize('shape', [(3, 64, 64), (1, 4, 64, 64), (1, 1, 3, 64, 64)])
+def test_input_that_is_not_a_batch_of_rgb_images_fails_clearly(shape):
+    with pytest.raises(ValueError, match=r'\(B, 3, H, W\), got a tensor of shape ' + re.escape(str(shape))):
+        small_stvit()(torch.zeros(shape))
 
 
 def test_sdpa_equals_reference_backbone():

@@ -188,8 +188,15 @@ class STViTR(BaseModule):
             raise ValueError("stage3_form='classification' is the released STViT-R ImageNet network: it needs "
                              f"sparsify=True and sparsifier='stvit', got sparsify={sparsify}, "
                              f"sparsifier='{sparsifier}'")
-        if len(regions) != 3:
-            raise ValueError(f'regions needs 3 sides (generate, refine, recover), got {regions}')
+        for name, value in (('embed_dims', embed_dims), ('window_size', window_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be a positive integer, got {value!r}')
+        if not mlp_ratio > 0:
+            raise ValueError(f'mlp_ratio must be positive, got {mlp_ratio!r}')
+        if not 0 <= drop_path_rate < 1:
+            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
+        if len(regions) != 3 or not all(isinstance(r, int) for r in regions):
+            raise ValueError(f'regions needs 3 integer sides (generate, refine, recover), got {regions}')
         out_indices = tuple(out_indices)
         if not out_indices or any(i not in range(4) for i in out_indices):
             raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3), got {out_indices}')
@@ -234,6 +241,8 @@ class STViTR(BaseModule):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """(B, 3, H, W) -> one (B, C * 2**i, ceil(H / 2**(i+2)), ceil(W / 2**(i+2))) map per out index."""
+        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != 3):  # (traced shapes are fixed anyway)
+            raise ValueError(f'STViTR takes a batch of RGB images (B, 3, H, W), got a tensor of shape {tuple(x.shape)}')
         x = self.patch_embed(x)  # (B, H/4, W/4, C)
         outs = []
         for i, layer in enumerate(self.layers[:max(self.out_indices) + 1]):
