@@ -1,4 +1,9 @@
-"""Shared fixtures: deterministic seeds, eager FlexAttention, a temporary data-check cache, a small STViTR factory, and a CUDA marker."""
+"""Shared fixtures: deterministic seeds, eager FlexAttention, a temporary data-check cache, a small STViTR factory,
+and a CUDA marker."""
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
 
@@ -17,14 +22,20 @@ def _seed():
     yield
 
 
-@pytest.fixture(scope='session', autouse=True)
-def _data_check_cache(tmp_path_factory):
-    """The tools' memory of checked segmentation samples lives in a temporary folder, not in ~/.cache (the tools
-    the tests start as subprocesses inherit the variable)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv('STVIT_DATA_CHECK_CACHE', str(tmp_path_factory.mktemp('data_check')))
-    yield
-    mp.undo()
+def pytest_configure(config):
+    """The tools' memory of checked segmentation samples lives in a temporary folder, not in ~/.cache. Set before
+    the test modules are imported: some copy ``os.environ`` for the tools they start as subprocesses."""
+    config._data_check_cache = tempfile.mkdtemp(prefix='stvit_data_check_')
+    config._data_check_before = os.environ.get('STVIT_DATA_CHECK_CACHE')
+    os.environ['STVIT_DATA_CHECK_CACHE'] = config._data_check_cache
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config._data_check_cache, ignore_errors=True)
+    if config._data_check_before is None:
+        os.environ.pop('STVIT_DATA_CHECK_CACHE', None)
+    else:
+        os.environ['STVIT_DATA_CHECK_CACHE'] = config._data_check_before
 
 
 @pytest.fixture(autouse=True)
