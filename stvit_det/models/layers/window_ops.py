@@ -32,7 +32,6 @@ def geometry_cache(fn):
         return fn(*args, **kwargs) if torch.compiler.is_compiling() else cached(*args, **kwargs)
 
     call.cache = cached
-    call.cache_clear, call.cache_info = cached.cache_clear, cached.cache_info
     return call
 
 
