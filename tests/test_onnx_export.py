@@ -127,6 +127,41 @@ def test_backbone_onnx_equals_pytorch(tmp_path, sparsifier, attn_impl, pad_mask,
         assert diff['max_rel'] <= 1e-4, (batch, diff)
 
 
+def _softmax_widths(path, x):
+    """The last dimension of every Softmax input of an ONNX file, run by ONNX Runtime on ``x``."""
+    import onnx
+    model = onnx.load(path)
+    names = [n.input[0] for n in model.graph.node if n.op_type == 'Softmax']
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    patched = path + '.softmax.onnx'
+    onnx.save(model, patched)
+    return [o.shape[-1] for o in run_session(load_session(patched), {'image': x.numpy()})[-len(names):]]
+
+
+def test_auto_exports_each_block_as_it_runs(tmp_path):
+    """'auto' keeps choosing per block while exporting: at 448x480 the generation region (14x14) is a small part of
+    the 28x35-token map, so its block runs tiled and exports as gathered regions (softmax over the 14*14 region
+    keys), while refinement (21x21, most of the map) runs and exports dense (softmax over all 28*35+1 keys); an
+    all-'dense' export puts both over all keys. Both graphs equal PyTorch."""
+    from stvit_det.models.layers.attention import REGION_ATTENTION, Region, choose_region_impl, region_tiled
+    grid = (28, 35)  # stage-3 map of 448x480, padded to windows
+    assert choose_region_impl(Region(grid, 7, 14, 'correct', grid, (0, 0)), 9) == 'tiled'
+    assert choose_region_impl(Region(grid, 7, 21, 'correct', grid, (0, 0)), 9) == 'dense'
+    x = torch.randn(1, 3, 448, 480)
+    widths = {}
+    for impl in ('auto', 'dense'):
+        model = randomize_(STViTR(attn_impl=impl, **NARROW), 0.02).eval()
+        path = export_onnx(model, (x, ), str(tmp_path / f'{impl}.onnx'), ['image'], [f'out{i}' for i in range(4)])
+        with torch.no_grad():
+            ref = [o.numpy() for o in model(x)]
+        assert compare(ref, run_session(load_session(path), {'image': x.numpy()}))['max_rel'] <= 1e-4
+        widths[impl] = _softmax_widths(path, x)
+    all_keys = 28 * 35 + 1
+    assert widths['auto'].count(all_keys) == 1 and widths['dense'].count(all_keys) == 2
+    assert widths['auto'].count(14 * 14) == 1 and widths['dense'].count(14 * 14) == 0
+    assert REGION_ATTENTION['tiled'] is region_tiled  # the eager switch is restored after the exports
+
+
 # ---------------------------------------------------------------------------------------------- detector
 @pytest.fixture(scope='module')
 def demo_image(tmp_path_factory):

@@ -21,7 +21,7 @@ from mmengine.config import DictAction
 from stvit_det.deployment import (PARTS, CheckpointMismatchError, ExportError, OnnxInputError, OnnxLoadError,
                                   build_detector, build_part, compare, export_onnx, load_session, median_latency_ms,
                                   preprocess_image, run_session)
-from stvit_det.deployment.equivalents import exportable_attention
+from stvit_det.deployment.equivalents import EXPORTABLE_REGION_ATTENTION, exportable_attention
 from stvit_det.deployment.onnx_export import EXPORTERS
 
 
@@ -67,12 +67,13 @@ def main(argv=None) -> int:
         else:
             image = torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(0))
         module, inputs, outputs, dynamic = build_part(detector, args.part, shape, img_shape)
-        with exportable_attention(module) as switched:  # only lists what export_onnx will switch
+        with exportable_attention(module) as affected:  # only lists what export_onnx will switch
             pass
-        if switched:
-            impls = sorted({impl for _, impl in switched})
-            print(f"attention: {len(switched)} modules with attn_impl {impls} are exported as the equal 'dense' "
-                  "path (the tiled attention has no ONNX translation)")
+        if affected:
+            impls = sorted({impl for _, impl in affected})
+            stand_ins = ', '.join(f"'{a}' as '{b}'" for a, b in EXPORTABLE_REGION_ATTENTION.items())
+            print(f'attention: {len(affected)} modules with attn_impl {impls}; exported with their exportable '
+                  f'equivalents ({stand_ins}: the tiled attention has no ONNX translation)')
         export_onnx(module, (image, ), args.out, inputs, outputs, dynamic and not args.static_batch, args.exporter)
         session = load_session(args.out, threads)
         feeds = {inputs[0]: image.numpy()}

@@ -123,8 +123,9 @@ def _flat_with_border(kv: torch.Tensor, kv_border: torch.Tensor) -> torch.Tensor
 
 def _gathered(q, kv, kv_border, region):
     """Gather the K/V of every region: (B, h, G, K, d) each, and the (G, 1, K) bias or None."""
-    flat = _flat_with_border(kv, kv_border)  # (B, L, 2, h, d)
-    k, v = flat[:, region.index(q.device)].permute(3, 0, 4, 1, 2, 5).unbind(0)  # 2 x (B, h, G, K, d)
+    # heads first, then the gather: it writes the (G, K) keys of each head in place, no transpose of the copies
+    flat = _flat_with_border(kv, kv_border).permute(2, 0, 3, 1, 4)  # (2, B, h, L, d)
+    k, v = flat[:, :, :, region.index(q.device)].unbind(0)  # 2 x (B, h, G, K, d)
     bias = region.key_bias(q.device)
     return k, v, None if bias is None else bias[:, None, :]  # (G, 1, K)
 
