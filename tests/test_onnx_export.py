@@ -264,6 +264,48 @@ def test_coco_detector_onnx_equals_predict(tmp_path, config):
     assert m['max_box_diff'] <= 1.0 and m['min_mask_iou'] >= 0.98
 
 
+def test_paste_masks_equals_mmdet():
+    """The separable paste equals mmdet's ``_do_paste_mask`` (grid_sample over every pixel): boxes inside, across
+    the image border, smaller than a pixel and larger than the image."""
+    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
+
+    from stvit_det.deployment.two_stage import paste_masks
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(5, 1, 28, 28, generator=g)
+    boxes = torch.tensor([[10.3, 20.7, 60.2, 45.9], [-15.0, 30.0, 40.0, 120.5], [70.1, 70.2, 70.6, 70.9],
+                          [-50.0, -40.0, 200.0, 180.0], [0.0, 0.0, 99.0, 77.0]])
+    ref = _do_paste_mask(probs, boxes, 77, 99, skip_empty=False)[0]  # (K, H, W)
+    torch.testing.assert_close(paste_masks(probs, boxes, (77, 99)), ref, rtol=0, atol=1e-5)
+
+
+def test_roi_features_pool_each_level_only_its_rois(tmp_path):
+    """The RoI extractor of the export equals mmdet's ``SingleRoIExtractor`` (every RoI from the level of its
+    scale), in PyTorch and in ONNX Runtime, also when a level has no RoI."""
+    import onnxruntime as ort
+    from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+
+    extractor = SingleRoIExtractor(dict(type='RoIAlign', output_size=7, sampling_ratio=0), 8, [4, 8, 16, 32])
+    g = torch.Generator().manual_seed(0)
+    feats = tuple(torch.randn(1, 8, 128 // s, 160 // s, generator=g) for s in (4, 8, 16, 32))
+    # sides 20..60 (level 0), 90 / 150 (levels 1, 2); no RoI large enough for level 3
+    sides = torch.tensor([20., 90., 35., 150., 60., 90., 25.])
+    x0 = torch.rand(7, generator=g) * 10
+    rois = torch.stack([torch.zeros(7), x0, x0 / 2, x0 + sides, x0 / 2 + sides * 0.8], dim=1)  # (R, 5)
+
+    class Pool(torch.nn.Module):
+        def forward(self, r, *f):
+            return TwoStageExport.roi_features(extractor, f, r)
+
+    ref = extractor(feats, rois)
+    torch.testing.assert_close(Pool()(rois, *feats), ref)
+    path = export_onnx(Pool(), (rois, *feats), str(tmp_path / 'pool.onnx'), ['rois', 'f0', 'f1', 'f2', 'f3'],
+                       ['out'])
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    for r in (rois, rois[[0, 2, 4]]):  # the second: level 0 only
+        feeds = dict(rois=r.numpy(), **{f'f{i}': f.numpy() for i, f in enumerate(feats)})
+        np.testing.assert_allclose(session.run(None, feeds)[0], extractor(feats, r).numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_detector_export_names_unsupported_component():
     with pytest.raises(ExportError, match='is not a two-stage detector'):
         TwoStageExport._check_supported(torch.nn.Conv2d(3, 3, 1))

@@ -1,6 +1,6 @@
 """A two-stage detector's whole inference (Mask R-CNN or Cascade Mask R-CNN ``predict``) as one traceable module:
 preprocessed image in; boxes, scores, labels and masks out, with every post-processing step expressed in ONNX
-operators (TopK, NonMaxSuppression, RoiAlign, GridSample).
+operators (TopK, NonMaxSuppression, NonZero, RoiAlign, MatMul).
 
 The module reuses the detector's own sub-modules (backbone, neck, RPN convs, RoI heads) and re-expresses only
 what happens between them, following mmdet 3.3's ``predict`` step by step for one image at a fixed input size:
@@ -212,8 +212,11 @@ class TwoStageExport(nn.Module):
     def roi_features(extractor: nn.Module, feats: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
         """``SingleRoIExtractor``: each RoI pooled from the FPN level of its scale. (R, 5) -> (R, C, h, w).
 
-        Every level pools every RoI and a 0/1 mask keeps the RoI's own level (mmdet's export form), which equals
-        mmdet's gather / scatter exactly.
+        Each level pools only its own RoIs (``NonZero`` + ``Gather``; the counts are data-dependent), and the pooled
+        rows go back to the RoIs' order by one scatter, as mmdet's gather / scatter. Pooling every RoI at every
+        level and masking (MMDeploy's form) costs far more: with adaptive sampling a large box pooled from the
+        stride-4 level takes ~(box side / 28)^2 samples per bin (1.4 s of RoIAlign for 1000 RoIs at 800x1216 in
+        ONNX Runtime).
         """
         feats = feats[:extractor.num_inputs]
         layers = extractor.roi_layers
@@ -222,12 +225,14 @@ class TwoStageExport(nn.Module):
             return roi_align(feats[0], rois, l0.output_size, l0.spatial_scale, l0.sampling_ratio)
         scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))  # (R,)
         target = torch.floor(torch.log2(scale / extractor.finest_scale + 1e-6)).clamp(0, len(feats) - 1)  # (R,)
-        out = None
+        order, pooled = [], []
         for i, (feat, layer) in enumerate(zip(feats, layers)):
-            pooled = roi_align(feat, rois, layer.output_size, layer.spatial_scale, layer.sampling_ratio)
-            pooled = pooled * (target == i).to(pooled.dtype)[:, None, None, None]  # (R, C, h, w)
-            out = pooled if out is None else out + pooled
-        return out
+            idx = torch.nonzero(target == i).view(-1)  # (R_i,) the RoIs of level i
+            order.append(idx)
+            pooled.append(roi_align(feat, rois[idx], layer.output_size, layer.spatial_scale,
+                                    layer.sampling_ratio))  # (R_i, C, h, w)
+        order, pooled = torch.cat(order), torch.cat(pooled)  # (R,), (R, C, h, w) grouped by level
+        return torch.zeros_like(pooled).index_put((order, ), pooled)  # (R, C, h, w) in the RoIs' order
 
     def boxes(self, feats: Sequence[torch.Tensor],
               proposals: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -284,8 +289,14 @@ class TwoStageExport(nn.Module):
 
 
 def paste_masks(probs: torch.Tensor, boxes: torch.Tensor, out_shape: Tuple[int, int]) -> torch.Tensor:
-    """Paste per-box mask probabilities into an image by bilinear sampling (mmdet ``_do_paste_mask``: every pixel
-    centre mapped into the box's mask grid, ``grid_sample`` with ``align_corners=False``, zeros outside).
+    """Paste per-box mask probabilities into an image by bilinear sampling, as mmdet's ``_do_paste_mask`` (every
+    pixel centre mapped into the box's mask grid, ``grid_sample`` with ``align_corners=False``, zeros outside).
+
+    Bilinear sampling on a grid made of one x per column and one y per row is separable: the image of box k is
+    ``Wy[k] @ P[k] @ Wx[k]^T``, with the interpolation weights ``W[k, pixel, j] = max(0, 1 - |u - j|)`` of pixel
+    centre u in mask cells (taps outside the mask have no column: zero padding). Two batched matrix products
+    instead of a per-pixel ``GridSample`` (100 masks at 800x1216 in ONNX Runtime: 2.1 s for the sampling and
+    another 0.9 s for building its (K, H, W, 2) grid).
 
     Args:
         probs: (K, 1, m, m) mask probabilities of each box.
@@ -296,14 +307,15 @@ def paste_masks(probs: torch.Tensor, boxes: torch.Tensor, out_shape: Tuple[int, 
         (K, H, W) probabilities.
     """
     H, W = out_shape
+    m_h, m_w = probs.shape[-2:]
     x0, y0, x1, y1 = boxes.split(1, dim=1)  # 4 x (K, 1)
     ys = torch.arange(H, dtype=torch.float32) + 0.5  # pixel centres
     xs = torch.arange(W, dtype=torch.float32) + 0.5
-    gy = (ys[None] - y0) / (y1 - y0) * 2 - 1  # (K, H)
-    gx = (xs[None] - x0) / (x1 - x0) * 2 - 1  # (K, W)
-    K = boxes.shape[0]
-    grid = torch.stack([gx[:, None, :].expand(K, H, W), gy[:, :, None].expand(K, H, W)], dim=3)  # (K, H, W, 2)
-    return F.grid_sample(probs, grid, align_corners=False)[:, 0]  # (K, H, W)
+    uy = (ys[None] - y0) / (y1 - y0) * m_h - 0.5  # (K, H) in mask cells: grid_sample's ((g + 1) * m - 1) / 2
+    ux = (xs[None] - x0) / (x1 - x0) * m_w - 0.5  # (K, W)
+    wy = (1 - (uy[:, :, None] - torch.arange(m_h, dtype=torch.float32)).abs()).clamp(min=0)  # (K, H, m_h)
+    wx = (1 - (ux[:, :, None] - torch.arange(m_w, dtype=torch.float32)).abs()).clamp(min=0)  # (K, W, m_w)
+    return wy @ probs[:, 0] @ wx.transpose(1, 2)  # (K, H, m_h) @ (K, m_h, m_w) @ (K, m_w, W) -> (K, H, W)
 
 
 __all__ = ['TwoStageExport', 'decode_deltas', 'batched_nms', 'paste_masks']
