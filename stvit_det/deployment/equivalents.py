@@ -149,20 +149,25 @@ def _adaptive_max_pool2d(input: torch.Tensor, output_size, return_indices: bool 
 EXPORTABLE_REGION_ATTENTION = {'tiled': 'reference', 'flex': 'dense'}
 
 
+def stand_in_modules(model: nn.Module) -> List[Tuple[str, str]]:
+    """The (module name, attn_impl) pairs of ``model`` whose blocks may run a stand-in of
+    :data:`EXPORTABLE_REGION_ATTENTION` while exporting (``'auto'`` runs one wherever it picks ``'tiled'``)."""
+    return [(name, module.attn_impl) for name, module in model.named_modules()
+            if getattr(module, 'attn_impl', None) in ('auto', *EXPORTABLE_REGION_ATTENTION)]
+
+
 @contextlib.contextmanager
 def exportable_attention(model: nn.Module) -> Iterator[List[Tuple[str, str]]]:
     """Temporarily make every region attention of ``model`` exportable: the functions of
     :data:`EXPORTABLE_REGION_ATTENTION` stand in for ``'tiled'`` and ``'flex'`` in the one switch
     (``layers/attention.py``'s ``REGION_ATTENTION``, restored on exit), so that ``'auto'`` still chooses per
-    block. Yields the (module name, attn_impl) pairs whose blocks may run a stand-in."""
+    block. Yields :func:`stand_in_modules`."""
     from stvit_det.models.layers import attention as attention_mod
     table = attention_mod.REGION_ATTENTION
-    affected = [(name, module.attn_impl) for name, module in model.named_modules()
-                if getattr(module, 'attn_impl', None) in ('auto', *EXPORTABLE_REGION_ATTENTION)]
     saved = dict(table)
     table.update({impl: saved[stand_in] for impl, stand_in in EXPORTABLE_REGION_ATTENTION.items()})
     try:
-        yield affected
+        yield stand_in_modules(model)
     finally:
         table.clear()
         table.update(saved)

@@ -215,8 +215,8 @@ class TwoStageExport(nn.Module):
         Each level pools only its own RoIs (``NonZero`` + ``Gather``; the counts are data-dependent), and the pooled
         rows go back to the RoIs' order by one scatter, as mmdet's gather / scatter. Pooling every RoI at every
         level and masking (MMDeploy's form) costs far more: with adaptive sampling a large box pooled from the
-        stride-4 level takes ~(box side / 28)^2 samples per bin (1.4 s of RoIAlign for 1000 RoIs at 800x1216 in
-        ONNX Runtime).
+        stride-4 level takes ~(box side / 28)^2 samples per bin (0.4-1.8 s of RoIAlign for 1000 random-weight RoIs
+        at 800x1216 in ONNX Runtime, depending on their sizes).
         """
         feats = feats[:extractor.num_inputs]
         layers = extractor.roi_layers

@@ -21,7 +21,7 @@ from mmengine.config import DictAction
 from stvit_det.deployment import (PARTS, CheckpointMismatchError, ExportError, OnnxInputError, OnnxLoadError,
                                   build_detector, build_part, compare, export_onnx, load_session, median_latency_ms,
                                   preprocess_image, run_session)
-from stvit_det.deployment.equivalents import EXPORTABLE_REGION_ATTENTION, exportable_attention
+from stvit_det.deployment.equivalents import EXPORTABLE_REGION_ATTENTION, stand_in_modules
 from stvit_det.deployment.onnx_export import EXPORTERS
 
 
@@ -67,8 +67,7 @@ def main(argv=None) -> int:
         else:
             image = torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(0))
         module, inputs, outputs, dynamic = build_part(detector, args.part, shape, img_shape)
-        with exportable_attention(module) as affected:  # only lists what export_onnx will switch
-            pass
+        affected = stand_in_modules(module)  # what export_onnx will export through a stand-in
         if affected:
             impls = sorted({impl for _, impl in affected})
             stand_ins = ', '.join(f"'{a}' as '{b}'" for a, b in EXPORTABLE_REGION_ATTENTION.items())
