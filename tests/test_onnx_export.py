@@ -22,6 +22,7 @@ from stvit_det.deployment import (CheckpointMismatchError, ExportError, Exportab
                                   OnnxLoadError, adaptive_max_pool2d_as_slices, build_detector, build_part, compare,
                                   export_onnx, load_exact, load_session, match_detections, run_session,
                                   sdpa_as_matmul)
+from stvit_det.deployment.equivalents import EXPORTABLE_REGION_ATTENTION, exportable_attention
 from stvit_det.deployment.onnx_export import failing_operator
 from stvit_det.deployment.two_stage import TwoStageExport
 from stvit_det.models.layers.attention import ATTN_IMPLS
@@ -143,7 +144,7 @@ def test_auto_exports_each_block_as_it_runs(tmp_path):
     the 28x35-token map, so its block runs tiled and exports as gathered regions (softmax over the 14*14 region
     keys), while refinement (21x21, most of the map) runs and exports dense (softmax over all 28*35+1 keys); an
     all-'dense' export puts both over all keys. Both graphs equal PyTorch."""
-    from stvit_det.models.layers.attention import REGION_ATTENTION, Region, choose_region_impl, region_tiled
+    from stvit_det.models.layers.attention import Region, choose_region_impl
     grid = (28, 35)  # stage-3 map of 448x480, padded to windows
     assert choose_region_impl(Region(grid, 7, 14, 'correct', grid, (0, 0)), 9) == 'tiled'
     assert choose_region_impl(Region(grid, 7, 21, 'correct', grid, (0, 0)), 9) == 'dense'
@@ -151,6 +152,10 @@ def test_auto_exports_each_block_as_it_runs(tmp_path):
     widths = {}
     for impl in ('auto', 'dense'):
         model = randomize_(STViTR(attn_impl=impl, **NARROW), 0.02).eval()
+        with exportable_attention(model):  # only the exported model's modules get stand-ins, and only meanwhile
+            assert model.layers[2].blocks[1].attn.stand_ins == EXPORTABLE_REGION_ATTENTION
+            assert STViTR(**NARROW).layers[2].blocks[1].attn.stand_ins == {}
+        assert all(m.stand_ins == {} for m in model.modules() if hasattr(m, 'stand_ins'))
         path = export_onnx(model, (x, ), str(tmp_path / f'{impl}.onnx'), ['image'], [f'out{i}' for i in range(4)])
         with torch.no_grad():
             ref = [o.numpy() for o in model(x)]
@@ -159,7 +164,7 @@ def test_auto_exports_each_block_as_it_runs(tmp_path):
     all_keys = 28 * 35 + 1
     assert widths['auto'].count(all_keys) == 1 and widths['dense'].count(all_keys) == 2
     assert widths['auto'].count(14 * 14) == 1 and widths['dense'].count(14 * 14) == 0
-    assert REGION_ATTENTION['tiled'] is region_tiled  # the eager switch is restored after the exports
+    assert all(m.stand_ins == {} for m in model.modules() if hasattr(m, 'stand_ins'))  # restored after export
 
 
 # ---------------------------------------------------------------------------------------------- detector

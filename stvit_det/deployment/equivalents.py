@@ -16,10 +16,10 @@ touched and eager PyTorch keeps the original kernels. Each is tested equal to th
 * ``attn_impl='tiled'`` (and ``'auto'``, which picks it per block): the tiled region attention is an
   ``autograd.Function`` (``TiledAttention``, ``models/layers/tiled_attention.py``) with no ONNX ``symbolic``; the
   TorchScript exporter stops at it with "RuntimeError: unordered_map::at". ``'flex'`` compiles a kernel.
-  :func:`exportable_attention` gives such blocks an exportable function of the same attention for the duration of
-  the export (:data:`EXPORTABLE_REGION_ATTENTION`): a ``'tiled'`` block exports as the gathered regions
-  (``'reference'``: every region's keys by one ``Gather``, written-out softmax: the region arithmetic, keys
-  duplicated once per region), a ``'flex'`` block as ``'dense'``; ``'auto'`` keeps choosing per block, so the
+  :func:`exportable_attention` gives such blocks of the exported model an exportable function of the same
+  attention for the duration of the export (:data:`EXPORTABLE_REGION_ATTENTION`): a ``'tiled'`` block exports as
+  the gathered regions (``'reference'``: every region's keys by one ``Gather``, written-out softmax: the region
+  arithmetic, keys duplicated once per region), a ``'flex'`` block as ``'dense'``; ``'auto'`` keeps choosing per block, so the
   blocks it runs tiled export gathered and those it runs dense (a region that covers most of the map) export
   dense. Exporting every block as ``'dense'`` instead puts the square of the map in the graph: at 1344x2016 that
   graph of STViT-R-T ran 0.97 / 0.88x (min / median) of Swin-T's speed in ONNX Runtime, the per-block export
@@ -158,16 +158,16 @@ def stand_in_modules(model: nn.Module) -> List[Tuple[str, str]]:
 
 @contextlib.contextmanager
 def exportable_attention(model: nn.Module) -> Iterator[List[Tuple[str, str]]]:
-    """Temporarily make every region attention of ``model`` exportable: the functions of
-    :data:`EXPORTABLE_REGION_ATTENTION` stand in for ``'tiled'`` and ``'flex'`` in the one switch
-    (``layers/attention.py``'s ``REGION_ATTENTION``, restored on exit), so that ``'auto'`` still chooses per
-    block. Yields :func:`stand_in_modules`."""
-    from stvit_det.models.layers import attention as attention_mod
-    table = attention_mod.REGION_ATTENTION
-    saved = dict(table)
-    table.update({impl: saved[stand_in] for impl, stand_in in EXPORTABLE_REGION_ATTENTION.items()})
+    """Temporarily make every region attention of ``model`` exportable: each of its attention modules runs the
+    function of :data:`EXPORTABLE_REGION_ATTENTION` in place of ``'tiled'`` and ``'flex'`` (the module's
+    ``stand_ins``, restored on exit), after ``'auto'`` has chosen for the block. Only ``model`` changes, so other
+    models, in this thread or another, keep their kernels. Yields :func:`stand_in_modules`."""
+    modules = [m for m in model.modules() if hasattr(m, 'stand_ins')]
+    saved = [m.stand_ins for m in modules]
+    for m in modules:
+        m.stand_ins = {**m.stand_ins, **EXPORTABLE_REGION_ATTENTION}
     try:
         yield stand_in_modules(model)
     finally:
-        table.clear()
-        table.update(saved)
+        for m, s in zip(modules, saved):
+            m.stand_ins = s

@@ -378,6 +378,9 @@ class QKVAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         # set True to keep the last attention weights (for visualisation, tools/vis_semantic_tokens.py)
         self.record_attn = False
+        # attn_impl -> the attn_impl that runs instead; set per module only while exporting
+        # (deployment/equivalents.py, exportable_attention), so 'auto' still chooses per block
+        self.stand_ins: Dict[str, str] = {}
         self.last_attn: Optional[dict] = None
 
     def _heads(self, query: torch.Tensor) -> torch.Tensor:
@@ -431,4 +434,5 @@ class QKVAttention(nn.Module):
         impl = self.attn_impl
         if impl == 'auto':
             impl = choose_region_impl(region, q.shape[3])
+        impl = self.stand_ins.get(impl, impl)
         return self._merge(REGION_ATTENTION[impl](q, kv, kv_border, region, self.scale))
