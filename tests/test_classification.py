@@ -146,6 +146,52 @@ def test_official_imagenet_checkpoint_loads_0_0(tmp_path):
     assert 'backbone.norm3.weight' in sd and 'head.fc.weight' in sd and 'norm.weight' not in sd
 
 
+def save_like_official_training(path, state_dict):
+    """What the official ImageNet training code writes (Swin's ``utils.save_checkpoint``, kept by changsn/STViT-R):
+    model, optimizer, lr_scheduler, max_accuracy, epoch, amp and the whole yacs training config. yacs is no
+    dependency of ours: a class of the same module and name, holding what yacs' ``CfgNode`` keeps in its
+    ``__dict__`` (frozen flag, key sets), is pickled in its place."""
+    import types
+    from unittest import mock
+
+    class CfgNode(dict):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.__dict__.update({'__immutable__': False, '__deprecated_keys__': set(), '__renamed_keys__': {}})
+
+    CfgNode.__module__, CfgNode.__qualname__ = 'yacs.config', 'CfgNode'
+    yacs, yacs_config = types.ModuleType('yacs'), types.ModuleType('yacs.config')
+    yacs.config, yacs_config.CfgNode = yacs_config, CfgNode
+    config = CfgNode(MODEL=CfgNode(TYPE='stvit', NAME='stvit_small', DROP_PATH_RATE=0.3),
+                     TRAIN=CfgNode(BASE_LR=1e-3, EPOCHS=300, WARMUP_EPOCHS=20))
+    config.__dict__['__immutable__'] = True  # frozen, as train.py leaves it
+    with mock.patch.dict(sys.modules, {'yacs': yacs, 'yacs.config': yacs_config}):
+        torch.save(dict(model=state_dict, optimizer=dict(state={}, param_groups=[dict(lr=1e-5, params=[0])]),
+                        lr_scheduler=dict(t_initial=375300, warmup_t=25020), max_accuracy=83.1, epoch=299,
+                        config=config, amp=dict(loss_scaler0=dict(loss_scale=65536.0, unskipped=0))), path)
+
+
+def test_official_training_checkpoint_reads_without_yacs(tmp_path):
+    """A checkpoint as the official training code saves it (its yacs config beside the weights) reads under
+    weights_only without yacs (the config as plain dicts), converts to the classifier 0 / 0, and initialises the
+    detection backbone through init_cfg=Pretrained (mmengine's loader)."""
+    from stvit_det.utils.ckpt_file import read_checkpoint
+
+    src = tmp_path / 'ckpt_best.pth'
+    layout = stvit_backbone_layout(C=96, depths=(2, 2, 18, 2), heads=(3, 6, 12, 24), imagenet=True)
+    save_like_official_training(src, tiny_tensors(layout))
+    ckpt = read_checkpoint(str(src))
+    assert type(ckpt['config']) is not dict and isinstance(ckpt['config'], dict)  # an OrderedDict, not a CfgNode
+    assert ckpt['config']['TRAIN']['BASE_LR'] == 1e-3 and ckpt['config'].__dict__['__immutable__'] is True
+    report = convert_ckpt.main(['--classifier', osp.join(CLS, RELEASED['s']), str(src), str(tmp_path / 'c.pth')])
+    assert report['missing'] == [] and report['unexpected'] == [] and report['mismatched'] == []
+
+    det = stvit_det.STViTR(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
+                           init_cfg=dict(type='Pretrained', checkpoint=str(src)))
+    det.init_weights()
+    assert float(det.layers[2].blocks[1].attn.kv.weight.abs().sum()) == 0  # the checkpoint's (zero) tensors
+
+
 def test_head_of_another_size_is_refused_with_advice(tmp_path):
     src = tmp_path / 'STViT-R-Swin-S.pth'
     official_imagenet_checkpoint(src)
@@ -229,14 +275,20 @@ def test_train_and_test_tools_run_a_classification_config(tmp_path):
                         str(tmp_path / 'preds.pkl')], **run)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert 'accuracy/top1' in r.stdout + r.stderr and (tmp_path / 'preds.pkl').is_file()
-    # what tools/test.py checks before its Runner: this checkpoint against a 10-class head is refused
+    # tools/test.py refuses, before its Runner and in one line, a checkpoint of another arch (here wider MLPs)
+    r = subprocess.run([sys.executable, 'tools/test.py', str(cfg), str(ckpt), '--work-dir', str(work),
+                        '--cfg-options', 'model.backbone.mlp_ratio=2.0'], **run)
+    assert r.returncode != 0 and 'accuracy/top1' not in r.stdout + r.stderr
+    assert f'test.py: error: {ckpt} does not fit the model of the config' in r.stderr, r.stderr[-3000:]
+    assert 'backbone.layers.0.blocks.0.mlp.fc1.weight (64, 16) vs (32, 16)' in r.stderr
+    # and a checkpoint against a 10-class head
     bad = Config.fromfile(str(cfg))
     bad.merge_from_dict({'model.head.num_classes': 10})
     with pytest.raises(CheckpointError, match='head has 1000 classes.*num_classes is 10.*--drop-head'):
         check_checkpoint_for_config(bad, str(ckpt))
 
     det = stvit_det.STViTR(**NARROW)
-    stvit_det.utils.allow_mmengine_checkpoints()  # the Runner's checkpoint holds its message hub
+    stvit_det.utils.allow_checkpoint_globals()  # the Runner's checkpoint holds its message hub
     report = det.load_pretrained(torch.load(ckpt, weights_only=True), source=str(ckpt))
     assert sorted(report['missing']) == sorted(f'norm{i}.{n}' for i in range(3) for n in ('weight', 'bias'))
     assert report['unexpected'] == [] and sorted(report['outside_backbone']) == ['head.fc.bias', 'head.fc.weight']

@@ -21,7 +21,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from stvit_det.utils import allow_mmengine_checkpoints
+from stvit_det.utils import allow_checkpoint_globals
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools')
@@ -73,7 +73,7 @@ def free_port() -> int:
 
 
 def load_ckpt(path):
-    allow_mmengine_checkpoints()
+    allow_checkpoint_globals()
     return torch.load(path, map_location='cpu', weights_only=True)
 
 

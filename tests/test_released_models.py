@@ -22,6 +22,7 @@ from mmdet.testing import demo_mm_inputs
 from mmdet.utils import register_all_modules
 
 import stvit_det  # noqa: F401  (registers STViTR)
+from stvit_det.utils.ckpt_file import CheckpointError, check_checkpoint_for_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
@@ -306,3 +307,37 @@ def test_unreadable_or_non_detector_files(damage, released_s, tmp_path):
     expected = {'truncated': unreadable, 'text': unreadable,
                 'backbone-only': 'not a detector checkpoint: no backbone.* tensors', 'missing': 'not found'}[damage]
     assert expected in msg, msg
+
+
+# ------------------------------------------------------------------ the check before tools/test.py and train.py
+def test_evaluation_refuses_a_checkpoint_that_does_not_fit(released_s, tmp_path):
+    """What tools/test.py checks before its Runner (strict; mmengine alone would log the misfits and evaluate random
+    tensors): the released S layout fits the S leaf as it is; against the B leaf the reshaped tensors are named, in
+    evaluation and in fine-tuning (tools/train.py with load_from) alike; a backbone-only file says how to load it.
+    Fine-tuning accepts heads of another number of classes (they keep their initialisation), evaluation does not."""
+    cfg_s, cfg_b = Config.fromfile(CFG['s']), Config.fromfile(CFG['b'])
+    assert check_checkpoint_for_config(cfg_s, released_s) == dict(missing=[], unexpected=[], mismatched=[])
+    for strict in (True, False):
+        with pytest.raises(CheckpointError, match=r'does not fit the model .*backbone\.patch_embed\.proj\.0\.c\.weight '
+                                                  r'\(48, 3, 3, 3\) vs \(64, 3, 3, 3\)'):
+            check_checkpoint_for_config(cfg_b, released_s, strict=strict)
+
+    backbone = tmp_path / 'backbone.pth'
+    torch.save({'model': tiny_tensors(stvit_backbone_layout(**ARCH['s']))}, backbone)
+    with pytest.raises(CheckpointError, match=r"holds a backbone only \(stvit layout\).*init_cfg=dict\(type="
+                                              r"'Pretrained'"):
+        check_checkpoint_for_config(cfg_s, str(backbone))
+
+    layout = released_cascade_layout('s')
+    for stage in range(3):  # a detector fine-tuned on 10 classes
+        layout[f'roi_head.bbox_head.{stage}.fc_cls.weight'] = (11, 1024)
+        layout[f'roi_head.bbox_head.{stage}.fc_cls.bias'] = (11, )
+    ten = tmp_path / 'ten_classes.pth'
+    save_2x_checkpoint(ten, layout)
+    with pytest.raises(CheckpointError, match=r'6 tensors have other shapes .*fc_cls\.weight \(11, 1024\) vs '
+                                              r'\(81, 1024\)'):
+        check_checkpoint_for_config(cfg_s, str(ten))
+    report = check_checkpoint_for_config(cfg_s, str(ten), strict=False)
+    assert report['missing'] == [] and report['unexpected'] == []
+    assert sorted(m[0] for m in report['mismatched']) == sorted(
+        f'roi_head.bbox_head.{i}.fc_cls.{n}' for i in range(3) for n in ('weight', 'bias'))

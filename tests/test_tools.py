@@ -1,6 +1,6 @@
 """Bad input gives clear errors: COCO annotation checks, the config dataset walk, and tools/train.py, tools/test.py
 run as subprocesses (no training: every case stops before the Runner is built). Also: mmengine checkpoints load
-under ``torch.load(weights_only=True)`` after ``allow_mmengine_checkpoints()``.
+under ``torch.load(weights_only=True)`` after ``allow_checkpoint_globals()``.
 """
 import copy
 import json
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from stvit_det.datasets import CocoAnnotationError, DatasetCheckError, check_coco_annotations, check_dataset_cfgs
-from stvit_det.utils import allow_mmengine_checkpoints
+from stvit_det.utils import allow_checkpoint_globals
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'stvit-r', 'mask-rcnn_stvit-r-demo_fpn_nuclei.py')
@@ -244,7 +244,7 @@ def runner_checkpoint(tmp_path_factory):
 
 
 def test_runner_checkpoint_loads_with_weights_only(runner_checkpoint):
-    allow_mmengine_checkpoints()
+    allow_checkpoint_globals()
     ckpt = torch.load(runner_checkpoint, map_location='cpu', weights_only=True)
     assert set(ckpt) >= {'meta', 'state_dict', 'message_hub', 'optimizer'}
     assert torch.serialization.get_unsafe_globals_in_checkpoint(runner_checkpoint) == []
@@ -269,7 +269,7 @@ def test_getattr_stays_refused_for_anything_else(tmp_path, owner, name):
 
     from mmengine.logging import HistoryBuffer
 
-    allow_mmengine_checkpoints()
+    allow_checkpoint_globals()
     path = str(tmp_path / 'other.pth')
     torch.save({'x': _GetAttr({'HistoryBuffer': HistoryBuffer, 'OrderedDict': OrderedDict}[owner], name)}, path)
     with pytest.raises(pickle.UnpicklingError, match='refusing getattr'):

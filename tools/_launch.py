@@ -21,7 +21,7 @@ from mmengine.runner import Runner
 import stvit_det  # noqa: F401  (registers STViTR)
 from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs, check_seg_dataset_cfgs
 from stvit_det.toolboxes.scope import ToolboxMissingError, load_config
-from stvit_det.utils import allow_mmengine_checkpoints, prepare_cpu_distributed
+from stvit_det.utils import allow_checkpoint_globals, prepare_cpu_distributed
 from stvit_det.utils.ckpt_file import CheckpointError, check_checkpoint_for_config
 
 
@@ -54,7 +54,7 @@ def load_tool_config(tool: str, args: argparse.Namespace) -> Config:
     """
     if not osp.isfile(args.config):
         raise SystemExit(f'{tool}: error: config file not found: {args.config}')
-    allow_mmengine_checkpoints()
+    allow_checkpoint_globals()
     setup_cache_size_limit_of_dynamo()  # fewer repeated compilations
     try:
         cfg = load_config(args.config)
@@ -74,13 +74,14 @@ def load_tool_config(tool: str, args: argparse.Namespace) -> Config:
 
 def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Optional[str] = None) -> None:
     """Fail early, in one line, on missing / malformed annotation files, image directories and label maps of the
-    given phases, and on a checkpoint that cannot be read or whose classifier head does not fit the config
-    (mmengine would only warn and go on with a random head)."""
+    given phases, and on a checkpoint that cannot be read or does not fit the config's model (mmengine would only
+    log the misfits and go on with random tensors): strictly for evaluation (``test.py``: every tensor, nothing
+    else), loosely for fine-tuning (``train.py``: see :func:`check_checkpoint_for_config`)."""
     try:
         check_dataset_cfgs(cfg, phases=phases)
         check_seg_dataset_cfgs(cfg, phases=phases)
         if checkpoint:
-            check_checkpoint_for_config(cfg, checkpoint)
+            check_checkpoint_for_config(cfg, checkpoint, strict=tool == 'test.py')
     except (DatasetCheckError, CheckpointError) as e:
         raise SystemExit(f'{tool}: error: {e}') from None
 

@@ -18,7 +18,7 @@ import stvit_det  # noqa: F401  (registers STViTR)
 from mmdet.apis import inference_detector, init_detector
 from mmdet.evaluation import get_classes
 from mmdet.registry import DATASETS, VISUALIZERS
-from stvit_det.utils import allow_mmengine_checkpoints
+from stvit_det.utils import allow_checkpoint_globals
 
 
 def parse_args():
@@ -48,7 +48,7 @@ def load_config(path, cfg_options=None):
 def main():
     args = parse_args()
     cfg = load_config(args.config, args.cfg_options)
-    allow_mmengine_checkpoints()  # Runner checkpoints under torch.load(weights_only=True)
+    allow_checkpoint_globals()  # Runner checkpoints under torch.load(weights_only=True)
     model = init_detector(cfg, args.checkpoint, device=args.device)
     test_meta = DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
     if tuple(model.dataset_meta['classes']) == tuple(get_classes('coco')) != tuple(test_meta['classes']):

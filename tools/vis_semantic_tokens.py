@@ -34,7 +34,7 @@ from mmengine.runner.checkpoint import CheckpointLoader  # noqa: E402
 
 import stvit_det  # noqa: E402,F401  (registers STViTR)
 from mmdet.registry import MODELS  # noqa: E402
-from stvit_det.utils import allow_mmengine_checkpoints  # noqa: E402
+from stvit_det.utils import allow_checkpoint_globals  # noqa: E402
 from stvit_det.utils.attention_maps import (collect_attention, default_windows, peak_over_uniform,  # noqa: E402
                                             semantic_to_tokens, tokens_to_pixels, unit_maps)
 
@@ -82,7 +82,7 @@ def build_backbone(cfg, checkpoint, device):
     backbone = MODELS.build(bb_cfg)
     backbone.init_weights()
     if checkpoint:
-        allow_mmengine_checkpoints()
+        allow_checkpoint_globals()
         ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
         try:
             report = backbone.load_pretrained(ckpt, source=checkpoint)

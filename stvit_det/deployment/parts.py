@@ -56,11 +56,11 @@ def load_exact(model: nn.Module, path: str) -> None:
         FileNotFoundError: no file at ``path``.
         CheckpointMismatchError: naming the tensors whose shapes differ, that are missing or unexpected.
     """
-    from ..utils import allow_mmengine_checkpoints
+    from ..utils import allow_checkpoint_globals
 
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
-    allow_mmengine_checkpoints()
+    allow_checkpoint_globals()
     state = _model_state(torch.load(path, map_location='cpu', weights_only=True))
     own = model.state_dict()
     shape = [f'{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})' for k, v in state.items()

@@ -1,4 +1,4 @@
-from .checkpoint_safety import allow_mmengine_checkpoints
+from .checkpoint_safety import allow_checkpoint_globals
 from .dist import prepare_cpu_distributed
 
-__all__ = ['allow_mmengine_checkpoints', 'prepare_cpu_distributed']
+__all__ = ['allow_checkpoint_globals', 'prepare_cpu_distributed']

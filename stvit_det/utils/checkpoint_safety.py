@@ -1,4 +1,5 @@
-"""Let ``torch.load(weights_only=True)`` (the default since PyTorch 2.6) read checkpoints written by mmengine.
+"""Let ``torch.load(weights_only=True)`` (the default since PyTorch 2.6) read checkpoints written by mmengine and the
+training checkpoints of the official STViT-R / Swin code.
 
 mmengine 0.10.7 calls ``torch.load`` without ``weights_only``, and its Runner checkpoints hold, besides tensors, the
 ``message_hub`` state: :class:`mmengine.logging.HistoryBuffer` objects whose history is stored as numpy arrays and
@@ -6,11 +7,18 @@ whose ``_statistics_methods`` dict maps names to ``HistoryBuffer`` methods, pick
 ``getattr(HistoryBuffer, 'min')``. Found by saving a Runner checkpoint and listing its globals with
 ``torch.serialization.get_unsafe_globals_in_checkpoint``.
 
-:func:`allow_mmengine_checkpoints` allow-lists exactly those globals with ``torch.serialization.add_safe_globals``.
+:func:`allow_checkpoint_globals` allow-lists exactly those globals with ``torch.serialization.add_safe_globals``.
 ``weights_only`` stays on: ``builtins.getattr`` is NOT allow-listed; a restricted stand-in registered under that name
 only resolves registered ``HistoryBuffer`` statistics methods and rejects every other attribute lookup.
+
+The official ImageNet training code (Swin's ``utils.save_checkpoint``, which changsn/STViT-R keeps) saves, beside
+``model``, its ``optimizer``, ``lr_scheduler`` and ``amp`` states (plain containers) and the whole training ``config``,
+a yacs ``CfgNode`` (a ``dict`` subclass whose ``__dict__`` holds its frozen flag and key sets). yacs need not be
+installed to read the weights: a stand-in registered under ``yacs.config.CfgNode`` rebuilds every node as a plain
+``OrderedDict`` (the pickled items and attributes are restored on it, nothing of yacs runs).
 """
 import pickle
+from collections import OrderedDict
 from typing import Any, Callable, List, Tuple, Union
 
 import numpy as np
@@ -48,8 +56,22 @@ def mmengine_checkpoint_globals() -> List[SafeGlobal]:
     ]
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Allow-list (process-wide, idempotent) the globals of mmengine checkpoints for ``weights_only`` loading."""
+class ConfigNodeAsDict:
+    """Unpickled in place of a yacs ``CfgNode``: creating one gives a plain ``OrderedDict``, which the weights-only
+    unpickler then fills with the node's items and attributes."""
+
+    def __new__(cls, *args) -> OrderedDict:
+        return OrderedDict()
+
+
+def training_config_globals() -> List[SafeGlobal]:
+    """Stand-ins for the configuration objects that official training checkpoints store beside the weights."""
+    return [(ConfigNodeAsDict, 'yacs.config.CfgNode')]
+
+
+def allow_checkpoint_globals() -> None:
+    """Allow-list (process-wide, idempotent) the globals of mmengine checkpoints and the stand-ins of
+    :func:`training_config_globals` for ``weights_only`` loading."""
     import torch
 
-    torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
+    torch.serialization.add_safe_globals(mmengine_checkpoint_globals() + training_config_globals())

@@ -3,14 +3,16 @@
 Used by ``tools/convert_ckpt.py``, ``tools/test.py`` and ``tools/train.py`` (fine-tuning with ``load_from``).
 The conversions themselves are the pure functions of :mod:`stvit_det.utils.ckpt_convert`.
 """
+import copy
 import os
 import pickle
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from .checkpoint_safety import allow_mmengine_checkpoints
-from .ckpt_convert import classifier_num_classes, unwrap_state_dict
+from .checkpoint_safety import allow_checkpoint_globals
+from .ckpt_convert import (classifier_num_classes, compare_state_dicts, describe_mismatch, detect_layout,
+                           unwrap_state_dict)
 
 
 class CheckpointError(ValueError):
@@ -30,7 +32,7 @@ def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
     """
     if not os.path.isfile(path):
         raise CheckpointError(f'{path}: checkpoint file not found')
-    allow_mmengine_checkpoints()
+    allow_checkpoint_globals()
     try:
         try:
             ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
@@ -73,9 +75,60 @@ def head_classes_error(model_cfg: Mapping, checkpoint: Mapping, source: str) -> 
             f'it is, set model.head.num_classes={found}.')
 
 
-def check_checkpoint_for_config(cfg: Mapping, path: str) -> None:
-    """Fail early, with one message, on a checkpoint file that cannot be read or whose classifier head does not fit
-    the config (``tools/test.py``; ``tools/train.py`` with ``load_from``).
+def model_tensor_shapes(cfg: Mapping) -> Dict[str, Tuple[int, ...]]:
+    """Name -> shape of every tensor in the state dict of ``cfg.model``, built on the meta device (no memory, no
+    initialisation, nothing loaded; on the CPU for a model whose construction reads tensor values) through the
+    registry of the config's toolbox."""
+    from mmengine.registry import MODELS
+
+    from ..toolboxes.scope import config_scope, drop_init_cfgs, init_toolbox_scope
+
+    init_toolbox_scope(config_scope(cfg))
+    model_cfg = copy.deepcopy(cfg['model'])
+    drop_init_cfgs(model_cfg)
+    try:
+        with torch.device('meta'):
+            model = MODELS.build(model_cfg)
+    except (RuntimeError, NotImplementedError):  # a module that reads tensor values while it is built (.item())
+        model = MODELS.build(model_cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def layout_hint(sd: Mapping[str, torch.Tensor], own: Mapping[str, Tuple[int, ...]], source: str,
+                config: str = 'CONFIG') -> str:
+    """How to use a checkpoint that is only a backbone (official ImageNet, Swin, STViT-R) with a whole-model config
+    ('' when it is not that case)."""
+    if not any(k.startswith('backbone.') for k in own) or any(k.startswith('backbone.') for k in sd):
+        return ''
+    try:
+        layout = detect_layout(sd)
+    except ValueError:
+        return ''
+    if layout == 'stvit' and 'head.weight' in sd and any(k.startswith('head.') for k in own):
+        return (f'{source} is an official STViT-R ImageNet checkpoint (backbone keys, norm, head), not in this '
+                f'classifier\'s layout: convert it first, python tools/convert_ckpt.py --classifier {config} {source} '
+                'OUT.pth')
+    return (f'{source} holds a backbone only ({layout} layout), not a whole model: load it into the backbone with '
+            f'model.backbone.init_cfg=dict(type=\'Pretrained\', checkpoint=\'{source}\') (converted on the fly), or '
+            'convert a whole released model with tools/convert_ckpt.py --detector / --classifier')
+
+
+def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) -> Dict[str, list]:
+    """Fail early, with one message, on a checkpoint that cannot be read or does not fit the config's model, where
+    mmengine would only log the misfits and go on with random tensors.
+
+    Args:
+        cfg: the loaded config.
+        path: the checkpoint file.
+        strict: ``tools/test.py``: every tensor of the model must be in the checkpoint with its shape, and nothing
+            else. Otherwise (``tools/train.py`` with ``load_from``: fine-tuning, where heads for other classes do
+            not fit and are left at their initialisation): refused are a classifier head of another size (see
+            :func:`head_classes_error`), a backbone-only or unconverted checkpoint, a backbone tensor that is
+            missing or of another shape, and a checkpoint of which nothing fits.
+
+    Returns:
+        the :func:`~stvit_det.utils.ckpt_convert.compare_state_dicts` report (``missing``, ``unexpected``,
+        ``mismatched``).
 
     Raises:
         CheckpointError
@@ -84,6 +137,21 @@ def check_checkpoint_for_config(cfg: Mapping, path: str) -> None:
     error = head_classes_error(cfg.get('model', {}), ckpt, path)
     if error:
         raise CheckpointError(error)
+    sd = unwrap_state_dict(ckpt)
+    own = model_tensor_shapes(cfg)
+    report = compare_state_dicts(sd, own)
+    hint = layout_hint(sd, own, path, getattr(cfg, 'filename', None) or 'CONFIG')
+    if hint:
+        raise CheckpointError(hint)
+    fits = [k for k in own if k in sd and tuple(sd[k].shape) == own[k]]
+    backbone_misfits = [k for k in report['missing'] + [m[0] for m in report['mismatched']]
+                        if k.startswith('backbone.')]
+    problem = describe_mismatch(report)
+    if problem and (strict or not fits or backbone_misfits):
+        raise CheckpointError(f'{path} does not fit the model of the config ({len(fits)} of {len(own)} tensors '
+                              f'fit). {problem}')
+    return report
 
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'head_classes_error', 'check_checkpoint_for_config']
+__all__ = ['CheckpointError', 'read_checkpoint', 'head_classes_error', 'model_tensor_shapes',
+           'check_checkpoint_for_config']

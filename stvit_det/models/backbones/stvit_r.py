@@ -19,7 +19,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmdet.registry import MODELS
 from mmdet.utils import OptMultiConfig
 
-from ...utils.checkpoint_safety import allow_mmengine_checkpoints
+from ...utils.checkpoint_safety import allow_checkpoint_globals
 from ...utils.ckpt_convert import convert_to_stvit, filter_ignorable, summarise_keys
 from ..layers.attention import check_attn_impl
 from ..layers.classification_form import STAGE3_FORMS, classification_pattern, classification_swin_pattern
@@ -306,7 +306,7 @@ class STViTR(BaseModule):
         path = cfg.get('checkpoint')
         if not path:
             raise ValueError("init_cfg type 'Pretrained' needs a 'checkpoint' path")
-        allow_mmengine_checkpoints()
+        allow_checkpoint_globals()
         ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu', logger='current')
         self.load_pretrained(ckpt, source=str(path))
         self._freeze_stages()
