@@ -125,6 +125,25 @@ def test_upernet_predict(upernet, hw):
     _predict_shapes(upernet, *hw)
 
 
+@pytest.mark.parametrize('pad_mask', ['correct', 'official', 'none'])
+def test_attention_paths_and_pad_modes_through_upernet(upernet, pad_mask):
+    """The backbone options reach the segmentor from its config (every semantic block gets the pad-mask mode), and at
+    an odd size each mode gives the same logits with the default attention path ('auto') as with the oracle
+    ('reference')."""
+    x = torch.randn(1, 3, 161, 237)
+    logits = {}
+    for impl in ('auto', 'reference'):
+        cfg = _narrow(load_config(ADE_T))
+        cfg.backbone.update(attn_impl=impl, pad_mask=pad_mask)
+        model = _build(cfg)
+        model.load_state_dict(upernet.state_dict())
+        assert {getattr(m, 'pad_mask', pad_mask) for m in model.backbone.modules()} == {pad_mask}
+        model.eval()
+        with torch.no_grad():
+            logits[impl] = model.predict(x, _samples(1, 161, 237, with_gt=False))[0].seg_logits.data
+    torch.testing.assert_close(logits['auto'], logits['reference'], rtol=1e-4, atol=1e-5)
+
+
 def test_slide_inference_visits_every_window():
     """Cityscapes config with the documented slide options (scaled down 4x): the backbone sees every window at the
     crop size, and the stitched prediction covers the whole image; whole-image inference works on the same model."""
@@ -346,6 +365,18 @@ def test_label_values_outside_the_classes(seg_root):
     _png(seg_root / 'ann' / 'a1.png', bad)
     _expect(_seg_cfg(seg_root), str(seg_root / 'ann' / 'a1.png'), 'class values 2, 7', 'outside [0, 2)',
             'ignore index 255')
+
+
+def test_model_classes_differ_from_the_dataset(seg_root):
+    """Labels are checked against the dataset's classes; a head with fewer would still crash training on them."""
+    cfg = _seg_cfg(seg_root)
+    cfg['model'].update(num_classes=2)  # a segmentor's own key, not a head's: ignored
+    cfg['model']['decode_head'].update(num_classes=2)
+    cfg['model']['auxiliary_head'] = dict(num_classes=3)
+    _expect(cfg, 'model.auxiliary_head.num_classes is 3', 'train_dataloader.dataset has 2 classes (bg, fg)',
+            'set model.auxiliary_head.num_classes=2')
+    cfg['model']['auxiliary_head'] = [dict(num_classes=2), dict(num_classes=1)]  # 1: a binary (sigmoid) head
+    assert check_seg_dataset_cfgs(cfg, phases=('train', )) == [('train_dataloader.dataset', 3)]
 
 
 def test_reduce_zero_label_is_applied_before_the_range_check(seg_root):

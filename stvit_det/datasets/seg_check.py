@@ -228,8 +228,24 @@ def _ignore_index(cfg: Any) -> int:
     return int(head.get('ignore_index', 255)) if isinstance(head, dict) else 255
 
 
+def _head_classes(cfg: Any) -> Dict[str, int]:
+    """``{'model.decode_head.num_classes': n, 'model.auxiliary_head.num_classes': m, ...}`` of a segmentor config
+    (heads given as lists are numbered). Binary heads with ``num_classes=1`` are left out (mmseg reads them as two
+    classes, background and foreground)."""
+    out = {}
+    for name in ('decode_head', 'auxiliary_head'):
+        heads = (cfg.get('model') or {}).get(name)
+        many = isinstance(heads, (list, tuple))
+        for i, head in enumerate(heads if many else [heads]):
+            n = head.get('num_classes') if isinstance(head, dict) else None
+            if isinstance(n, int) and n > 1:
+                out[f'model.{name}' + (f'.{i}' if many else '') + '.num_classes'] = n
+    return out
+
+
 def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str = 'dataset',
-                          workers: Optional[int] = None, cache_dir: Optional[str] = '') -> int:
+                          workers: Optional[int] = None, cache_dir: Optional[str] = '',
+                          head_classes: Optional[Dict[str, int]] = None) -> int:
     """Build one leaf segmentation dataset through mmseg's registry and check all its samples.
 
     Args:
@@ -238,6 +254,8 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
         what: where the config comes from, used in messages.
         workers: threads reading files (default: up to 8).
         cache_dir: where passed samples are remembered (``''``: :func:`check_cache_dir`; None: nowhere).
+        head_classes: the model's class counts (:func:`_head_classes`); each must equal the dataset's, else the
+            labels the check lets through would be out of range for the head (a crash mid-training).
 
     Returns:
         the number of samples checked.
@@ -261,6 +279,12 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
         dataset.full_init()
     data_list = [dataset.get_data_info(i) for i in range(len(dataset))]
     num_classes = len(dataset.metainfo['classes'])
+    for where, n in (head_classes or {}).items():
+        if n != num_classes:
+            classes = ', '.join(map(str, dataset.metainfo['classes'][:6]))
+            more = ', ...' if num_classes > 6 else ''
+            raise SegDatasetError(f'{where} is {n}, but the {what} has {num_classes} classes ({classes}{more}): '
+                                  f'set {where}={num_classes}, or the dataset\'s metainfo classes to the model\'s')
     backend = _decode_backend(cfg)
     if not data_list:
         raise SegDatasetError(f'no images found in {dataset.data_prefix.get("img_path")} with suffix '
@@ -307,7 +331,7 @@ def check_seg_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 't
         SegDatasetError: naming the missing or malformed file.
     """
     checked = []
-    ignore_index = _ignore_index(cfg)
+    ignore_index, head_classes = _ignore_index(cfg), _head_classes(cfg)
     for phase in phases:
         loader = cfg.get(f'{phase}_dataloader')
         if not loader:
@@ -317,5 +341,5 @@ def check_seg_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 't
             if not (isinstance(prefix, dict) and prefix.get('seg_map_path')):
                 continue
             what = f'{phase}_dataloader.dataset' + (f' #{index}' if index else '')
-            checked.append((what, check_seg_dataset_cfg(leaf, ignore_index, what)))
+            checked.append((what, check_seg_dataset_cfg(leaf, ignore_index, what, head_classes=head_classes)))
     return checked
