@@ -157,6 +157,9 @@ def test_per_config_overrides_measure_variants_side_by_side():
     args = get_flops.argparse.Namespace(cfg_options=None, device='meta', shape=(64, 64), mode='backbone')
     with pytest.raises(SystemExit, match="attn_impl='flex' cannot be counted"):
         get_flops.measure(OURS + '@model.backbone.attn_impl=flex', args)
+    # mmdet's Swin reads its drop-path rates with .item() while it is built: one line, not a traceback
+    with pytest.raises(SystemExit, match='cannot be built on the meta device .*count it with --device cpu'):
+        get_flops.measure('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', args)
 
 
 def test_missing_config_is_a_one_line_error():

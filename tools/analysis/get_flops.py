@@ -98,7 +98,13 @@ def meta_predict(model: torch.nn.Module, inputs: torch.Tensor) -> None:
 def measure(config: str, args) -> Dict[str, float]:
     cfg = load_config(config, args.cfg_options)
     torch.manual_seed(0)  # the same random weights and input whatever the position of the config in the list
-    model = build_model(cfg, args.device)
+    try:
+        model = build_model(cfg, args.device)
+    except (RuntimeError, NotImplementedError) as e:
+        if args.device != 'meta':
+            raise
+        raise SystemExit(f'error: {config}: this model cannot be built on the meta device (its construction reads '
+                         f'tensor values: {str(e).splitlines()[0]}); count it with --device cpu') from None
     if uses_flex_attention(model):
         raise SystemExit(f"error: {config}: attn_impl='flex' cannot be counted (FlopCounterMode cannot run PyTorch's "
                          "FlexAttention); count attn_impl='reference' for the region arithmetic or 'dense' for every "
