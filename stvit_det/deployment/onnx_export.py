@@ -3,11 +3,11 @@
 Model-agnostic: what is exported (backbone, backbone + neck, a whole detector) is decided by
 ``stvit_det.deployment.parts``. Two exporters of ``torch.onnx.export`` are offered:
 
-* ``'dynamo'`` (default, ``dynamo=True``): ``torch.export`` traces the module to an FX graph which is translated
+* ``'dynamo'`` (``dynamo=True``): ``torch.export`` traces the module to an FX graph which is translated
   op by op through onnxscript; dynamic dimensions are declared with ``torch.export.Dim``. Custom ops get their
   ONNX translation through ``custom_translation_table`` (``deployment/ops.py``).
-* ``'torchscript'`` (``dynamo=False``): the legacy tracer plus per-op symbolic functions, kept as a fallback and
-  for comparison.
+* ``'torchscript'`` (default, ``dynamo=False``): the legacy tracer plus per-op symbolic functions; the only one
+  that exports the whole detector (its RoI stages run on as many boxes as NMS keeps, a data-dependent size).
 
 Errors are reported once, naming the problem: :class:`ExportError` names the operator that could not be exported
 and why; :func:`load_session` names a file that ONNX Runtime cannot load; :func:`check_feeds` names an input whose

@@ -43,6 +43,11 @@ def _model_state(checkpoint) -> Dict[str, torch.Tensor]:
     return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in checkpoint.items()}
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().strip('"')
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _names(keys: Sequence[str], limit: int = 8) -> str:
     keys = sorted(keys)
     more = f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''
@@ -54,14 +59,18 @@ def load_exact(model: nn.Module, path: str) -> None:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        CheckpointMismatchError: naming the tensors whose shapes differ, that are missing or unexpected.
+        CheckpointMismatchError: a file that cannot be read (truncated, not a checkpoint, objects the weights-only
+            unpickler refuses), or naming the tensors whose shapes differ, that are missing or unexpected.
     """
-    from ..utils import allow_checkpoint_globals
+    from ..utils.ckpt_file import CheckpointError, read_checkpoint
 
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
-    allow_checkpoint_globals()
-    state = _model_state(torch.load(path, map_location='cpu', weights_only=True))
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointMismatchError(str(e)) from None
+    state = _model_state(checkpoint)
     own = model.state_dict()
     shape = [f'{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})' for k, v in state.items()
              if k in own and own[k].shape != v.shape]
@@ -97,7 +106,10 @@ def build_detector(config: str, checkpoint: Optional[str] = None, cfg_options: O
     full = resolve_config_path(config)
     if not osp.isfile(full):
         raise FileNotFoundError(f'config file not found: {config}')
-    cfg = Config.fromfile(full)
+    try:
+        cfg = Config.fromfile(full)
+    except Exception as e:  # noqa: BLE001 - SyntaxError, NameError, ImportError... from executing the config
+        raise ValueError(f'{config}: not a readable config: {type(e).__name__}: {_first_line(e)}') from None
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if 'model' not in cfg:
@@ -105,7 +117,10 @@ def build_detector(config: str, checkpoint: Optional[str] = None, cfg_options: O
     register_all_modules(init_default_scope=True)
     model_cfg = copy.deepcopy(cfg.model)
     drop_init_cfgs(model_cfg)
-    model = revert_sync_batchnorm(MODELS.build(model_cfg))
+    try:
+        model = revert_sync_batchnorm(MODELS.build(model_cfg))
+    except (KeyError, TypeError) as e:  # a type not in the registry, an argument the class does not take
+        raise ValueError(f'{config}: cannot build its model: {type(e).__name__}: {_first_line(e)}') from None
     if checkpoint:
         load_exact(model, checkpoint)
     return model.eval(), cfg
