@@ -101,3 +101,21 @@ def test_meta_count_is_the_cli_count(capsys):
     row = [line for line in capsys.readouterr().out.splitlines() if 'stvit-r-s-released' in line][0]
     cells = [c.strip() for c in row.strip('|').split('|')]
     assert cells[1] == '48.86' and cells[2] == '5.8' and cells[4] == '49.63' and cells[5] == '5.8'
+
+
+def test_package_ships_the_model_index_where_mim_looks():
+    """OpenMMLab's mim reads ``<installed package>/.mim/model-index.yml`` and finds configs under ``.mim``: the
+    package holds them there (links to the top-level folders in the source tree, copies in a wheel: MANIFEST.in),
+    and they resolve to the same models and existing config files."""
+    import modelindex
+
+    import stvit_det
+
+    mim_root = osp.join(osp.dirname(stvit_det.__file__), '.mim')
+    shipped = modelindex.load(osp.join(mim_root, 'model-index.yml'))
+    top = modelindex.load(osp.join(ROOT, 'model-index.yml'))
+    assert [m.name for m in shipped.models] == [m.name for m in top.models]
+    assert all(osp.isfile(osp.join(mim_root, m.config)) for m in shipped.models)
+    with open(osp.join(ROOT, 'MANIFEST.in'), encoding='utf-8') as f:
+        manifest = f.read()
+    assert all(f'stvit_det/.mim/{part}' in manifest for part in ('model-index.yml', 'configs', 'tools'))
