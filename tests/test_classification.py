@@ -130,12 +130,13 @@ def official_imagenet_checkpoint(path, arch='s'):
     return layout
 
 
-def test_official_imagenet_checkpoint_loads_0_0(tmp_path):
-    src, dst = tmp_path / 'STViT-R-Swin-S.pth', tmp_path / 'stvit-r-s_in1k_mmpretrain.pth'
-    layout = official_imagenet_checkpoint(src)
+@pytest.mark.parametrize('arch', ['s', 'b'])
+def test_official_imagenet_checkpoint_loads_0_0(tmp_path, arch):
+    src, dst = tmp_path / f'STViT-R-Swin-{arch.upper()}.pth', tmp_path / f'stvit-r-{arch}_in1k_mmpretrain.pth'
+    layout = official_imagenet_checkpoint(src, arch)
     assert sorted(k for k in layout if k.endswith('attn_mask')) == ['layers.0.blocks.1.attn_mask',
                                                                      'layers.1.blocks.1.attn_mask']
-    config = osp.join(CLS, RELEASED['s'])
+    config = osp.join(CLS, RELEASED[arch])
     report = convert_ckpt.main(['--classifier', config, str(src), str(dst)])
     assert report['missing'] == [] and report['unexpected'] == [] and report['mismatched'] == []
     assert sorted(report['dropped']) == ['layers.0.blocks.1.attn_mask', 'layers.1.blocks.1.attn_mask']

@@ -61,6 +61,7 @@ fi
 site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 cp "$root/tools/_tv_cpu_fix.py" "$site/_stvit_tv_cpu_fix.py"
 echo "import _stvit_tv_cpu_fix" > "$site/_stvit_tv_cpu_fix.pth"
+"$py" -c "import mmpretrain, mmpretrain.models; print('[install] mmpretrain', mmpretrain.__version__)"
 
 # --- MMSegmentation (semantic segmentation with STViTR: configs/stvit-r-seg, stvit_det/toolboxes/mmseg_glue.py) ---
 # mmseg 1.2.2 accepts mmcv 2.1.0; it imports ftfy / regex without declaring them (requirements/seg.txt). Checked

@@ -5,7 +5,7 @@ Swin Transformer: Liu et al., ICCV 2021, arXiv 2103.14030; microsoft/Swin-Transf
 SwinTransformer/Swin-Transformer-Object-Detection (MIT). Parameter names follow those official checkpoints
 (``attn.qkv``, ``attn.relative_position_bias_table``, ``mlp.fc1``, ``downsample.reduction``), so STViT-R and Swin
 ImageNet weights load without renaming. Written anew here; behaviour matches mmdet's ``SwinTransformer``
-(tested: ``tests/test_swin_parity.py``).
+(tested: ``tests/test_ckpt_convert.py``, ``test_swin_parts_equal_mmdet_swin``).
 
 Legend: B batch, H/W map size, Hp/Wp padded to a multiple of ws, C channels, ws window size, N = ws*ws,
 nW windows, h heads, d = C / h.
