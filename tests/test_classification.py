@@ -2,6 +2,7 @@
 ``configs/stvit-r-cls`` recipe, an ``ImageClassifier`` with STViTR through ``loss`` + backward + ``predict`` at 224,
 official ImageNet checkpoints loading 0 / 0, classifier -> detector weight transfer, and the head-size error."""
 import copy
+import math
 import os.path as osp
 import sys
 
@@ -61,10 +62,25 @@ def test_official_pretraining_recipe(arch):
     assert opt.paramwise_cfg.norm_decay_mult == 0 and opt.paramwise_cfg.bias_decay_mult == 0
     assert opt.paramwise_cfg.flat_decay_mult == 0  # 1-D parameters: layer scales, norms
     assert cfg.train_dataloader.batch_size * 16 == cfg.auto_scale_lr.base_batch_size == 1024
-    warm, cosine = cfg.param_scheduler
-    assert warm.type == 'LinearLR' and warm.end == 20 and warm.by_epoch
-    assert cosine.type == 'CosineAnnealingLR' and cosine.begin == 20 and cosine.eta_min == 1e-5
     assert cfg.train_cfg.max_epochs == 300
+    # the lr curve, as the Runner builds it (epochs in iterations; 4 per epoch here), against the official one:
+    # timm's CosineLRScheduler(t_initial=all steps, warmup_t=20 epochs, warmup_lr_init=1e-6, lr_min=1e-5, per step)
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    ipe, steps, warmup = 4, 300 * 4, 20 * 4
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=opt.optimizer.lr)
+    schedulers = [PARAM_SCHEDULERS.get(c['type']).build_iter_from_epoch(
+        optimizer, epoch_length=ipe, **{k: v for k, v in c.items() if k not in ('type', 'convert_to_iter_based')})
+        for c in copy.deepcopy(cfg.param_scheduler)]
+    base, low = 1e-3, 1e-5
+    for t in range(steps):
+        lr = optimizer.param_groups[0]['lr']
+        official = (1e-6 + t * (base - 1e-6) / warmup if t < warmup else
+                    low + 0.5 * (base - low) * (1 + math.cos(math.pi * t / steps)))
+        assert abs(lr - official) <= (0.01 if t < warmup else 1e-3) * base, (t, lr, official)
+        for s in schedulers:
+            s.step()
     train = {t.type: t for t in cfg.train_dataloader.dataset.pipeline}
     assert train['RandomResizedCrop'].scale == 224 and train['RandomResizedCrop'].interpolation == 'bicubic'
     ra = train['RandAugment']
