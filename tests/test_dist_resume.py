@@ -82,15 +82,21 @@ def optimizer_steps(ckpt):
 
 
 def test_dist_train_two_processes(demo_root):
+    """Also: a head with SyncBN (as the Cascade and UperNet configs have) trains on CPU processes as BatchNorm."""
     work_dir = demo_root / 'work_ddp'
+    config = demo_root / 'demo_syncbn.py'
+    config.write_text(f"_base_ = '{DEMO}'\n"
+                      "model = dict(roi_head=dict(mask_head=dict(norm_cfg=dict(type='SyncBN', requires_grad=True))))\n")
     try:
         proc = subprocess.run(
-            ['bash', osp.join(TOOLS, 'dist_train.sh'), DEMO, '2', '--work-dir', str(work_dir), '--cfg-options',
-             *tiny_options(max_iters=2, ckpt_interval=2)],
+            ['bash', osp.join(TOOLS, 'dist_train.sh'), str(config), '2', '--work-dir', str(work_dir),
+             '--cfg-options', *tiny_options(max_iters=2, ckpt_interval=2)],
             cwd=demo_root, env=dict(env(), PORT=str(free_port())), capture_output=True, text=True, timeout=420)
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-5000:]
         assert 'Distributed training: True' in log and 'GPU number: 2' in log  # world size 2
+        assert ('SyncBN needs GPUs, so these layers use BatchNorm with per-process statistics: '
+                'model.roi_head.mask_head.norm_cfg') in log
         assert 'Iter(train) [2/2]' in log
         ckpt = load_ckpt(work_dir / 'iter_2.pth')
         assert ckpt['meta']['iter'] == 2
@@ -98,7 +104,7 @@ def test_dist_train_two_processes(demo_root):
         assert not any(k.startswith('module.') for k in ckpt['state_dict'])  # saved unwrapped from DDP
 
         proc = subprocess.run(
-            ['bash', osp.join(TOOLS, 'dist_test.sh'), DEMO, str(work_dir / 'iter_2.pth'), '2', '--work-dir',
+            ['bash', osp.join(TOOLS, 'dist_test.sh'), str(config), str(work_dir / 'iter_2.pth'), '2', '--work-dir',
              str(work_dir), '--cfg-options', 'test_dataloader.num_workers=0',
              'test_dataloader.persistent_workers=False'],
             cwd=demo_root, env=dict(env(), PORT=str(free_port())), capture_output=True, text=True, timeout=300)

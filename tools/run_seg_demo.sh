@@ -15,6 +15,7 @@ start=$(date +%s)
 "$py" tools/make_demo_dataset.py --semantic
 "$py" tools/train.py "$config" --work-dir "$work_dir"
 ckpt=$(cat "$work_dir/last_checkpoint")
-"$py" tools/test.py "$config" "$ckpt" --work-dir "$work_dir/test" --show-dir "$work_dir/vis"
+"$py" tools/test.py "$config" "$ckpt" --work-dir "$work_dir/test" --show-dir "$work_dir/vis" 2>&1 | tee "$work_dir/test.log"
 png=$(find "$work_dir/vis" -name '*nuclei_val_000*.png' | head -n1)
-echo "[seg demo] done in $(( $(date +%s) - start )) s (after set-up); checkpoint: $ckpt; picture: $png"
+miou=$(grep -o 'mIoU: [0-9.]*' "$work_dir/test.log" | tail -n1)
+echo "[seg demo] done in $(( $(date +%s) - start )) s (after set-up); held-out quadrant ${miou:-mIoU: ?}; checkpoint: $ckpt; picture: $png"

@@ -3,8 +3,12 @@
 mmengine 0.10.7 assumes CUDA for its ``pytorch`` launcher: ``init_dist`` calls ``torch.cuda.set_device`` (absent
 from CPU builds of torch) and the Runner wraps the model in DDP with ``device_ids=[LOCAL_RANK]`` (refused for a CPU
 module). When no CUDA device is present, :func:`prepare_cpu_distributed` starts the gloo process group itself (the
-Runner then skips ``init_dist``) and asks for a DDP wrapper without device ids. With CUDA it does nothing.
+Runner then skips ``init_dist``) and asks for a DDP wrapper without device ids. ``SyncBatchNorm`` runs on GPUs
+only ("SyncBatchNorm expected input tensor to be on GPU", torch 2.13), so the config's ``SyncBN`` layers (the
+heads of the Cascade and UperNet configs) become ``BN`` with per-process statistics, and a ``sync_bn`` conversion
+is dropped; the change is printed. With CUDA it does nothing.
 """
+from typing import Any, List
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
@@ -22,6 +26,13 @@ def prepare_cpu_distributed(cfg: Config, launcher: str) -> bool:
         raise SystemExit(f"launcher '{launcher}' needs CUDA devices here; on CPU use torchrun (--launcher pytorch, "
                          'tools/dist_train.sh)')
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    where = sync_bn_to_bn(cfg.get('model'))
+    if cfg.get('sync_bn'):
+        cfg.sync_bn = None
+        where.append('sync_bn')
+    if where:
+        print(f'CPU processes: SyncBN needs GPUs, so these layers use BatchNorm with per-process statistics: '
+              f'{", ".join(where)}', flush=True)
     if cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(
             type='MMDistributedDataParallel',
@@ -31,3 +42,23 @@ def prepare_cpu_distributed(cfg: Config, launcher: str) -> bool:
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')  # env:// from torchrun: RANK, WORLD_SIZE, MASTER_ADDR/PORT
     return True
+
+
+#: norm layer types that synchronise statistics across processes on GPUs only
+SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
+
+
+def sync_bn_to_bn(node: Any, path: str = 'model') -> List[str]:
+    """Set every ``norm_cfg`` (any dict with ``type``) of :data:`SYNC_BN_TYPES` in a model config to ``'BN'``, in
+    place; returns where (config paths)."""
+    changed = []
+    if isinstance(node, dict):
+        if node.get('type') in SYNC_BN_TYPES:
+            node['type'] = 'BN'
+            changed.append(path)
+        for key, value in node.items():
+            changed += sync_bn_to_bn(value, f'{path}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            changed += sync_bn_to_bn(value, f'{path}.{i}')
+    return changed
