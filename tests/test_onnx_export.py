@@ -100,19 +100,24 @@ def test_exportable_ops_swap_only_inside_and_keep_caches_clean():
 
 # --------------------------------------------------------------------------------------------- backbones
 BACKBONE_CASES = [
-    # (sparsifier, attn_impl (None: the constructor's default), pad_mask, (H, W), real width)
-    ('stvit', None, 'correct', (224, 224), True),  # STViT-R-T itself (arch 'tiny'), default attention path
-    ('tokenlearner', None, 'correct', (224, 224), False),
-    ('stvit', None, 'correct', (230, 333), True),  # STViT-R-T at an odd size: padding, shifted windows (torch.roll)
-    ('tokenlearner', None, 'correct', (230, 333), True),
-] + [('stvit', impl, mode, (230, 333), False)  # every attention implementation, the pad-mask modes in turn
+    # (sparsifier, attn_impl (None: the constructor's default), pad_mask, (H, W), model: 'tiny' (STViT-R-T itself),
+    # 'narrow' (NARROW) or 'deep' (NARROW with the S / B stage-3 depth: three dumbbell units))
+    ('stvit', None, 'correct', (224, 224), 'tiny'),  # default attention path
+    ('tokenlearner', None, 'correct', (224, 224), 'narrow'),
+    ('stvit', None, 'correct', (230, 333), 'tiny'),  # STViT-R-T at an odd size: padding, shifted windows (torch.roll)
+    ('tokenlearner', None, 'correct', (230, 333), 'tiny'),
+    ('tokenlearner', None, 'official', (230, 333), 'narrow'),
+    ('stvit', None, 'official', (230, 333), 'deep'),
+] + [('stvit', impl, mode, (230, 333), 'narrow')  # every attention implementation, the pad-mask modes in turn
      for impl, mode in zip(ATTN_IMPLS, itertools.cycle(('correct', 'official', 'none')))]
 
 
-@pytest.mark.parametrize('sparsifier,attn_impl,pad_mask,hw,full', BACKBONE_CASES)
-def test_backbone_onnx_equals_pytorch(tmp_path, sparsifier, attn_impl, pad_mask, hw, full):
+@pytest.mark.parametrize('sparsifier,attn_impl,pad_mask,hw,size', BACKBONE_CASES)
+def test_backbone_onnx_equals_pytorch(tmp_path, sparsifier, attn_impl, pad_mask, hw, size):
     """ONNX Runtime output == PyTorch (relative 1e-4) for batch 1 and, through the dynamic batch, batch 2."""
-    kwargs = dict(arch='tiny', drop_path_rate=0.0) if full else dict(NARROW)
+    kwargs = dict(tiny=dict(arch='tiny', drop_path_rate=0.0), narrow=NARROW,
+                  deep=dict(NARROW, depths=(1, 1, 18, 1)))[size]
+    kwargs = dict(kwargs)
     if attn_impl is not None:
         kwargs['attn_impl'] = attn_impl
     model = randomize_(STViTR(sparsifier=sparsifier, pad_mask=pad_mask, **kwargs), 0.02).eval()
