@@ -170,3 +170,30 @@ def test_dihedral_transforms_are_the_eight_distinct_symmetries():
     assert len(outputs) == 8
     with pytest.raises(ValueError, match='unknown transform'):
         apply_dihedral(square, 'rot45')
+
+
+@pytest.mark.parametrize('split', ['train', 'val'])
+def test_semantic_label_maps_agree_with_the_instance_masks(dataset, split):
+    """The segmentation demo's label maps (nucleus = 1) hold every annotated nucleus pixel of the same image; the
+    only other nucleus pixels are the fragments too small to annotate (under MIN_FRAGMENT_AREA each)."""
+    import cv2
+
+    from stvit_det.datasets.demo_nuclei_seg import SEG_DIR, make_seg_demo_dataset
+
+    out_dir, cocos = dataset
+    make_seg_demo_dataset(out_dir, seed=0)  # reuses the instance build, writes the label maps
+    coco = cocos[split]
+    union, label_total, mask_total = {}, 0, 0
+    for ann in coco['annotations']:
+        mask = mask_utils.decode(ann['segmentation']).astype(bool)
+        union[ann['image_id']] = union.get(ann['image_id'], np.zeros_like(mask)) | mask
+    for img in coco['images']:
+        label = cv2.imread(osp.join(out_dir, SEG_DIR, split, img['file_name']), cv2.IMREAD_UNCHANGED)
+        instances = union.get(img['id'], np.zeros(label.shape, bool))
+        assert label.shape == instances.shape and set(np.unique(label).tolist()) <= {0, 1}
+        assert not (instances & (label == 0)).any(), img['file_name']  # every annotated pixel is nucleus
+        extra = ((label == 1) & ~instances).astype(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(extra, connectivity=4)
+        assert all(area < MIN_FRAGMENT_AREA for area in stats[1:, cv2.CC_STAT_AREA]), img['file_name']
+        label_total, mask_total = label_total + int(label.sum()), mask_total + int(instances.sum())
+    assert mask_total >= 0.99 * label_total
