@@ -341,3 +341,22 @@ def test_evaluation_refuses_a_checkpoint_that_does_not_fit(released_s, tmp_path)
     assert report['missing'] == [] and report['unexpected'] == []
     assert sorted(m[0] for m in report['mismatched']) == sorted(
         f'roi_head.bbox_head.{i}.fc_cls.{n}' for i in range(3) for n in ('weight', 'bias'))
+
+    # fine-tuning from an ImageNet classifier's checkpoint (backbone.* + head.fc.*; the detection norms 0-2 absent):
+    # accepted for training, refused for evaluation
+    from stvit_det.utils.ckpt_convert import imagenet_to_classifier
+
+    classifier = tmp_path / 'classifier.pth'
+    sd, _ = imagenet_to_classifier({'model': tiny_tensors(stvit_backbone_layout(**ARCH['s'], imagenet=True))})
+    torch.save({'state_dict': sd}, classifier)
+    report = check_checkpoint_for_config(cfg_s, str(classifier), strict=False)
+    assert sorted(report['missing'])[:2] == ['backbone.norm0.bias', 'backbone.norm0.weight']
+    assert set(report['unexpected']) == {'head.fc.weight', 'head.fc.bias'}
+    with pytest.raises(CheckpointError, match='model tensors are not in the checkpoint'):
+        check_checkpoint_for_config(cfg_s, str(classifier))
+    # another backbone type (mmdet Swin names: stages.*): refused for training too
+    other = tmp_path / 'other_backbone.pth'
+    save_2x_checkpoint(other, OrderedDict((k.replace('backbone.layers.', 'backbone.stages.'), v)
+                                          for k, v in released_cascade_layout('s').items()))
+    with pytest.raises(CheckpointError, match=r'does not fit the model .*backbone\.layers'):
+        check_checkpoint_for_config(cfg_s, str(other), strict=False)

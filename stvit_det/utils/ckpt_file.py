@@ -123,8 +123,9 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) ->
         strict: ``tools/test.py``: every tensor of the model must be in the checkpoint with its shape, and nothing
             else. Otherwise (``tools/train.py`` with ``load_from``: fine-tuning, where heads for other classes do
             not fit and are left at their initialisation): refused are a classifier head of another size (see
-            :func:`head_classes_error`), a backbone-only or unconverted checkpoint, a backbone tensor that is
-            missing or of another shape, and a checkpoint of which nothing fits.
+            :func:`head_classes_error`), a backbone-only or unconverted checkpoint, a backbone tensor of another
+            shape, a checkpoint that holds less than half of the backbone (another backbone type), and one of which
+            nothing fits. (A classifier's checkpoint lacks the detection backbone's norms 0-2: accepted.)
 
     Returns:
         the :func:`~stvit_det.utils.ckpt_convert.compare_state_dicts` report (``missing``, ``unexpected``,
@@ -144,10 +145,12 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) ->
     if hint:
         raise CheckpointError(hint)
     fits = [k for k in own if k in sd and tuple(sd[k].shape) == own[k]]
-    backbone_misfits = [k for k in report['missing'] + [m[0] for m in report['mismatched']]
-                        if k.startswith('backbone.')]
+    backbone = [k for k in own if k.startswith('backbone.')]
+    backbone_fits = [k for k in fits if k.startswith('backbone.')]
+    backbone_reshaped = [m[0] for m in report['mismatched'] if m[0].startswith('backbone.')]
+    backbone_wrong = backbone_reshaped or len(backbone_fits) < len(backbone) / 2
     problem = describe_mismatch(report)
-    if problem and (strict or not fits or backbone_misfits):
+    if problem and (strict or not fits or backbone_wrong):
         raise CheckpointError(f'{path} does not fit the model of the config ({len(fits)} of {len(own)} tensors '
                               f'fit). {problem}')
     return report
