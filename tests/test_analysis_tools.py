@@ -166,3 +166,17 @@ def test_missing_config_is_a_one_line_error():
     proc = subprocess.run([sys.executable, osp.join(TOOLS, 'get_flops.py'), 'configs/no_such_config.py'], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and 'config file not found' in proc.stderr
+
+
+def test_benchmark_and_flops_take_segmentation_configs():
+    """The analysis tools run mmseg configs (their default_scope decides the registry): UperNet with mmseg's own Swin
+    and with STViT-R side by side, backbone and whole segmentor."""
+    seg_swin = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
+    seg_ours = 'configs/stvit-r-seg/stvit-r-t-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
+    rows = _table(_run('benchmark.py', seg_swin, seg_ours, '--shape', '64', '96', '--warmup', '0', '--repeats', '1',
+                       '--device', 'cpu', '--threads', '1', '--mode', 'both'))
+    names = [r[0] for r in rows]
+    assert any('swin-tiny' in n for n in names) and any('stvit-r-t' in n for n in names)
+    assert len(rows) == 4 and all(float(r[5]) > 0 for r in rows)  # backbone and whole model, each config
+    flops = _table(_run('get_flops.py', seg_swin, seg_ours, '--shape', '64', '96', '--device', 'cpu'))
+    assert len(flops) == 2 and all(float(c) > 0 for r in flops for c in r[1:5])
