@@ -19,9 +19,9 @@ touched and eager PyTorch keeps the original kernels. Each is tested equal to th
   :func:`exportable_attention` gives such blocks of the exported model an exportable function of the same
   attention for the duration of the export (:data:`EXPORTABLE_REGION_ATTENTION`): a ``'tiled'`` block exports as
   the gathered regions (``'reference'``: every region's keys by one ``Gather``, written-out softmax: the region
-  arithmetic, keys duplicated once per region), a ``'flex'`` block as ``'dense'``; ``'auto'`` keeps choosing per block, so the
-  blocks it runs tiled export gathered and those it runs dense (a region that covers most of the map) export
-  dense. Exporting every block as ``'dense'`` instead puts the square of the map in the graph: at 1344x2016 that
+  arithmetic, keys duplicated once per region), a ``'flex'`` block as ``'dense'``; ``'auto'`` keeps choosing per
+  block, so the blocks it runs tiled export gathered and those it runs dense (a region that covers most of the map)
+  export dense. Exporting every block as ``'dense'`` instead puts the square of the map in the graph: at 1344x2016 that
   graph of STViT-R-T ran 0.97 / 0.88x (min / median) of Swin-T's speed in ONNX Runtime, the per-block export
   1.17 / 1.18x (README). The exported graph is compared with the unswitched model.
 
