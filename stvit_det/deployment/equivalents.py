@@ -21,8 +21,8 @@ touched and eager PyTorch keeps the original kernels. Each is tested equal to th
   the gathered regions (``'reference'``: every region's keys by one ``Gather``, written-out softmax: the region
   arithmetic, keys duplicated once per region), a ``'flex'`` block as ``'dense'``; ``'auto'`` keeps choosing per
   block, so the blocks it runs tiled export gathered and those it runs dense (a region that covers most of the map)
-  export dense. Exporting every block as ``'dense'`` instead puts the square of the map in the graph: at 1344x2016 that
-  graph of STViT-R-T ran 0.97 / 0.88x (min / median) of Swin-T's speed in ONNX Runtime, the per-block export
+  export dense. Exporting every block as ``'dense'`` instead puts the square of the map in the graph: at 1344x2016
+  that graph of STViT-R-T ran 0.97 / 0.88x (min / median) of Swin-T's speed in ONNX Runtime, the per-block export
   1.17 / 1.18x (README). The exported graph is compared with the unswitched model.
 
 Cached tensors: ``functools.lru_cache`` helpers of the model (window masks, region indices) would cache tracer
