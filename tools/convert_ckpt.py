@@ -25,7 +25,6 @@ Outputs hold ``{'state_dict': ..., 'meta': {...}}``: a backbone file loads with
 ``stvit_det.utils.ckpt_convert``.
 """
 import argparse
-import copy
 import functools
 import os
 import sys
@@ -34,7 +33,6 @@ import torch
 
 import stvit_det  # noqa: F401  (registers STViTR, also into the installed toolboxes)
 from stvit_det import STViTR
-from stvit_det.toolboxes.scope import drop_init_cfgs
 from stvit_det.utils.ckpt_convert import (compare_state_dicts, convert_to_stvit, describe_mismatch,
                                           detector_2x_to_3x, drop_classifier_head, imagenet_to_classifier)
 from stvit_det.utils.ckpt_file import CheckpointError, head_classes_error, read_checkpoint
@@ -61,9 +59,7 @@ def parse_args(argv=None):
 def build_model(config: str):
     """The model of CONFIG (random weights, nothing loaded) and the config, in the config's default scope. Only its
     tensor names and shapes are used; cached per config path within a process (the tests call :func:`main` often)."""
-    from mmengine.registry import MODELS
-
-    from stvit_det.toolboxes.scope import ToolboxMissingError, config_scope, init_toolbox_scope, load_config
+    from stvit_det.toolboxes.scope import ToolboxMissingError, build_bare_model, load_config
 
     if not os.path.isfile(config):
         raise CheckpointError(f'config file not found: {config}')
@@ -71,10 +67,7 @@ def build_model(config: str):
         cfg = load_config(config)
     except ToolboxMissingError as e:
         raise CheckpointError(str(e)) from None
-    init_toolbox_scope(config_scope(cfg))  # the registry of the config's toolbox, as the Runner uses
-    model_cfg = copy.deepcopy(cfg.model)
-    drop_init_cfgs(model_cfg)
-    return MODELS.build(model_cfg), cfg
+    return build_bare_model(cfg), cfg
 
 
 def dataset_classes(cfg):

@@ -6,6 +6,8 @@ inherits the toolbox's own configs (``_base_ = 'mmseg::...'``). The tools (``too
 MMSegmentation is missing stops with one line naming the config, the toolbox and how to install it, instead of
 mmengine's "mmsegmentation is not installed" from inside its base resolution, or a registry miss later on.
 """
+import contextlib
+import copy
 import importlib
 import importlib.util
 import os.path as osp
@@ -106,3 +108,20 @@ def drop_init_cfgs(node) -> None:
     elif isinstance(node, (list, tuple)):
         for item in node:
             drop_init_cfgs(item)
+
+
+def build_bare_model(cfg: Config, model_cfg: Optional[dict] = None, meta: bool = False):
+    """Build ``cfg.model`` (or ``model_cfg``, an edited copy of it) through the registry of the config's toolbox with
+    every ``init_cfg`` dropped: random weights, no file read, nothing downloaded. With ``meta``, on the meta device
+    (no memory, no initialisation; models that read tensor values while they are built raise there).
+
+    Used by the tools that build models only to measure, convert, check or export them.
+    """
+    import torch
+    from mmengine.registry import MODELS
+
+    init_toolbox_scope(config_scope(cfg))  # the registry of the config's toolbox, as the Runner uses
+    model_cfg = copy.deepcopy(cfg.model if model_cfg is None else model_cfg)
+    drop_init_cfgs(model_cfg)
+    with torch.device('meta') if meta else contextlib.nullcontext():
+        return MODELS.build(model_cfg)

@@ -3,7 +3,6 @@
 Used by ``tools/convert_ckpt.py``, ``tools/test.py`` and ``tools/train.py`` (fine-tuning with ``load_from``).
 The conversions themselves are the pure functions of :mod:`stvit_det.utils.ckpt_convert`.
 """
-import copy
 import os
 import pickle
 from typing import Dict, Mapping, Optional, Tuple
@@ -79,18 +78,12 @@ def model_tensor_shapes(cfg: Mapping) -> Dict[str, Tuple[int, ...]]:
     """Name -> shape of every tensor in the state dict of ``cfg.model``, built on the meta device (no memory, no
     initialisation, nothing loaded; on the CPU for a model whose construction reads tensor values) through the
     registry of the config's toolbox."""
-    from mmengine.registry import MODELS
+    from ..toolboxes.scope import build_bare_model
 
-    from ..toolboxes.scope import config_scope, drop_init_cfgs, init_toolbox_scope
-
-    init_toolbox_scope(config_scope(cfg))
-    model_cfg = copy.deepcopy(cfg['model'])
-    drop_init_cfgs(model_cfg)
     try:
-        with torch.device('meta'):
-            model = MODELS.build(model_cfg)
+        model = build_bare_model(cfg, meta=True)
     except (RuntimeError, NotImplementedError):  # a module that reads tensor values while it is built (.item())
-        model = MODELS.build(model_cfg)
+        model = build_bare_model(cfg)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 

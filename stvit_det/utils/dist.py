@@ -9,6 +9,7 @@ heads of the Cascade and UperNet configs) become ``BN`` with per-process statist
 is dropped; the change is printed. With CUDA it does nothing.
 """
 from typing import Any, List
+
 import torch
 import torch.distributed as dist
 from mmengine.config import Config

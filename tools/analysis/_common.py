@@ -13,7 +13,6 @@ so that variants of one config are measured side by side in one run::
 built last (mmengine's current default scope), so a build-then-batch caller works for every toolbox unchanged.
 No model logic lives here: the networks come from the configs, exactly as ``tools/train.py`` would build them.
 """
-import contextlib
 import copy
 import os.path as osp
 from typing import List, Optional, Sequence, Tuple
@@ -21,11 +20,10 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.model import revert_sync_batchnorm
-from mmengine.registry import MODELS, DefaultScope
+from mmengine.registry import DefaultScope
 
 import stvit_det  # noqa: F401  (registers STViTR)
-from stvit_det.toolboxes.scope import (DEFAULT_SCOPE, ToolboxMissingError, config_scope, drop_init_cfgs,
-                                      init_toolbox_scope, resolve_config_path)
+from stvit_det.toolboxes.scope import DEFAULT_SCOPE, ToolboxMissingError, build_bare_model, resolve_config_path
 from stvit_det.toolboxes.scope import load_config as _load_toolbox_config
 
 
@@ -75,14 +73,10 @@ def _zero_score_thresholds(node) -> None:
 def build_model(cfg: Config, device: str = 'cpu') -> torch.nn.Module:
     """Build ``cfg.model`` through the registry of the config's toolbox (random weights, eval mode, SyncBN reverted
     to BN as mmengine does without DDP). Leaves the config's scope as mmengine's default scope."""
-    init_toolbox_scope(config_scope(cfg))
     model_cfg = copy.deepcopy(cfg.model)
-    drop_init_cfgs(model_cfg)
     if 'test_cfg' in model_cfg:
         _zero_score_thresholds(model_cfg['test_cfg'])
-    with torch.device('meta') if device == 'meta' else contextlib.nullcontext():  # meta: no memory, no init time
-        model = MODELS.build(model_cfg)
-    model = revert_sync_batchnorm(model)
+    model = revert_sync_batchnorm(build_bare_model(cfg, model_cfg, meta=device == 'meta'))  # meta: no memory
     return model.to(device).eval()
 
 
