@@ -135,6 +135,29 @@ def test_benchmark_training_step_with_profile():
     assert any(r[5] == 'stage 3 / SwinBlock' for r in swin)
 
 
+def test_profile_counts_the_forward_once_and_stays_out_of_timed_calls():
+    """The profile hooks record only the forward of a profiled call: not a timed call, not the recomputation of
+    checkpointed blocks (with_cp) in the backward; --profile with --compile is refused (hooks do not run there)."""
+    from conftest import small_stvit
+
+    bench = _load_tool('benchmark')
+    model = small_stvit(with_cp=True).train()
+
+    b = bench.Bench.__new__(bench.Bench)  # a backbone training step, without building a config
+    b.net, b.inputs, b.mode, b.train = model, torch.randn(1, 3, 64, 64), 'backbone', True
+    b.device, b.dtype = 'cpu', None
+    profile = bench.Profile(model, 'cpu')
+    b.call()  # a timed call: nothing recorded
+    assert set(profile.runs.values()) == {0}
+    b.call(profile)
+    assert profile.runs['stage 1'] == 1 and profile.runs['stage 1 / window'] == 1
+    assert profile.runs['stage 3 / recover'] == 1 and profile.runs['stage 3 / recover / attention'] == 1
+    assert not profile.active
+    proc = subprocess.run([sys.executable, osp.join(TOOLS, 'benchmark.py'), OURS, '--profile', '--compile'], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and 'hooks, which do not run inside a compiled graph' in proc.stderr
+
+
 def test_per_config_overrides_measure_variants_side_by_side():
     """`CONFIG@key=value` applies to that config only: the same STViT-R-T with its default attention, the oracle and
     FlexAttention in one run (no CPU memory figure for FlexAttention: '-'); the FLOP counter sees the dense path's

@@ -72,9 +72,10 @@ def test_every_parameter_gets_a_gradient():
     assert missing == []
 
 
-@pytest.mark.parametrize('hw', [(75, 90), (40, 33)])
-def test_with_cp_changes_nothing(hw):
-    assert_with_cp_parity(hw)
+@pytest.mark.parametrize('hw,impl', [((75, 90), 'auto'), ((40, 33), 'auto'), ((75, 90), 'tiled')])
+def test_with_cp_changes_nothing(hw, impl):
+    """'auto' runs dense at these sizes; 'tiled' adds its autograd function under recomputation."""
+    assert_with_cp_parity(hw, attn_impl=impl)
 
 
 def test_with_cp_is_used_in_every_stage(monkeypatch):
@@ -155,10 +156,19 @@ def test_norm_eval_keeps_stem_bn_in_eval():
     (dict(embed_dims=0), 'embed_dims must be a positive integer'),
     (dict(mlp_ratio=0), 'mlp_ratio must be positive'),
     (dict(drop_path_rate=1.5), r'drop_path_rate must be in \[0, 1\), got 1.5'),
+    (dict(pretrained='open-mmlab://resnet50_v1c'), r"pretrained='open-mmlab://resnet50_v1c' .*model\.pretrained=None"),
+    (dict(pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth')), 'not both'),
 ])
 def test_bad_config_values_fail_clearly(kwargs, match):
     with pytest.raises(ValueError, match=match):
         STViTR(**kwargs)
+
+
+def test_pretrained_path_is_an_init_cfg():
+    """mmseg's EncoderDecoder hands ``model.pretrained`` to the backbone: a local file becomes the init_cfg."""
+    with pytest.warns(UserWarning, match='deprecated'):
+        model = STViTR(pretrained='/weights/stvit-r-t.pth')
+    assert model.init_cfg == dict(type='Pretrained', checkpoint='/weights/stvit-r-t.pth')
 
 
 @pytest.mark.parametrize('shape', [(3, 64, 64), (1, 4, 64, 64), (1, 1, 3, 64, 64)])

@@ -10,6 +10,7 @@ import torch
 
 from stvit_det import STViTR
 from stvit_det.utils.ckpt_convert import detect_layout, extract_state_dict
+from stvit_det.utils.ckpt_file import CheckpointError, check_backbone_init_checkpoint
 
 from conftest import randomize_
 
@@ -85,6 +86,13 @@ def test_wrong_arch_fails_naming_the_tensors():
         STViTR(arch='small').load_pretrained(sd)
     with pytest.raises(ValueError, match='unrecognised checkpoint layout'):
         STViTR(arch='tiny').load_pretrained({'conv1.weight': torch.zeros(1)})
+    # the same widths, a deeper stage 3 (S: 18 blocks, T: 6): the blocks T lacks are named, nothing is loaded
+    tiny = STViTR(arch='tiny')
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    with pytest.raises(ValueError, match=r'186 backbone tensors have no place in this STViTR .*layers\.2\.blocks '
+                                         r'\(186 tensors\); e\.g\. layers\.2\.blocks\.6\.'):
+        tiny.load_pretrained(STViTR(arch='small').state_dict())
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())
     with pytest.raises(TypeError, match='no state dict'):
         extract_state_dict({'meta': {'epoch': 1}})
 
@@ -171,8 +179,43 @@ def test_pretrained_init_cfg_loads_from_a_path(tmp_path):
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     bad = STViTR(arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'missing.pth')))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match='missing.pth: checkpoint file not found'):
         bad.init_weights()
+    (tmp_path / 'notes.pth').write_text('not a checkpoint\n')
+    bad = STViTR(arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'notes.pth')))
+    with pytest.raises(CheckpointError, match='notes.pth: not a readable PyTorch checkpoint'):
+        bad.init_weights()
+
+
+def test_backbone_init_checkpoint_is_checked_before_training(tmp_path):
+    """What tools/train.py checks before its Runner: the file of the backbone's init_cfg=Pretrained is read and
+    converted as loading would (on a bare backbone, nothing loaded): a good file gives the load report; a truncated
+    file, another arch and an unrecognised layout end in one CheckpointError naming the file."""
+    from mmengine.config import Config
+
+    narrow = dict(embed_dims=16, depths=(2, 2, 6, 2), num_heads=(1, 1, 2, 2))
+
+    def cfg_for(path, **backbone):
+        return Config(dict(default_scope='mmdet', model=dict(type='MaskRCNN', backbone=dict(
+            type='STViTR', **dict(narrow, **backbone), init_cfg=dict(type='Pretrained', checkpoint=str(path))))))
+
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in STViTR(**narrow).state_dict().items()}}, good)
+    report = check_backbone_init_checkpoint(cfg_for(good))
+    assert report['missing'] == [] and report['unexpected'] == []
+    with pytest.raises(CheckpointError, match=r'model\.backbone\.init_cfg: .*good\.pth: 36 tensors do not fit'):
+        check_backbone_init_checkpoint(cfg_for(good, mlp_ratio=2.0))
+    with pytest.raises(CheckpointError, match=r'good\.pth: .*have no place in this STViTR'):
+        check_backbone_init_checkpoint(cfg_for(good, depths=(2, 2, 6, 1)))
+    truncated = tmp_path / 'truncated.pth'
+    truncated.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match='truncated.pth: not a readable PyTorch checkpoint'):
+        check_backbone_init_checkpoint(cfg_for(truncated))
+    other = tmp_path / 'other.pth'
+    torch.save({'conv1.weight': torch.zeros(1)}, other)
+    with pytest.raises(CheckpointError, match='unrecognised checkpoint layout'):
+        check_backbone_init_checkpoint(cfg_for(other))
+    assert check_backbone_init_checkpoint(Config(dict(model=dict(backbone=dict(type='ResNet'))))) is None
 
 
 def test_convert_ckpt_tool(tmp_path):

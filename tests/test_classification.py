@@ -298,6 +298,23 @@ def test_train_and_test_tools_run_a_classification_config(tmp_path):
     assert r.returncode != 0 and 'accuracy/top1' not in r.stdout + r.stderr
     assert f'test.py: error: {ckpt} does not fit the model of the config' in r.stderr, r.stderr[-3000:]
     assert 'backbone.layers.0.blocks.0.mlp.fc1.weight (64, 16) vs (32, 16)' in r.stderr
+    # tools/train.py stops before its Runner, in one line, on a missing image folder and on a backbone init_cfg
+    # file that does not fit (a classifier of stage-4 depth 2 for a backbone of depth 1: its 13 tensors of block 1)
+    r = subprocess.run([sys.executable, 'tools/train.py', str(cfg), '--work-dir', str(tmp_path / 'w2'),
+                        '--cfg-options', f'train_dataloader.dataset.data_root={tmp_path / "nowhere"}'], **run)
+    assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1] == ('train.py: error: image directory not found: '
+                                                 f'{tmp_path / "nowhere" / "train"} '
+                                                 '(train_dataloader.dataset.data_prefix)')
+    init = tmp_path / 'init_from_classifier.py'
+    init.write_text(f"_base_ = '{cfg}'\nmodel = dict(backbone=dict(depths=(2, 2, 6, 1), "
+                    f"init_cfg=dict(_delete_=True, type='Pretrained', checkpoint='{ckpt}')))\n")
+    r = subprocess.run([sys.executable, 'tools/train.py', str(init), '--work-dir', str(tmp_path / 'w2')], **run)
+    assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f'train.py: error: model.backbone.init_cfg: {ckpt}: 13 backbone tensors have no place in '
+                           'this STViTR'), r.stderr[-3000:]
+    assert not (tmp_path / 'w2').exists()
     # and a checkpoint against a 10-class head
     bad = Config.fromfile(str(cfg))
     bad.merge_from_dict({'model.head.num_classes': 10})

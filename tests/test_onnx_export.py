@@ -330,8 +330,22 @@ def test_roi_features_pool_each_level_only_its_rois(tmp_path):
 
 
 def test_detector_export_names_unsupported_component():
+    """Components the export does not express are refused, named, instead of exported as something else (soft
+    NMS or class-agnostic NMS would silently become plain per-class NMS)."""
     with pytest.raises(ExportError, match='is not a two-stage detector'):
         TwoStageExport._check_supported(torch.nn.Conv2d(3, 3, 1))
+    detector, _ = build_detector(DEMO_CONFIG)
+    TwoStageExport._check_supported(detector)
+    for head, change, where in [('roi_head', dict(type='soft_nms'), 'rcnn'),
+                                ('roi_head', dict(class_agnostic=True), 'rcnn'),
+                                ('rpn_head', dict(type='soft_nms'), 'rpn')]:
+        nms = getattr(detector, head).test_cfg.nms
+        saved = dict(nms)
+        nms.update(change)
+        with pytest.raises(ExportError, match=rf"test_cfg\.{where}\.nms=.*only plain NMS, per class"):
+            TwoStageExport._check_supported(detector)
+        nms.clear()
+        nms.update(saved)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -376,6 +390,10 @@ def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, d
         ([str(broken), *shape, '--part', 'backbone'], f'{broken}: not a readable config: SyntaxError'),
         ([DEMO_CONFIG, *shape, '--part', 'backbone', '--cfg-options', 'model.backbone.type=Nope'],
          'cannot build its model: KeyError'),
+        ([DEMO_CONFIG, *shape, '--part', 'detector', '--image', str(garbage)],
+         f'{garbage}: the test pipeline cannot read it'),
+        ([DEMO_CONFIG, '--shape', '224', '224', '--part', 'backbone', '--out', str(garbage / 'x.onnx')],
+         f'cannot write the ONNX file {garbage / "x.onnx"}'),
     ]
     for argv, expected in cases:
         rc = tool.main(argv)

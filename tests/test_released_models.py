@@ -22,7 +22,7 @@ from mmdet.testing import demo_mm_inputs
 from mmdet.utils import register_all_modules
 
 import stvit_det  # noqa: F401  (registers STViTR)
-from stvit_det.utils.ckpt_file import CheckpointError, check_checkpoint_for_config
+from stvit_det.utils.ckpt_file import CheckpointError, check_checkpoint_for_config, dataset_classes
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
@@ -249,7 +249,7 @@ def test_released_inference_settings(arch):
     from mmdet.datasets import CocoDataset
     assert cfg.test_dataloader.dataset.type == 'CocoDataset' and 'metainfo' not in cfg.test_dataloader.dataset
     assert tuple(CocoDataset.METAINFO['classes']) == COCO_2X_CLASSES
-    assert convert_ckpt.dataset_classes(cfg) == COCO_2X_CLASSES
+    assert dataset_classes(cfg) == COCO_2X_CLASSES
     # test_cfg of configs/_base_/models/cascade_mask_rcnn_swin_fpn.py
     rpn, rcnn = cfg.model.test_cfg.rpn, cfg.model.test_cfg.rcnn
     assert (rpn.nms_pre, rpn.max_per_img, rpn.nms.iou_threshold, rpn.min_bbox_size) == (1000, 1000, 0.7, 0)
@@ -289,6 +289,12 @@ def test_other_class_order_is_refused(tmp_path):
     save_2x_checkpoint(src, released_cascade_layout('s'), classes=classes)
     msg = _convert_error(['--detector', CFG['s'], src, tmp_path / 'out.pth'])
     assert "0: 'bicycle' vs 'person'" in msg
+    # evaluating the 2.x file as it is (tools/test.py's check) refuses it too; fine-tuning (load_from) does not ask
+    cfg = Config.fromfile(CFG['s'])
+    with pytest.raises(CheckpointError, match=r"its 80 classes are not the config's 80 classes .*0: 'bicycle' vs "
+                                              r"'person', 1: 'person' vs 'bicycle'"):
+        check_checkpoint_for_config(cfg, str(src))
+    assert check_checkpoint_for_config(cfg, str(src), strict=False)['missing'] == []
 
 
 @pytest.mark.parametrize('damage', ['truncated', 'text', 'backbone-only', 'missing'])
@@ -360,3 +366,9 @@ def test_evaluation_refuses_a_checkpoint_that_does_not_fit(released_s, tmp_path)
                                           for k, v in released_cascade_layout('s').items()))
     with pytest.raises(CheckpointError, match=r'does not fit the model .*backbone\.layers'):
         check_checkpoint_for_config(cfg_s, str(other), strict=False)
+    # a deeper arch of the same widths (the released S detector with the T Cascade config: stage 3 has 6 blocks
+    # there, not 18; everything else fits): refused for training too, naming the blocks
+    cfg_t = Config.fromfile(osp.join(ROOT, 'configs', 'stvit-r',
+                                     'cascade-mask-rcnn_stvit-r-t_fpn_4conv1fc-giou_ms-crop-3x_coco.py'))
+    with pytest.raises(CheckpointError, match=r'checkpoint tensors have no place in the model: backbone\.layers\.2 '):
+        check_checkpoint_for_config(cfg_t, released_s, strict=False)

@@ -11,6 +11,7 @@ import os
 import os.path as osp
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 
@@ -400,6 +401,18 @@ def test_missing_label_map(seg_root):
     _expect(_seg_cfg(seg_root), 'label map not found', str(seg_root / 'ann' / 'a0.png'))
 
 
+def test_unlabelled_inference_needs_images_only(seg_root):
+    """A pipeline without LoadAnnotations (predictions on unlabelled images, e.g. a test-server submission) does
+    not read label maps, so none is required; its images still are."""
+    shutil.rmtree(seg_root / 'ann')
+    images_only = _seg_cfg(seg_root, pipeline=[dict(type='LoadImageFromFile'), dict(type='PackSegInputs')])
+    assert check_seg_dataset_cfgs(images_only, phases=('train', )) == [('train_dataloader.dataset', 3)]
+    _expect(_seg_cfg(seg_root), 'label map not found', str(seg_root / 'ann' / 'a0.png'))
+    (seg_root / 'split.txt').write_text('a0\na9\n')
+    images_only['train_dataloader']['dataset']['ann_file'] = 'split.txt'
+    _expect(images_only, 'image file not found', str(seg_root / 'img' / 'a9.png'))
+
+
 def test_missing_image(seg_root):
     os.remove(seg_root / 'img' / 'a2.png')  # its label map is left without an image
     _expect(_seg_cfg(seg_root), 'image file not found', str(seg_root / 'img' / 'a2.png'))
@@ -430,6 +443,27 @@ def test_toolbox_missing_message_from_base_resolution(monkeypatch):
         load_config(ADE_T)
     assert str(info.value).startswith(ADE_T)
     assert 'inherits `mmseg::` configs' in str(info.value) and 'requirements/seg.txt' in str(info.value)
+
+
+def test_toolbox_that_fails_to_import_is_named(monkeypatch, tmp_path):
+    """An installed mmseg that fails at import (mmseg asserts the mmcv version in its __init__) stops a segmentation
+    config with one message, not a traceback from deep inside the tools."""
+    from stvit_det.toolboxes import scope
+
+    real = scope.importlib.import_module
+
+    def broken(name, *args):
+        if name == 'mmseg':
+            raise AssertionError('MMCV==2.3.0 is used but incompatible. Please install mmcv>=2.0.0rc4, <2.2.0.')
+        return real(name, *args)
+
+    monkeypatch.setattr(scope.importlib, 'import_module', broken)
+    cfg = tmp_path / 'seg.py'
+    cfg.write_text("default_scope = 'mmseg'\nmodel = dict(type='EncoderDecoder')\n")
+    for load in (lambda: load_config(str(cfg)), lambda: scope.resolve_config_path('mmseg::_base_/x.py')):
+        with pytest.raises(ToolboxMissingError, match=r"MMSegmentation \(`mmseg`\) is installed and fails to import: "
+                                                      r"AssertionError: MMCV==2\.3\.0 is used but incompatible"):
+            load()
 
 
 # ------------------------------------------------------------------------------------------ tools, end to end

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from stvit_det.models.layers.window_ops import (OFFICIAL_MASK_VALUE, pad_to_multiple, region_index, region_key_bias,
+from stvit_det.models.layers.window_ops import (OFFICIAL_MASK_VALUE, key_position_bias, pad_to_multiple, region_index,
+                                                region_key_bias,
                                                 semantic_grid_size, shift_window_mask, window_partition,
                                                 window_reverse)
 
@@ -100,11 +101,13 @@ def test_official_mask_one_dim_padded_masks_whole_strip():
 
 
 def test_official_mask_nothing_padded_masks_everything():
-    """No padding: every logit gets -1000 (cancels in the softmax); 'correct' masks only the border."""
-    off = region_key_bias(56, 77, 7, 14, 'official', 56, 77, 0, 0)
-    assert (off == OFFICIAL_MASK_VALUE).all()
-    cor = region_key_bias(56, 77, 7, 14, 'correct', 56, 77, 0, 0)
+    """No padding: the rule gives every logit -1000, which cancels in the softmax, so the region bias (shifted
+    per window to a largest entry of 0) is 0 everywhere; 'correct' masks only the border."""
     _, rows, cols = region_index(56, 77, 7, 14)
+    assert (key_position_bias(rows, cols, 56, 77, 'official', 56, 77, 0, 0) == OFFICIAL_MASK_VALUE).all()
+    off = region_key_bias(56, 77, 7, 14, 'official', 56, 77, 0, 0)
+    assert (off == 0).all()
+    cor = region_key_bias(56, 77, 7, 14, 'correct', 56, 77, 0, 0)
     cells, border = _masked_cells(cor, rows, cols, 56, 77)
     assert cells == set() and border is True
     assert region_key_bias(56, 77, 7, 14, 'none', 56, 77, 0, 0) is None

@@ -22,7 +22,7 @@ import stvit_det  # noqa: F401  (registers STViTR)
 from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs, check_seg_dataset_cfgs
 from stvit_det.toolboxes.scope import ToolboxMissingError, load_config
 from stvit_det.utils import allow_checkpoint_globals, prepare_cpu_distributed
-from stvit_det.utils.ckpt_file import CheckpointError, check_checkpoint_for_config
+from stvit_det.utils.ckpt_file import CheckpointError, check_backbone_init_checkpoint, check_checkpoint_for_config
 
 
 def add_launch_args(parser: argparse.ArgumentParser) -> None:
@@ -76,10 +76,13 @@ def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Opti
     """Fail early, in one line, on missing / malformed annotation files, image directories and label maps of the
     given phases, and on a checkpoint that cannot be read or does not fit the config's model (mmengine would only
     log the misfits and go on with random tensors): strictly for evaluation (``test.py``: every tensor, nothing
-    else), loosely for fine-tuning (``train.py``: see :func:`check_checkpoint_for_config`)."""
+    else), loosely for fine-tuning (``train.py``: see :func:`check_checkpoint_for_config`). For training, also the
+    file of an STViTR backbone's ``init_cfg=Pretrained`` (:func:`check_backbone_init_checkpoint`)."""
     try:
         check_dataset_cfgs(cfg, phases=phases)
         check_seg_dataset_cfgs(cfg, phases=phases)
+        if 'train' in phases:
+            check_backbone_init_checkpoint(cfg)
         if checkpoint:
             check_checkpoint_for_config(cfg, checkpoint, strict=tool == 'test.py')
     except (DatasetCheckError, CheckpointError) as e:

@@ -35,7 +35,7 @@ import stvit_det  # noqa: F401  (registers STViTR, also into the installed toolb
 from stvit_det import STViTR
 from stvit_det.utils.ckpt_convert import (compare_state_dicts, convert_to_stvit, describe_mismatch,
                                           detector_2x_to_3x, drop_classifier_head, imagenet_to_classifier)
-from stvit_det.utils.ckpt_file import CheckpointError, head_classes_error, read_checkpoint
+from stvit_det.utils.ckpt_file import CheckpointError, class_order_error, head_classes_error, read_checkpoint
 
 
 def parse_args(argv=None):
@@ -70,21 +70,6 @@ def build_model(config: str):
     return build_bare_model(cfg), cfg
 
 
-def dataset_classes(cfg):
-    """Class names of the config's test dataset: its ``metainfo`` or its class's ``METAINFO`` (None if unknown)."""
-    from mmengine.registry import DATASETS
-
-    dataset = cfg.get('test_dataloader', {}).get('dataset', {})
-    while 'dataset' in dataset:  # wrappers
-        dataset = dataset['dataset']
-    classes = (dataset.get('metainfo') or {}).get('classes')
-    if classes is None and isinstance(dataset.get('type'), str):
-        scope = dataset.get('_scope_') or cfg.get('default_scope', 'mmdet')
-        cls = DATASETS.get(f'{scope}.{dataset["type"]}')
-        classes = getattr(cls, 'METAINFO', {}).get('classes') if cls is not None else None
-    return None if classes is None else tuple(classes)
-
-
 def check_against_model(sd, model, source: str, allow_missing=()) -> dict:
     """Names and shapes of ``sd`` against ``model``; raises CheckpointError naming every misfit."""
     report = compare_state_dicts(sd, {k: v.shape for k, v in model.state_dict().items()})
@@ -103,12 +88,9 @@ def convert_detector(args):
         raise CheckpointError(f'{args.src}: {e}') from None
     model, cfg = build_model(args.detector)
     report = check_against_model(sd, model, args.src)
-    ours = dataset_classes(cfg)
-    theirs = meta.get('dataset_meta', {}).get('classes')
-    if theirs is not None and ours is not None and tuple(theirs) != ours:
-        diff = [f'{i}: {a!r} vs {b!r}' for i, (a, b) in enumerate(zip(theirs, ours)) if a != b][:5]
-        raise CheckpointError(f'{args.src}: its {len(theirs)} classes are not the config\'s {len(ours)} classes in '
-                              f'the same order (checkpoint vs config: {", ".join(diff) or "different lengths"})')
+    error = class_order_error(cfg, dict(meta=meta), args.src)
+    if error:
+        raise CheckpointError(error)
     meta.update(source=os.path.basename(args.src), config=os.path.basename(args.detector))
     return sd, meta, report
 

@@ -136,7 +136,9 @@ def _check_ann_file(path: str, what: str) -> None:
 
 
 def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset') -> List[str]:
-    """Check one leaf dataset config: its ``ann_file`` (COCO JSON checked in full) and ``data_prefix`` dirs.
+    """Check one leaf dataset config: its ``ann_file`` (COCO JSON checked in full) and its image directories:
+    ``data_prefix`` (a dict as in MMDetection and MMSegmentation, or MMPretrain's one folder) or, for MMPretrain's
+    ``ImageNet(data_root=..., split=...)``, ``data_root/split``.
 
     Args:
         dataset_cfg: a dataset config with optional ``data_root``, ``ann_file``, ``data_prefix``.
@@ -158,12 +160,18 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset') -> List[str]:
         _check_ann_file(path, what)
         checked.append(path)
     prefixes = dataset_cfg.get('data_prefix') or {}
+    if isinstance(prefixes, str):  # MMPretrain: one image folder
+        prefixes = {'': prefixes}
+    elif not prefixes and dataset_cfg.get('split') and root:  # MMPretrain's ImageNet: data_root/split
+        prefixes = {'': dataset_cfg['split']}
     for key, prefix in (prefixes.items() if isinstance(prefixes, dict) else []):
         if not isinstance(prefix, str) or not (prefix or root):
             continue
         path = _join(root, prefix)
         if not _is_remote(path) and not osp.isdir(path):
-            raise DatasetCheckError(f'image directory not found: {path} ({what}.data_prefix.{key})')
+            where = f'{what}.data_prefix' + (f'.{key}' if key else '') if 'data_prefix' in dataset_cfg else \
+                f'{what}.data_root + split'
+            raise DatasetCheckError(f'image directory not found: {path} ({where})')
         checked.append(path)
     return checked
 

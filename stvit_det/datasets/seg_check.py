@@ -98,7 +98,8 @@ def training_values(values: np.ndarray, reduce_zero_label: bool, label_map: Opti
     return out
 
 
-def check_sample(info: Dict[str, Any], num_classes: int, ignore_index: int, backend: str = 'pillow') -> None:
+def check_sample(info: Dict[str, Any], num_classes: int, ignore_index: int, backend: str = 'pillow',
+                 with_labels: bool = True) -> None:
     """Check one sample of a segmentation dataset (a ``data_list`` entry of mmseg's ``BaseSegDataset``).
 
     Args:
@@ -106,11 +107,17 @@ def check_sample(info: Dict[str, Any], num_classes: int, ignore_index: int, back
         num_classes: classes of the dataset; valid training values are ``[0, num_classes)``.
         ignore_index: the other valid value (the decode head's, 255 by default).
         backend: image decoder of the pipeline's ``LoadAnnotations`` (``imdecode_backend``).
+        with_labels: whether the pipeline loads the label map (else only the image must exist: inference on
+            unlabelled images, e.g. a test-server submission).
 
     Raises:
         SegDatasetError: naming the file and the problem.
     """
     img_path, seg_path = info['img_path'], info['seg_map_path']
+    if not with_labels:
+        if not osp.isfile(img_path):
+            raise SegDatasetError(f'image file not found: {img_path}')
+        return
     if not osp.isfile(img_path):
         raise SegDatasetError(f'image file not found: {img_path} (its label map is {seg_path})')
     if not osp.isfile(seg_path):
@@ -249,7 +256,8 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
     """Build one leaf segmentation dataset through mmseg's registry and check all its samples.
 
     Args:
-        dataset_cfg: a leaf dataset config whose ``data_prefix`` has a ``seg_map_path``.
+        dataset_cfg: a leaf dataset config whose ``data_prefix`` has a ``seg_map_path``. When its pipeline has no
+            ``LoadAnnotations`` (inference on unlabelled images), only the images are checked.
         ignore_index: label value excluded from the class range check.
         what: where the config comes from, used in messages.
         workers: threads reading files (default: up to 8).
@@ -286,12 +294,14 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
             raise SegDatasetError(f'{where} is {n}, but the {what} has {num_classes} classes ({classes}{more}): '
                                   f'set {where}={num_classes}, or the dataset\'s metainfo classes to the model\'s')
     backend = _decode_backend(cfg)
+    with_labels = any(str(t.get('type', '')).split('.')[-1] == 'LoadAnnotations'
+                      for t in cfg.get('pipeline') or [] if isinstance(t, dict))
     if not data_list:
         raise SegDatasetError(f'no images found in {dataset.data_prefix.get("img_path")} with suffix '
                               f'{dataset.img_suffix!r} ({what})')
 
     setting = dict(num_classes=num_classes, ignore_index=ignore_index, backend=backend, ann_file=dataset.ann_file,
-                   seg_dir=osp.abspath(dataset.data_prefix['seg_map_path']))
+                   seg_dir=osp.abspath(dataset.data_prefix['seg_map_path']), with_labels=with_labels)
     passed = _PassedSamples(check_cache_dir() if cache_dir == '' else cache_dir, setting)
 
     def run(info):  # -> (problem or None, stamp if the sample is good, whether it had to be read)
@@ -299,7 +309,7 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
         if passed.holds(info, stamp):
             return None, stamp, False
         try:
-            check_sample(info, num_classes, ignore_index, backend)
+            check_sample(info, num_classes, ignore_index, backend, with_labels)
         except SegDatasetError as e:
             return str(e), None, True
         return None, stamp, True
@@ -309,7 +319,7 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
     problems = [p for p, _, _ in results if p]
     if any(read for _, _, read in results):
         passed.save([(info, stamp) for info, (_, stamp, _) in zip(data_list, results) if stamp is not None])
-    orphan = _orphan_label(dataset, data_list)
+    orphan = _orphan_label(dataset, data_list) if with_labels else None
     if orphan:
         problems.append(orphan)
     if problems:

@@ -105,7 +105,14 @@ def export_onnx(module: torch.nn.Module,
         raise ValueError(f"exporter must be one of {EXPORTERS}, got '{exporter}'")
     if len(input_names) != len(args):
         raise ValueError(f'{len(args)} inputs but {len(input_names)} input names')
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    existed = os.path.exists(path)
+    try:  # fail here, not as an export error after minutes of tracing
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        open(path, 'ab').close()
+    except OSError as e:
+        raise ValueError(f'cannot write the ONNX file {path}: {e.strerror or e}') from None
+    if not existed:
+        os.remove(path)
     module.eval()  # not `module = module.eval()`: mmdet's backbones override train() and return None
     try:
         with torch.no_grad(), exportable_attention(module):

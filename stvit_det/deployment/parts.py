@@ -170,6 +170,9 @@ def preprocess_image(detector: nn.Module, cfg, image_path: str) -> Tuple[torch.T
 
     Returns:
         (inputs (1, 3, H, W), the ``DetDataSample`` with its metainfo: ``img_shape``, ``scale_factor``, ...).
+
+    Raises:
+        FileNotFoundError: no such file; ValueError: the pipeline cannot read it (not an image, truncated).
     """
     from mmcv.transforms import Compose
 
@@ -177,6 +180,9 @@ def preprocess_image(detector: nn.Module, cfg, image_path: str) -> Tuple[torch.T
         raise FileNotFoundError(f'image not found: {image_path}')
     steps = [t for t in cfg.test_dataloader.dataset.pipeline
              if t['type'] not in ('LoadAnnotations', 'mmdet.LoadAnnotations')]
-    data = Compose(steps)(dict(img_path=image_path, img_id=0))
+    try:
+        data = Compose(steps)(dict(img_path=image_path, img_id=0))
+    except Exception as e:  # noqa: BLE001 - mmcv's loader asserts ('failed to load image'); decoders raise others
+        raise ValueError(f'{image_path}: the test pipeline cannot read it ({type(e).__name__}: {e})') from None
     batch = detector.data_preprocessor(dict(inputs=[data['inputs']], data_samples=[data['data_samples']]), False)
     return batch['inputs'], batch['data_samples'][0]

@@ -171,6 +171,10 @@ class TwoStageExport(nn.Module):
         for head in as_list(roi.mask_head):
             need(type(head) is FCNMaskHead, f'mask head {type(head).__name__}')
         need(len(as_list(roi.bbox_head)) == stages, 'cascade with shared heads')
+        for where, cfg in (('rpn', rpn.test_cfg), ('rcnn', roi.test_cfg)):  # what batched_nms here computes
+            nms = (cfg or {}).get('nms') or {}
+            need(nms.get('type', 'nms') == 'nms' and not nms.get('class_agnostic', False),
+                 f'test_cfg.{where}.nms={dict(nms)} (only plain NMS, per class, maps to ONNX NonMaxSuppression)')
 
     # --------------------------------------------------------------------- RPN
     def proposals(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -43,6 +43,25 @@ def _missing(path: str, scope: str, how: str) -> ToolboxMissingError:
     return ToolboxMissingError(f'{path} {how}, but {name} (`{module}`) is not installed; {install}')
 
 
+def import_toolbox(scope: str, path: str, how: str):
+    """The toolbox module of ``scope``, imported.
+
+    Raises:
+        ToolboxMissingError: naming ``path`` (``how`` it needs the toolbox) when the toolbox is not installed, or is
+            installed but fails to import (e.g. mmseg's own assertion on the mmcv version).
+    """
+    if not toolbox_installed(scope):
+        raise _missing(path, scope, how)
+    module, _, name, req = TOOLBOX_PACKAGES.get(scope, (scope, scope, scope, None))
+    try:
+        return importlib.import_module(module)
+    except (ImportError, AssertionError) as e:  # OpenMMLab packages assert their mmcv / mmengine versions
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        fix = f'; `bash tools/install.sh` installs the versions that work together ({req})' if req else ''
+        raise ToolboxMissingError(f'{path} {how}, but {name} (`{module}`) is installed and fails to import: '
+                                  f'{type(e).__name__}: {first}{fix}') from None
+
+
 def resolve_config_path(path: str) -> str:
     """``'mmseg::swin/x.py'`` -> that config inside the installed toolbox (``.mim/configs``); other paths unchanged.
 
@@ -52,10 +71,8 @@ def resolve_config_path(path: str) -> str:
     if '::' not in path:
         return path
     scope, rel = path.split('::', 1)
-    if not toolbox_installed(scope):
-        raise _missing(path, scope, 'is a config of that toolbox')
-    module = TOOLBOX_PACKAGES.get(scope, (scope, ))[0]
-    return osp.join(osp.dirname(importlib.import_module(module).__file__), '.mim', 'configs', rel)
+    toolbox = import_toolbox(scope, path, 'is a config of that toolbox')
+    return osp.join(osp.dirname(toolbox.__file__), '.mim', 'configs', rel)
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
@@ -63,8 +80,8 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     ``path`` may also name a toolbox's own config, e.g. ``'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py'``.
 
     Raises:
-        ToolboxMissingError: when ``path`` inherits ``<scope>::`` configs of a toolbox that is not installed, or its
-            ``default_scope`` names one.
+        ToolboxMissingError: when ``path`` inherits ``<scope>::`` configs of a toolbox that is not installed (or
+            fails to import), or its ``default_scope`` names one.
     """
     try:
         cfg = Config.fromfile(resolve_config_path(path))
@@ -76,8 +93,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     scope = config_scope(cfg)
-    if not toolbox_installed(scope):
-        raise _missing(path, scope, f"has default_scope='{scope}'")
+    import_toolbox(scope, path, f"has default_scope='{scope}'")
     return cfg
 
 

@@ -70,21 +70,86 @@ def head_classes_error(model_cfg: Mapping, checkpoint: Mapping, source: str) -> 
             f'model.head.num_classes is {head["num_classes"]}. To fine-tune on the new classes, drop the head: '
             f'python tools/convert_ckpt.py --classifier CONFIG --drop-head {source} OUT.pth (the head then starts '
             f'from its initialisation), or load only the backbone with '
-            f'model.backbone.init_cfg=dict(type=\'Pretrained\', checkpoint={source}); to evaluate the checkpoint as '
-            f'it is, set model.head.num_classes={found}.')
+            f'model.backbone.init_cfg=dict(type=\'Pretrained\', checkpoint=\'{source}\'); to evaluate the '
+            f'checkpoint as it is, set model.head.num_classes={found}.')
 
 
-def model_tensor_shapes(cfg: Mapping) -> Dict[str, Tuple[int, ...]]:
-    """Name -> shape of every tensor in the state dict of ``cfg.model``, built on the meta device (no memory, no
-    initialisation, nothing loaded; on the CPU for a model whose construction reads tensor values) through the
-    registry of the config's toolbox."""
+def dataset_classes(cfg: Mapping) -> Optional[Tuple[str, ...]]:
+    """Class names of the config's test dataset: its ``metainfo`` or its class's ``METAINFO`` (None if unknown)."""
+    from mmengine.registry import DATASETS
+
+    dataset = (cfg.get('test_dataloader') or {}).get('dataset') or {}
+    while 'dataset' in dataset:  # wrappers
+        dataset = dataset['dataset']
+    classes = (dataset.get('metainfo') or {}).get('classes')
+    if classes is None and isinstance(dataset.get('type'), str):
+        scope = dataset.get('_scope_') or cfg.get('default_scope') or 'mmdet'
+        cls = DATASETS.get(f'{scope}.{dataset["type"]}')
+        classes = getattr(cls, 'METAINFO', {}).get('classes') if cls is not None else None
+    return None if classes is None else tuple(classes)
+
+
+def class_order_error(cfg: Mapping, checkpoint: Mapping, source: str) -> Optional[str]:
+    """Why a checkpoint's class names (mmengine's ``meta.dataset_meta.classes``, or MMDetection 2.x's
+    ``meta.CLASSES``) are not the config's test classes in the same order (None when they are, or either is
+    unknown): its outputs would be scored under other class names."""
+    meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return None
+    theirs = (meta.get('dataset_meta') or {}).get('classes') if isinstance(meta.get('dataset_meta'), Mapping) \
+        else None
+    theirs = meta.get('CLASSES') if theirs is None else theirs
+    ours = dataset_classes(cfg)
+    if theirs is None or ours is None or tuple(theirs) == ours:
+        return None
+    diff = [f'{i}: {a!r} vs {b!r}' for i, (a, b) in enumerate(zip(theirs, ours)) if a != b][:5]
+    return (f'{source}: its {len(theirs)} classes are not the config\'s {len(ours)} classes in the same order '
+            f'(checkpoint vs config: {", ".join(diff) or "different lengths"})')
+
+
+def _bare(cfg: Mapping, model_cfg: Optional[Mapping] = None):
+    """``cfg.model`` (or ``model_cfg``) built on the meta device (no memory, no initialisation, nothing loaded; on
+    the CPU for a model whose construction reads tensor values) through the registry of the config's toolbox."""
     from ..toolboxes.scope import build_bare_model
 
     try:
-        model = build_bare_model(cfg, meta=True)
+        return build_bare_model(cfg, model_cfg, meta=True)
     except (RuntimeError, NotImplementedError):  # a module that reads tensor values while it is built (.item())
-        model = build_bare_model(cfg)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return build_bare_model(cfg, model_cfg)
+
+
+def model_tensor_shapes(cfg: Mapping) -> Dict[str, Tuple[int, ...]]:
+    """Name -> shape of every tensor in the state dict of ``cfg.model`` (built by :func:`_bare`)."""
+    return {k: tuple(v.shape) for k, v in _bare(cfg).state_dict().items()}
+
+
+def check_backbone_init_checkpoint(cfg: Mapping) -> Optional[Dict[str, list]]:
+    """Fail early, with one message, on the file of an STViTR backbone's ``init_cfg=dict(type='Pretrained',
+    checkpoint=PATH)`` (ImageNet or detector weights to fine-tune from) that cannot be read or does not fit the
+    backbone: the same conversion and checks as loading it (:meth:`STViTR.check_pretrained`), on a bare backbone,
+    before the Runner builds anything. Other backbones, remote paths and configs without such a file: None.
+
+    Returns:
+        the load report (``missing``, ``unexpected``, ...) or None.
+
+    Raises:
+        CheckpointError
+    """
+    backbone_cfg = (cfg.get('model') or {}).get('backbone')
+    if not isinstance(backbone_cfg, Mapping) or str(backbone_cfg.get('type', '')).split('.')[-1] != 'STViTR':
+        return None
+    inits = backbone_cfg.get('init_cfg')
+    inits = inits if isinstance(inits, (list, tuple)) else [inits]
+    path = next((c.get('checkpoint') for c in inits if isinstance(c, Mapping) and c.get('type') == 'Pretrained'),
+                None)
+    if not path or '://' in str(path):
+        return None
+    ckpt = read_checkpoint(str(path), mmap=True)
+    try:
+        _, report = _bare(cfg, backbone_cfg).check_pretrained(ckpt, source=str(path))
+    except (ValueError, TypeError) as e:  # another arch; an unrecognised layout
+        raise CheckpointError(f'model.backbone.init_cfg: {e}') from None
+    return report
 
 
 def layout_hint(sd: Mapping[str, torch.Tensor], own: Mapping[str, Tuple[int, ...]], source: str,
@@ -114,11 +179,13 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) ->
         cfg: the loaded config.
         path: the checkpoint file.
         strict: ``tools/test.py``: every tensor of the model must be in the checkpoint with its shape, and nothing
-            else. Otherwise (``tools/train.py`` with ``load_from``: fine-tuning, where heads for other classes do
+            else, and the classes it was trained on (when it names them) must be the test dataset's, in order.
+            Otherwise (``tools/train.py`` with ``load_from``: fine-tuning, where heads for other classes do
             not fit and are left at their initialisation): refused are a classifier head of another size (see
             :func:`head_classes_error`), a backbone-only or unconverted checkpoint, a backbone tensor of another
-            shape, a checkpoint that holds less than half of the backbone (another backbone type), and one of which
-            nothing fits. (A classifier's checkpoint lacks the detection backbone's norms 0-2: accepted.)
+            shape, backbone tensors the model has no place for (another depth), a checkpoint that holds less than
+            half of the backbone (another backbone type), and one of which nothing fits. (A classifier's checkpoint
+            lacks the detection backbone's norms 0-2: accepted.)
 
     Returns:
         the :func:`~stvit_det.utils.ckpt_convert.compare_state_dicts` report (``missing``, ``unexpected``,
@@ -131,6 +198,10 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) ->
     error = head_classes_error(cfg.get('model', {}), ckpt, path)
     if error:
         raise CheckpointError(error)
+    if strict:  # evaluation: outputs scored under the config's class names
+        error = class_order_error(cfg, ckpt, path)
+        if error:
+            raise CheckpointError(error)
     sd = unwrap_state_dict(ckpt)
     own = model_tensor_shapes(cfg)
     report = compare_state_dicts(sd, own)
@@ -141,7 +212,8 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) ->
     backbone = [k for k in own if k.startswith('backbone.')]
     backbone_fits = [k for k in fits if k.startswith('backbone.')]
     backbone_reshaped = [m[0] for m in report['mismatched'] if m[0].startswith('backbone.')]
-    backbone_wrong = backbone_reshaped or len(backbone_fits) < len(backbone) / 2
+    backbone_extra = [k for k in report['unexpected'] if k.startswith('backbone.')]  # e.g. a deeper arch's blocks
+    backbone_wrong = backbone_reshaped or backbone_extra or len(backbone_fits) < len(backbone) / 2
     problem = describe_mismatch(report)
     if problem and (strict or not fits or backbone_wrong):
         raise CheckpointError(f'{path} does not fit the model of the config ({len(fits)} of {len(own)} tensors '
@@ -149,5 +221,5 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) ->
     return report
 
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'head_classes_error', 'model_tensor_shapes',
-           'check_checkpoint_for_config']
+__all__ = ['CheckpointError', 'read_checkpoint', 'head_classes_error', 'dataset_classes', 'class_order_error',
+           'model_tensor_shapes', 'check_backbone_init_checkpoint', 'check_checkpoint_for_config']

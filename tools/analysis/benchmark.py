@@ -40,10 +40,14 @@ How it measures (these machines are shared and noisy, so only ratios within one 
   the backward and the gradients), tracked by a ``TorchDispatchMode`` during one extra eager call. Allocator overhead
   and scratch buffers inside one op are not seen: a lower bound comparable across configs, not the process RSS.
   PyTorch's FlexAttention (``attn_impl='flex'``) cannot run under that mode: no CPU memory figure for it ('-').
-- ``--profile``: the time of every stage and every block kind of each backbone (forward hooks; during the
-  inference calls, or the forward part of the training steps), and the share of the attention inside each block
-  kind, averaged over the timed calls. STViTR blocks are named by their stage pattern (window, shifted, generate,
-  refine, local, global, recover, ...), other backbones' blocks by their class.
+- ``--profile``: the time of every stage and every block kind of each backbone (forward hooks, which synchronise
+  the device around every module: so they run in extra calls after the timed ones, as many and interleaved alike,
+  never inside a timed call; in training only the forward part counts, not the recomputation of ``with_cp`` in
+  the backward), and the share of the attention inside each block kind. STViTR blocks are named by their stage
+  pattern (window, shifted, generate, refine, local, global, recover, ...), other backbones' blocks by their class.
+  Not with ``--compile`` (hooks do not run inside a compiled graph).
+- Interleaving: each round times every config once, in alternating order (A B, then B A, ...), so that no config
+  always runs right after the same one.
 - ``--compile``: ``torch.compile`` of the backbone (and the neck in detector mode); heads stay eager (NMS is data
   dependent). Warm-up calls include compilation.
 
@@ -201,7 +205,17 @@ class Bench:
         self.times: List[float] = []
         self.profile: Optional[Profile] = None
 
-    def call(self) -> None:
+    def call(self, profile: Optional['Profile'] = None) -> None:
+        """One inference call or training step; with ``profile``, its hooks record the forward part."""
+        if profile is not None:
+            profile.active = True
+        try:
+            self._call(profile)
+        finally:
+            if profile is not None:
+                profile.active = False
+
+    def _call(self, profile: Optional['Profile']) -> None:
         if not self.train:
             with torch.no_grad(), _autocast(self.device, self.dtype):
                 if self.mode == 'backbone':
@@ -215,6 +229,8 @@ class Bench:
             else:
                 losses = self.net.loss(self.inputs, self.samples)
                 loss = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items() if 'loss' in k)
+        if profile is not None:
+            profile.active = False  # the backward recomputes checkpointed blocks (with_cp): not forward time
         loss.backward()
         for p in self.net.parameters():
             p.grad = None
@@ -243,11 +259,14 @@ class Profile:
 
     def __init__(self, backbone: torch.nn.Module, device: str) -> None:
         self.device = device
+        self.active = False  # hooks record only while a profiled call's forward runs
         self.total: Dict[str, float] = {}  # insertion order = stem, stage 1, its block kinds, ...
+        self.runs: Dict[str, int] = {}  # forward runs recorded per key
         self.calls = 0
         self.handles = []
         for module, key in self._parts(backbone):
             self.total.setdefault(key, 0.0)
+            self.runs.setdefault(key, 0)
             self._hook(module, key)
 
     @staticmethod
@@ -273,12 +292,15 @@ class Profile:
         start = []
 
         def pre(mod, inp):
-            _sync(self.device)
-            start.append(time.perf_counter())
+            if self.active:
+                _sync(self.device)
+                start.append(time.perf_counter())
 
         def post(mod, inp, out):
-            _sync(self.device)
-            self.total[key] += time.perf_counter() - start.pop()
+            if self.active and start:
+                _sync(self.device)
+                self.total[key] += time.perf_counter() - start.pop()
+                self.runs[key] += 1
 
         self.handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
@@ -322,13 +344,16 @@ def run_setting(configs: List[str], mode: str, shape, batch_size: int, dtype_nam
                   'tracker', file=sys.stderr)
             continue
         results[c]['peak'] = b.peak_bytes()
-    if args.profile:
-        for b in benches.values():
-            b.profile = Profile(b.backbone, args.device)
-    for _ in range(args.repeats):
-        for b in benches.values():  # A B A B ...
+    order = list(benches.values())
+    for r in range(args.repeats):
+        for b in (order if r % 2 == 0 else order[::-1]):  # A B, B A, A B, ...
             b.timed()
-            if b.profile is not None:
+    if args.profile:  # extra calls with hooks, after the timed ones
+        for b in order:
+            b.profile = Profile(b.backbone, args.device)
+        for r in range(args.repeats):
+            for b in (order if r % 2 == 0 else order[::-1]):
+                b.call(b.profile)
                 b.profile.calls += 1
     for c, b in benches.items():
         results[c]['times'] = b.times
@@ -373,6 +398,9 @@ def parse_args():
     args.shape = [tuple(s) for s in (args.shape or [(800, 1216)])]
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device available')
+    if args.profile and args.compile:
+        parser.error('--profile times eager modules with hooks, which do not run inside a compiled graph: drop '
+                     '--compile for the breakdown')
     if (args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1 or (args.threads is not None and args.threads < 1)
             or min(min(s) for s in args.shape) < 1):
         parser.error('--repeats, --batch-size, --shape and --threads must be >= 1, --warmup >= 0')
@@ -419,8 +447,9 @@ def main():
               'speed-up', 'mem ratio', 'error']
     print_table(header if failed else header[:-1], rows if failed else [r[:-1] for r in rows])
     if profiles:
-        print('\nPer stage / block kind, forward only, ms per call (mean over the timed calls); '
-              '"attention": the time inside the blocks\' attn modules')
+        print(f'\nPer stage / block kind, forward only, ms per call (mean over {args.repeats} profiled calls after the '
+              'timed ones, hooks synchronising around every module); "attention": the time inside the blocks\' attn '
+              'modules')
         print_table(['config', 'mode', 'input', 'batch', 'dtype', 'part', 'ms', 'attention (ms)'], profiles)
     if failed:
         sys.exit(1)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the speed work in one run (for a session that has a CUDA device; nothing here runs on CI):
 #   1. the CUDA tests: FlexAttention's forward and backward against the oracle (tests/test_flex_attention.py) and
-#      every attention path on the device;
+#      every other attention path on the device (tests/test_fast_paths.py -k cuda);
 #   2. the GPU tables: STViT-R-T / -S against mmdet's Swin-T / -S, backbone, bf16, batch 8, inference eager and
 #      compiled, then a training step; STViT-R with its default attention ('auto') and with attn_impl='flex'.
 # Usage: bash tools/analysis/gpu_tables.sh [SHAPE_H SHAPE_W]   (default 800 1216; 1344 2016 is measured too)
@@ -27,6 +27,7 @@ EOF
 
 echo "== CUDA tests"
 python -m pytest -q -p no:cacheprovider tests/test_flex_attention.py || status=1
+python -m pytest -q -p no:cacheprovider tests/test_fast_paths.py -k cuda || status=1
 
 for pair in "$SWT $T" "$SWS $S"; do
     set -- $pair

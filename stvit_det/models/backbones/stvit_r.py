@@ -7,6 +7,7 @@ arXiv 2303.08685. Official code (Apache-2.0): changsn/STViT-R-Object-Detection
 microsoft/Swin-Transformer (MIT). mmdet's ``SwinTransformer`` (Apache-2.0) is the model for the detection duties
 (out_indices, norms, frozen stages, init_cfg). Written anew here; parameter names follow the official checkpoints.
 """
+import warnings
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -21,6 +22,7 @@ from mmdet.utils import OptMultiConfig
 
 from ...utils.checkpoint_safety import allow_checkpoint_globals
 from ...utils.ckpt_convert import convert_to_stvit, filter_ignorable, summarise_keys
+from ...utils.ckpt_file import read_checkpoint
 from ..layers.attention import check_attn_impl
 from ..layers.classification_form import STAGE3_FORMS, classification_pattern, classification_swin_pattern
 from ..layers.stvit_stage import SPARSIFIER_UNITS, STViTStage, dumbbell_pattern, swin_pattern
@@ -140,6 +142,9 @@ class STViTR(BaseModule):
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads STViT-R weights (ImageNet or a detector's
             ``backbone.``) or converts Swin weights (official, timm or mmdet layout); missing and unexpected
             keys are logged.
+        pretrained: deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` (a local file),
+            which mmseg's ``EncoderDecoder`` passes on from ``model.pretrained``; a URL-like value (ResNet configs
+            set ``'open-mmlab://resnet50_v1c'``: another backbone's weights, to download) is refused.
     """
 
     def __init__(self,
@@ -164,7 +169,18 @@ class STViTR(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
-                 init_cfg: OptMultiConfig = None) -> None:
+                 init_cfg: OptMultiConfig = None,
+                 pretrained: Optional[str] = None) -> None:
+        if pretrained is not None:
+            if '://' in str(pretrained):
+                raise ValueError(f"STViTR got pretrained='{pretrained}' (from the config's model.pretrained, set by "
+                                 'configs of other backbones): set model.pretrained=None, and give STViT-R weights '
+                                 "as backbone init_cfg=dict(type='Pretrained', checkpoint=PATH) (a local file)")
+            if init_cfg is not None:
+                raise ValueError('STViTR: set init_cfg or pretrained (deprecated), not both')
+            warnings.warn("STViTR: pretrained=PATH is deprecated, use init_cfg=dict(type='Pretrained', "
+                          'checkpoint=PATH)')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
         if arch not in ARCH_SETTINGS:
             raise ValueError(f"arch must be one of {tuple(ARCH_SETTINGS)}, got '{arch}'")
@@ -306,14 +322,26 @@ class STViTR(BaseModule):
         path = cfg.get('checkpoint')
         if not path:
             raise ValueError("init_cfg type 'Pretrained' needs a 'checkpoint' path")
-        allow_checkpoint_globals()
-        ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu', logger='current')
+        if '://' in str(path):  # a scheme mmengine resolves (s3://, open-mmlab://, ...)
+            allow_checkpoint_globals()
+            ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu', logger='current')
+        else:  # a local file: one clear error for a missing, truncated or non-checkpoint file
+            ckpt = read_checkpoint(str(path))
         self.load_pretrained(ckpt, source=str(path))
         self._freeze_stages()
 
-    def load_pretrained(self, checkpoint: Union[Dict, 'OrderedDict'], source: str = 'checkpoint') -> Dict:
-        """Load (converting if needed) a checkpoint object; logs and returns the report with ``missing`` and
-        ``unexpected`` keys (recomputed buffers such as ``relative_position_index`` left out)."""
+    def check_pretrained(self, checkpoint: Union[Dict, 'OrderedDict'],
+                         source: str = 'checkpoint') -> Tuple[Dict[str, torch.Tensor], Dict]:
+        """Convert a checkpoint object and check that it fits, without loading it (works on the meta device).
+
+        Returns:
+            the converted state dict and the report of :meth:`load_pretrained`.
+
+        Raises:
+            ValueError: a tensor of another shape, or backbone tensors this STViTR has no place for (stages or
+                blocks beyond its depths, another stem or sparsifier): another arch, which would otherwise load
+                partly and silently.
+        """
         sd, report = convert_to_stvit(
             checkpoint, sparsify=any(p != 'window' and p != 'shifted' for p in self.layers[SPARSE_STAGE].pattern),
             patch_stem=isinstance(self.patch_embed, PatchStem))
@@ -323,9 +351,21 @@ class STViTR(BaseModule):
             raise ValueError(f'{source}: {len(shape_mismatch)} tensors do not fit this STViTR (wrong arch?): ' +
                              ', '.join(f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}'
                                        for k in shape_mismatch[:5]))
-        result = self.load_state_dict(sd, strict=False)
-        report['missing'] = filter_ignorable(result.missing_keys)
-        report['unexpected'] = filter_ignorable(result.unexpected_keys)
+        report['missing'] = filter_ignorable([k for k in own if k not in sd])
+        report['unexpected'] = filter_ignorable([k for k in sd if k not in own])
+        foreign = [k for k in report['unexpected'] if k.split('.', 1)[0] in ('layers', 'patch_embed')]
+        if foreign:
+            raise ValueError(f'{source}: {len(foreign)} backbone tensors have no place in this STViTR (another '
+                             f'depth, stem or sparsifier?): {summarise_keys(foreign, depth=3)}; e.g. '
+                             f'{", ".join(foreign[:3])}')
+        return sd, report
+
+    def load_pretrained(self, checkpoint: Union[Dict, 'OrderedDict'], source: str = 'checkpoint') -> Dict:
+        """Load (converting if needed) a checkpoint object that fits (:meth:`check_pretrained`, which raises
+        otherwise); logs and returns the report with ``missing`` and ``unexpected`` keys (recomputed buffers such
+        as ``relative_position_index`` left out)."""
+        sd, report = self.check_pretrained(checkpoint, source)
+        self.load_state_dict(sd, strict=False)
         msg = (f'STViTR: loaded {source} ({report["layout"]} layout): {len(report["missing"])} missing, '
                f'{len(report["unexpected"])} unexpected, {len(report["dropped"])} without counterpart, '
                f'{report["split_qkv"]} qkv split into q/kv')

@@ -220,13 +220,14 @@ def region_tiled(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, reg
         qg = F.pad(qg.view(B, h, nh, nw, Nq, d), (0, 0, 0, 0, 0, tw - nw, 0, th - nh))  # (B, h, th, tw, Nq, d)
     qg = qg.reshape(Q, Nq, d)
     bias = lay.bias if lay.border_bias is None else torch.cat([lay.bias, lay.border_bias[:, None]], dim=1)
-    bias = bias.to(q.dtype).repeat(B * h, 1)  # (Q, K [+ 1]): row n is query window n mod (th*tw)
+    # (Q, K [+ 1]): row n is query window n mod (th*tw); in the engine's accumulation dtype (float32 for half q)
+    bias = bias.to(torch.promote_types(q.dtype, torch.float32)).repeat(B * h, 1)
     kb = vb = None
     if lay.border_bias is not None:  # one shared outer-border key per window, value alike
         kb, vb = kv_border.view(2, 1, h, 1, 1, d).expand(2, B, h, th * tw, 1, d).reshape(2, Q, 1, d).unbind(0)
     step = num_rows = B * h * th
     if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
-        step = max(1, tiled_attention_mod.CHUNK_BYTES // (tw * Nq * (R * S + 1) * q.element_size()))
+        step = max(1, tiled_attention_mod.CHUNK_BYTES // (tw * Nq * (R * S + 1) * bias.element_size()))
     geo = TileGeometry(T, R, tuple(lo + off * T for off in lay.offsets), th, tw, lay.tiles_above, min(step, num_rows))
     no_autocast = torch.autocast(q.device.type, enabled=False) if q.device.type in ('cpu', 'cuda') else nullcontext()
     with no_autocast:  # one dtype inside (the backward runs without autocast)

@@ -14,6 +14,10 @@ the flat tensors (R contiguous adds per slab: the transpose of the overlapping v
 Work goes in chunks of tile rows: a chunk skips the region rows that lie outside the tile grid for all its
 windows, and keeps every temporary small (see :data:`CHUNK_BYTES`).
 
+Half precision (bfloat16 / float16 inputs): the products run in the input dtype, while logits, softmax weights,
+log-sum-exp and every accumulated sum (outputs, gradients) are float32, as autocast does for the written-out
+softmax and FlashAttention does in its accumulators. In float32 and float64 nothing is converted.
+
 Legend: Q query windows (flat over batch, heads and the tile grid th x tw), Nq queries per window, d head size,
 T tokens per tile, R tiles per region side, S = R*T keys per slab, K = R*S (+1 border key).
 """
@@ -62,9 +66,20 @@ def _slab(flat: torch.Tensor, geo: TileGeometry, a: int, n0: int, n1: int) -> to
     return flat[start:start + (n1 - n0 - 1) * T + S].unfold(0, S, T).transpose(1, 2)
 
 
+def _acc(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype for inputs like ``t``: float32 for half types, else ``t``'s own."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _add_bmm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``out += a @ b`` (batched), with ``out`` in the accumulation dtype and ``a``, ``b`` in the input dtype."""
+    return out.baddbmm_(a, b) if out.dtype == a.dtype else out.add_(torch.bmm(a, b))
+
+
 def _logits(q: torch.Tensor, k: torch.Tensor, kb: Optional[torch.Tensor], bias: torch.Tensor, geo: TileGeometry,
             n0: int, n1: int, a0: int, a1: int) -> torch.Tensor:
-    """Biased logits of windows [n0, n1) over region rows [a0, a1) (+ the border key): (n, Nq, (a1-a0)*S [+1])."""
+    """Biased logits of windows [n0, n1) over region rows [a0, a1) (+ the border key): (n, Nq, (a1-a0)*S [+1]),
+    in the accumulation dtype (float32 for half inputs)."""
     S = geo.R * geo.T
     qc = q[n0:n1]  # (n, Nq, d)
     parts = [torch.bmm(qc, _slab(k, geo, a, n0, n1).transpose(1, 2)) for a in range(a0, a1)]  # (n, Nq, S) each
@@ -72,15 +87,16 @@ def _logits(q: torch.Tensor, k: torch.Tensor, kb: Optional[torch.Tensor], bias: 
     if kb is not None:
         parts.append(torch.bmm(qc, kb[n0:n1].transpose(1, 2)))  # (n, Nq, 1)
         cols = torch.cat([cols, bias[n0:n1, -1:]], dim=1)
-    return torch.cat(parts, dim=-1).add_(cols[:, None])
+    return torch.cat(parts, dim=-1).to(_acc(q)).add_(cols[:, None])
 
 
 class TiledAttention(torch.autograd.Function):
     """softmax(q k^T + bias) v over tiled regions; see the module docstring.
 
     Inputs: q (Q, Nq, d) scaled queries; k, v (L, d) flat tiled keys / values (zero margins included); kb, vb
-    (Q, 1, d) or None: the border key / value of each window; bias (Q, K) constant logit bias (slot order: region
-    row, then the S keys of the slab; the border key last); geo. Output: (Q, Nq, d).
+    (Q, 1, d) or None: the border key / value of each window, all of one dtype; bias (Q, K) constant logit bias
+    (slot order: region row, then the S keys of the slab; the border key last) in the accumulation dtype; geo.
+    Output: (Q, Nq, d) in the input dtype.
     """
 
     @staticmethod
@@ -94,12 +110,13 @@ class TiledAttention(torch.autograd.Function):
             else:
                 lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, Nq, 1)
                 p = logits.sub_(lse).exp_()  # softmax weights, in place
-            out = torch.bmm(p[:, :, :S], _slab(v, geo, a0, n0, n1))  # (n, Nq, d)
+            p = p.to(v.dtype)  # (no copy unless half precision)
+            out = torch.bmm(p[:, :, :S], _slab(v, geo, a0, n0, n1)).to(_acc(q))  # (n, Nq, d)
             for j, a in enumerate(range(a0 + 1, a1), start=1):
-                out.baddbmm_(p[:, :, j * S:(j + 1) * S], _slab(v, geo, a, n0, n1))
+                _add_bmm(out, p[:, :, j * S:(j + 1) * S], _slab(v, geo, a, n0, n1))
             if vb is not None:
-                out.baddbmm_(p[:, :, -1:], vb[n0:n1])
-            outs.append(out)
+                _add_bmm(out, p[:, :, -1:], vb[n0:n1])
+            outs.append(out.to(q.dtype))
             lses.append(lse)
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
         if lses[0] is not None:
@@ -112,12 +129,13 @@ class TiledAttention(torch.autograd.Function):
         q, k, v, kb, vb, bias, out, lse = ctx.saved_tensors
         geo: TileGeometry = ctx.geo
         S, T, R = geo.R * geo.T, geo.T, geo.R
+        acc = _acc(q)  # gradients accumulate in it (float32 for half inputs), converted back at the end
         grad_out = grad_out.contiguous()
-        dq = torch.empty_like(q)
-        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
-        dkb = None if kb is None else torch.empty_like(kb)
-        dvb = None if vb is None else torch.empty_like(vb)
-        delta = (grad_out * out).sum(-1, keepdim=True)  # (Q, Nq, 1): rowsum(dO * O)
+        dq = torch.empty_like(q, dtype=acc)
+        dk, dv = torch.zeros_like(k, dtype=acc), torch.zeros_like(v, dtype=acc)
+        dkb = None if kb is None else torch.empty_like(kb, dtype=acc)
+        dvb = None if vb is None else torch.empty_like(vb, dtype=acc)
+        delta = (grad_out.to(acc) * out.to(acc)).sum(-1, keepdim=True)  # (Q, Nq, 1): rowsum(dO * O)
         for n0, n1, a0, a1 in _chunks(geo, q.shape[0] // geo.row_windows):
             n = n1 - n0
             go, qc = grad_out[n0:n1], q[n0:n1]  # (n, Nq, d)
@@ -125,12 +143,13 @@ class TiledAttention(torch.autograd.Function):
             vs = [_slab(v, geo, a, n0, n1) for a in range(a0, a1)]  # (n, S, d) views
             dp = torch.cat([torch.bmm(go, va.transpose(1, 2)) for va in vs] +
                            ([torch.bmm(go, vb[n0:n1].transpose(1, 2))] if vb is not None else []), dim=-1)
-            ds = dp.sub_(delta[n0:n1]).mul_(p)  # (n, Nq, Kc): dlogits
-            dqc = torch.bmm(ds[:, :, :S], _slab(k, geo, a0, n0, n1))  # (n, Nq, d)
+            ds = dp.to(acc).sub_(delta[n0:n1]).mul_(p).to(q.dtype)  # (n, Nq, Kc): dlogits
+            p = p.to(q.dtype)
+            dqc = torch.bmm(ds[:, :, :S], _slab(k, geo, a0, n0, n1)).to(acc)  # (n, Nq, d)
             for j, a in enumerate(range(a0, a1)):
                 cols = slice(j * S, (j + 1) * S)
                 if j:
-                    dqc.baddbmm_(ds[:, :, cols], _slab(k, geo, a, n0, n1))
+                    _add_bmm(dqc, ds[:, :, cols], _slab(k, geo, a, n0, n1))
                 dks = torch.bmm(ds[:, :, cols].transpose(1, 2), qc).view(n, R, T, -1)  # (n, R, T, d)
                 dvs = torch.bmm(p[:, :, cols].transpose(1, 2), go).view(n, R, T, -1)
                 start = geo.slabs[a] + n0 * T
@@ -139,11 +158,12 @@ class TiledAttention(torch.autograd.Function):
                     dk[lo:lo + n * T].view(n, T, -1).add_(dks[:, b])
                     dv[lo:lo + n * T].view(n, T, -1).add_(dvs[:, b])
             if kb is not None:
-                dqc.baddbmm_(ds[:, :, -1:], kb[n0:n1])
+                _add_bmm(dqc, ds[:, :, -1:], kb[n0:n1])
                 dkb[n0:n1] = torch.bmm(ds[:, :, -1:].transpose(1, 2), qc)  # (n, 1, d)
                 dvb[n0:n1] = torch.bmm(p[:, :, -1:].transpose(1, 2), go)
             dq[n0:n1] = dqc
-        return dq, dk, dv, dkb, dvb, None, None
+        low = lambda t, like: None if t is None else t.to(like.dtype)  # noqa: E731
+        return low(dq, q), low(dk, k), low(dv, v), low(dkb, kb), low(dvb, vb), None, None
 
 
 def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kb: Optional[torch.Tensor],

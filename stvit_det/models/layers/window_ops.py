@@ -184,11 +184,20 @@ def region_key_bias(grid_h: int, grid_w: int, unit: int, kernel: int, mode: str,
     :func:`region_index`), one row per window, shared by all its queries. Each region contains its own window,
     which always holds a real key, so no row is fully masked.
 
+    Each row is shifted so that its largest entry is 0 (softmax is invariant to a shift of a row), as in
+    :func:`region_tiles`: where the official rule gives every key of a region -1000 (no padding, or a region
+    inside the padded corner), a float32 logit near -1000 would keep only about 6e-5 of absolute precision, and
+    a bfloat16 bias could not hold ``log(n) - 1000`` for the border column of the dense path.
+
     Returns:
         None or a float32 tensor of shape (nW, K) on ``device`` (cached: do not modify it in place).
     """
     _, rows, cols = region_index(grid_h, grid_w, unit, kernel, device)
-    return key_position_bias(rows, cols, grid_h, grid_w, mode, valid_h, valid_w, pad_b, pad_r)
+    bias = key_position_bias(rows, cols, grid_h, grid_w, mode, valid_h, valid_w, pad_b, pad_r)
+    if bias is None:
+        return None
+    top = bias.amax(dim=1, keepdim=True)  # (nW, 1), finite: every region holds a real key
+    return bias - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
 
 
 class TileLayout(NamedTuple):
@@ -273,7 +282,8 @@ def region_tiles(grid_h: int, grid_w: int, unit: int, kernel: int, mode: str, va
     rows, cols = unit * ti - s + r, unit * tj - s + c  # its source position
     outside = (ti < 0) | (ti >= th) | (tj < 0) | (tj >= tw)  # slot reads a wrapped tile
     rule = key_position_bias(rows, cols, grid_h, grid_w, mode, valid_h, valid_w, pad_b, pad_r)
-    bias = torch.zeros(rows.shape, device=device) if rule is None else rule
+    # float64 until the shift below, so that log(n) - 1000 of the official border key keeps its precision
+    bias = torch.zeros(rows.shape, device=device, dtype=torch.float64) if rule is None else rule.double()
     bias = bias.masked_fill(outside, float('-inf'))
     junk = (qi >= nh) | (qj >= nw)
     bias = bias.masked_fill(junk, 0.0)  # junk windows: any finite logits (their outputs are dropped)
@@ -283,12 +293,12 @@ def region_tiles(grid_h: int, grid_w: int, unit: int, kernel: int, mode: str, va
     counts = (outside & ~junk).reshape(th * tw, -1).sum(1)  # (th*tw, ) outer-border positions per region
     if mode != 'correct' and bool((counts > 0).any()):
         border_rule = 0.0 if mode == 'none' else OFFICIAL_MASK_VALUE
-        border_bias = counts.float().log() + border_rule  # log 0 = -inf: no border key for that window
+        border_bias = counts.double().log() + border_rule  # log 0 = -inf: no border key for that window
     # Softmax is invariant to a shift of a row: subtract each window's largest bias so that the official rule's
     # -1000 on every key (no padding) becomes 0 instead of a large offset that costs float32 precision.
     top_bias = bias.amax(dim=1) if border_bias is None else torch.maximum(bias.amax(dim=1), border_bias)
     top_bias = torch.where(torch.isfinite(top_bias), top_bias, torch.zeros_like(top_bias))
-    bias = bias - top_bias[:, None]
-    border_bias = None if border_bias is None else border_bias - top_bias
+    bias = (bias - top_bias[:, None]).float()
+    border_bias = None if border_bias is None else (border_bias - top_bias).float()
     return TileLayout(unit, R, p, s, (th, tw), (nh, nw), (s, th * unit - s - grid_h, s, tw * unit - s - grid_w),
                       offsets, margin, bias, border_bias)
