@@ -93,6 +93,12 @@ def test_wrong_arch_fails_naming_the_tensors():
                                          r'\(186 tensors\); e\.g\. layers\.2\.blocks\.6\.'):
         tiny.load_pretrained(STViTR(arch='small').state_dict())
     assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())
+    # blocks it has, of another kind (STViT-R weights for the TokenLearner sparsifier: its learn / fuse blocks have
+    # no attention): reported as unexpected, the rest loads
+    learner = STViTR(arch='tiny', sparsifier='tokenlearner')
+    report = learner.load_pretrained(STViTR(arch='tiny').state_dict())
+    assert report['unexpected'] and all(k.startswith(('layers.2.blocks.1.', 'layers.2.blocks.5.'))
+                                        for k in report['unexpected'])
     with pytest.raises(TypeError, match='no state dict'):
         extract_state_dict({'meta': {'epoch': 1}})
 
@@ -170,7 +176,7 @@ def test_swin_warm_start_splits_qkv_and_reports_the_rest():
     assert report['unexpected'] == []
 
 
-def test_pretrained_init_cfg_loads_from_a_path(tmp_path):
+def test_pretrained_init_cfg_loads_from_a_path(tmp_path, monkeypatch):
     src = randomize_(STViTR(arch='tiny'))
     path = tmp_path / 'stvit.pth'
     torch.save({'state_dict': {f'backbone.{k}': v for k, v in src.state_dict().items()}}, path)
@@ -181,6 +187,10 @@ def test_pretrained_init_cfg_loads_from_a_path(tmp_path):
     bad = STViTR(arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'missing.pth')))
     with pytest.raises(CheckpointError, match='missing.pth: checkpoint file not found'):
         bad.init_weights()
+    monkeypatch.setenv('HOME', str(tmp_path))  # '~' is the user's home, as mmengine's loader has it
+    home = STViTR(arch='tiny', init_cfg=dict(type='Pretrained', checkpoint='~/stvit.pth'))
+    home.init_weights()
+    assert all(torch.equal(home.state_dict()[k], v) for k, v in src.state_dict().items())
     (tmp_path / 'notes.pth').write_text('not a checkpoint\n')
     bad = STViTR(arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'notes.pth')))
     with pytest.raises(CheckpointError, match='notes.pth: not a readable PyTorch checkpoint'):

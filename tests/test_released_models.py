@@ -297,6 +297,25 @@ def test_other_class_order_is_refused(tmp_path):
     assert check_checkpoint_for_config(cfg, str(src), strict=False)['missing'] == []
 
 
+def test_dataset_classes_of_every_spelling(tmp_path):
+    """The test classes the evaluation check compares with: metainfo names or a file of names, MMPretrain's
+    ``classes`` argument, the dataset class's METAINFO; unknown (None, no check) for several datasets."""
+    (tmp_path / 'names.txt').write_text('cat\ndog\n')
+
+    def cfg(**dataset):
+        return dict(test_dataloader=dict(dataset=dataset))
+
+    assert dataset_classes(cfg(type='CocoDataset', metainfo=dict(classes=['a', 'b']))) == ('a', 'b')
+    assert dataset_classes(cfg(type='CustomDataset', metainfo=dict(classes=str(tmp_path / 'names.txt')))) == \
+        ('cat', 'dog')
+    assert dataset_classes(cfg(type='CustomDataset', data_root=str(tmp_path), metainfo=dict(classes='names.txt'))) \
+        == ('cat', 'dog')
+    assert dataset_classes(cfg(type='ImageNet', _scope_='mmpretrain', classes=['tench', 'goldfish'])) == \
+        ('tench', 'goldfish')
+    assert dataset_classes(cfg(type='CocoDataset'))[:2] == ('person', 'bicycle')
+    assert dataset_classes(cfg(type='ConcatDataset', datasets=[dict(type='CocoDataset')])) is None
+
+
 @pytest.mark.parametrize('damage', ['truncated', 'text', 'backbone-only', 'missing'])
 def test_unreadable_or_non_detector_files(damage, released_s, tmp_path):
     src = tmp_path / 'bad.pth'

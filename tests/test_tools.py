@@ -119,6 +119,20 @@ def test_dataset_walk_reports_missing_image_dir_and_evaluator_file(good_root):
     assert check_dataset_cfgs(cfg, phases=('train', )) == []  # phases without a dataloader are skipped
 
 
+def test_classification_dataset_folders(tmp_path):
+    """MMPretrain layouts: one image folder (``data_prefix`` string); ImageNet's ``data_root/split``; other types
+    with ``split`` (CIFAR's batch files) keep their own layout and are not asked for a folder."""
+    (tmp_path / 'train').mkdir()
+    assert check_dataset_cfgs(dict(train_dataloader=dict(dataset=dict(
+        type='CustomDataset', data_root=str(tmp_path), data_prefix='train'))), phases=('train', )) != []
+    with pytest.raises(DatasetCheckError, match=r'image directory not found: .*val \(val_dataloader\.dataset\.'
+                                                r'data_root \+ split\)'):
+        check_dataset_cfgs(dict(val_dataloader=dict(dataset=dict(
+            type='mmpretrain.ImageNet', data_root=str(tmp_path), split='val'))), phases=('val', ))
+    assert check_dataset_cfgs(dict(train_dataloader=dict(dataset=dict(
+        type='CIFAR10', data_root=str(tmp_path), split='train'))), phases=('train', )) == []
+
+
 def test_demo_config_matches_the_built_dataset(tmp_path):
     """Every dataset path of the demo config exists once make_demo_dataset has built its layout."""
     from mmengine.config import Config

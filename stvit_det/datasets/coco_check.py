@@ -162,8 +162,9 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset') -> List[str]:
     prefixes = dataset_cfg.get('data_prefix') or {}
     if isinstance(prefixes, str):  # MMPretrain: one image folder
         prefixes = {'': prefixes}
-    elif not prefixes and dataset_cfg.get('split') and root:  # MMPretrain's ImageNet: data_root/split
-        prefixes = {'': dataset_cfg['split']}
+    elif (not prefixes and dataset_cfg.get('split') and root
+          and str(dataset_cfg.get('type', '')).split('.')[-1] in ('ImageNet', 'ImageNet21k')):
+        prefixes = {'': dataset_cfg['split']}  # MMPretrain's ImageNet: data_root/split (other types lay out otherwise)
     for key, prefix in (prefixes.items() if isinstance(prefixes, dict) else []):
         if not isinstance(prefix, str) or not (prefix or root):
             continue

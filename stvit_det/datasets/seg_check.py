@@ -294,7 +294,7 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
             raise SegDatasetError(f'{where} is {n}, but the {what} has {num_classes} classes ({classes}{more}): '
                                   f'set {where}={num_classes}, or the dataset\'s metainfo classes to the model\'s')
     backend = _decode_backend(cfg)
-    with_labels = any(str(t.get('type', '')).split('.')[-1] == 'LoadAnnotations'
+    with_labels = any(getattr(t.get('type'), '__name__', str(t.get('type', ''))).split('.')[-1] == 'LoadAnnotations'
                       for t in cfg.get('pipeline') or [] if isinstance(t, dict))
     if not data_list:
         raise SegDatasetError(f'no images found in {dataset.data_prefix.get("img_path")} with suffix '

@@ -4,6 +4,7 @@ Used by ``tools/convert_ckpt.py``, ``tools/test.py`` and ``tools/train.py`` (fin
 The conversions themselves are the pure functions of :mod:`stvit_det.utils.ckpt_convert`.
 """
 import os
+import os.path as osp
 import pickle
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -29,6 +30,7 @@ def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
         CheckpointError: the file is missing, unreadable (truncated, not a PyTorch file), refused by the weights-only
             unpickler, or holds no state dict.
     """
+    path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise CheckpointError(f'{path}: checkpoint file not found')
     allow_checkpoint_globals()
@@ -75,13 +77,25 @@ def head_classes_error(model_cfg: Mapping, checkpoint: Mapping, source: str) -> 
 
 
 def dataset_classes(cfg: Mapping) -> Optional[Tuple[str, ...]]:
-    """Class names of the config's test dataset: its ``metainfo`` or its class's ``METAINFO`` (None if unknown)."""
+    """Class names of the config's test dataset: MMPretrain's ``classes`` argument, its ``metainfo`` (names, or a
+    file of names, one per line) or its class's ``METAINFO`` (None if unknown)."""
+    from mmengine import list_from_file
     from mmengine.registry import DATASETS
 
     dataset = (cfg.get('test_dataloader') or {}).get('dataset') or {}
     while 'dataset' in dataset:  # wrappers
         dataset = dataset['dataset']
-    classes = (dataset.get('metainfo') or {}).get('classes')
+    if 'datasets' in dataset:  # several datasets: no single class list
+        return None
+    classes = dataset.get('classes')
+    if classes is None:
+        classes = (dataset.get('metainfo') or {}).get('classes')
+    if isinstance(classes, str):
+        try:
+            classes = list_from_file(osp.join(dataset.get('data_root') or '', classes)
+                                     if not osp.isfile(classes) else classes)
+        except OSError:
+            return None
     if classes is None and isinstance(dataset.get('type'), str):
         scope = dataset.get('_scope_') or cfg.get('default_scope') or 'mmdet'
         cls = DATASETS.get(f'{scope}.{dataset["type"]}')

@@ -7,6 +7,7 @@ arXiv 2303.08685. Official code (Apache-2.0): changsn/STViT-R-Object-Detection
 microsoft/Swin-Transformer (MIT). mmdet's ``SwinTransformer`` (Apache-2.0) is the model for the detection duties
 (out_indices, norms, frozen stages, init_cfg). Written anew here; parameter names follow the official checkpoints.
 """
+import os.path as osp
 import warnings
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -326,7 +327,7 @@ class STViTR(BaseModule):
             allow_checkpoint_globals()
             ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu', logger='current')
         else:  # a local file: one clear error for a missing, truncated or non-checkpoint file
-            ckpt = read_checkpoint(str(path))
+            ckpt = read_checkpoint(osp.expanduser(str(path)))
         self.load_pretrained(ckpt, source=str(path))
         self._freeze_stages()
 
@@ -338,9 +339,10 @@ class STViTR(BaseModule):
             the converted state dict and the report of :meth:`load_pretrained`.
 
         Raises:
-            ValueError: a tensor of another shape, or backbone tensors this STViTR has no place for (stages or
-                blocks beyond its depths, another stem or sparsifier): another arch, which would otherwise load
-                partly and silently.
+            ValueError: a tensor of another shape, or blocks this STViTR does not have (stages or blocks beyond
+                its depths): another arch, which would otherwise load partly and silently. (Tensors of blocks it
+                has but of another kind, e.g. STViT-R weights for the TokenLearner sparsifier, are reported as
+                unexpected, not refused: the rest initialises it.)
         """
         sd, report = convert_to_stvit(
             checkpoint, sparsify=any(p != 'window' and p != 'shifted' for p in self.layers[SPARSE_STAGE].pattern),
@@ -353,12 +355,23 @@ class STViTR(BaseModule):
                                        for k in shape_mismatch[:5]))
         report['missing'] = filter_ignorable([k for k in own if k not in sd])
         report['unexpected'] = filter_ignorable([k for k in sd if k not in own])
-        foreign = [k for k in report['unexpected'] if k.split('.', 1)[0] in ('layers', 'patch_embed')]
+        foreign = [k for k in report['unexpected'] if not self._has_block_of(k)]
         if foreign:
-            raise ValueError(f'{source}: {len(foreign)} backbone tensors have no place in this STViTR (another '
-                             f'depth, stem or sparsifier?): {summarise_keys(foreign, depth=3)}; e.g. '
-                             f'{", ".join(foreign[:3])}')
+            raise ValueError(f'{source}: {len(foreign)} backbone tensors have no place in this STViTR (blocks beyond '
+                             f'its depths {tuple(len(s.blocks) for s in self.layers)}: another arch?): '
+                             f'{summarise_keys(foreign, depth=3)}; e.g. {", ".join(foreign[:3])}')
         return sd, report
+
+    def _has_block_of(self, key: str) -> bool:
+        """Whether the stage / block that ``key`` names (``layers.i[.blocks.k].*``) exists here (other keys: True)."""
+        parts = key.split('.')
+        if parts[0] != 'layers' or len(parts) < 2 or not parts[1].isdigit():
+            return True
+        stage = int(parts[1])
+        if stage >= len(self.layers):
+            return False
+        return not (len(parts) > 3 and parts[2] == 'blocks' and parts[3].isdigit()
+                    and int(parts[3]) >= len(self.layers[stage].blocks))
 
     def load_pretrained(self, checkpoint: Union[Dict, 'OrderedDict'], source: str = 'checkpoint') -> Dict:
         """Load (converting if needed) a checkpoint object that fits (:meth:`check_pretrained`, which raises
