@@ -106,7 +106,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[
         attn = attn * scale
     if bias is not None:
         attn = attn + bias
-    return attn.softmax(dim=-1) @ v  # (..., Nq, d)
+    return attn.softmax(dim=-1).to(v.dtype) @ v  # (..., Nq, d); a float32 bias makes half logits float32
 
 
 # ------------------------------------------------------------------------------- region attention paths
