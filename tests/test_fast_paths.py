@@ -38,11 +38,11 @@ def _norm_rel(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-def assert_paths_equal(impl, mode, hw, batch=2, **kwargs):
-    ref = randomize_(small_stvit(attn_impl='reference', pad_mask=mode, **kwargs))
-    fast = small_stvit(attn_impl=impl, pad_mask=mode, **kwargs)
+def assert_paths_equal(impl, mode, hw, batch=2, device='cpu', **kwargs):
+    ref = randomize_(small_stvit(attn_impl='reference', pad_mask=mode, **kwargs)).to(device)
+    fast = small_stvit(attn_impl=impl, pad_mask=mode, **kwargs).to(device)
     fast.load_state_dict(ref.state_dict())
-    x = torch.randn(batch, 3, *hw)
+    x = torch.randn(batch, 3, *hw, device=device)
     (o1, g1, p1), (o2, g2, p2) = _run(ref, x), _run(fast, x)
     for a, b in zip(o2, o1):
         assert _max_rel(a, b) <= 1e-4
@@ -351,17 +351,7 @@ def test_fused_window_attention_of_other_devices_equals_reference(monkeypatch):
 def test_paths_equal_reference_on_cuda(impl, mode):
     """On CUDA (fused Swin window attention, the CUDA kernels of every region path), at an odd size where 'auto'
     runs generation tiled: outputs, input and parameter gradients equal the oracle."""
-    narrow = dict(embed_dims=16, num_heads=(1, 2, 4, 8))
-    ref = randomize_(small_stvit(attn_impl='reference', pad_mask=mode, **narrow)).cuda()
-    fast = small_stvit(attn_impl=impl, pad_mask=mode, **narrow).cuda()
-    fast.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 3, 450, 453, device='cuda')
-    (o1, g1, p1), (o2, g2, p2) = _run(ref, x), _run(fast, x)
-    for a, b in zip(o2, o1):
-        assert _max_rel(a, b) <= 1e-4
-    assert _max_rel(g2, g1) <= 1e-4
-    for n in p1:
-        assert _norm_rel(p2[n], p1[n]) <= 1e-4, n
+    assert_paths_equal(impl, mode, (450, 453), device='cuda', embed_dims=16, num_heads=(1, 2, 4, 8))
 
 
 @pytest.mark.parametrize('impl', ['reference'] + TRAIN_FAST)

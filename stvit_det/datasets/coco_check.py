@@ -160,19 +160,20 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset') -> List[str]:
         _check_ann_file(path, what)
         checked.append(path)
     prefixes = dataset_cfg.get('data_prefix') or {}
-    if isinstance(prefixes, str):  # MMPretrain: one image folder
-        prefixes = {'': prefixes}
-    elif (not prefixes and dataset_cfg.get('split') and root
-          and str(dataset_cfg.get('type', '')).split('.')[-1] in ('ImageNet', 'ImageNet21k')):
-        prefixes = {'': dataset_cfg['split']}  # MMPretrain's ImageNet: data_root/split (other types lay out otherwise)
-    for key, prefix in (prefixes.items() if isinstance(prefixes, dict) else []):
+    folders = {}  # where the config names it -> folder
+    if isinstance(prefixes, dict):
+        folders = {f'data_prefix.{key}': prefix for key, prefix in prefixes.items()}
+    elif isinstance(prefixes, str):  # MMPretrain: one image folder
+        folders = {'data_prefix': prefixes}
+    if (not prefixes and dataset_cfg.get('split') and root
+            and str(dataset_cfg.get('type', '')).split('.')[-1] in ('ImageNet', 'ImageNet21k')):
+        folders = {'data_root + split': dataset_cfg['split']}  # MMPretrain's ImageNet (other types lay out otherwise)
+    for where, prefix in folders.items():
         if not isinstance(prefix, str) or not (prefix or root):
             continue
         path = _join(root, prefix)
         if not _is_remote(path) and not osp.isdir(path):
-            where = f'{what}.data_prefix' + (f'.{key}' if key else '') if 'data_prefix' in dataset_cfg else \
-                f'{what}.data_root + split'
-            raise DatasetCheckError(f'image directory not found: {path} ({where})')
+            raise DatasetCheckError(f'image directory not found: {path} ({what}.{where})')
         checked.append(path)
     return checked
 

@@ -110,8 +110,8 @@ def class_order_error(cfg: Mapping, checkpoint: Mapping, source: str) -> Optiona
     meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
     if not isinstance(meta, Mapping):
         return None
-    theirs = (meta.get('dataset_meta') or {}).get('classes') if isinstance(meta.get('dataset_meta'), Mapping) \
-        else None
+    dataset_meta = meta.get('dataset_meta')
+    theirs = dataset_meta.get('classes') if isinstance(dataset_meta, Mapping) else None
     theirs = meta.get('CLASSES') if theirs is None else theirs
     ours = dataset_classes(cfg)
     if theirs is None or ours is None or tuple(theirs) == ours:
@@ -137,6 +137,12 @@ def model_tensor_shapes(cfg: Mapping) -> Dict[str, Tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in _bare(cfg).state_dict().items()}
 
 
+def pretrained_init(init_cfg) -> Optional[Mapping]:
+    """The ``type='Pretrained'`` entry of an ``init_cfg`` (one dict or a list of them), or None."""
+    entries = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    return next((c for c in entries if isinstance(c, Mapping) and c.get('type') == 'Pretrained'), None)
+
+
 def check_backbone_init_checkpoint(cfg: Mapping) -> Optional[Dict[str, list]]:
     """Fail early, with one message, on the file of an STViTR backbone's ``init_cfg=dict(type='Pretrained',
     checkpoint=PATH)`` (ImageNet or detector weights to fine-tune from) that cannot be read or does not fit the
@@ -152,10 +158,7 @@ def check_backbone_init_checkpoint(cfg: Mapping) -> Optional[Dict[str, list]]:
     backbone_cfg = (cfg.get('model') or {}).get('backbone')
     if not isinstance(backbone_cfg, Mapping) or str(backbone_cfg.get('type', '')).split('.')[-1] != 'STViTR':
         return None
-    inits = backbone_cfg.get('init_cfg')
-    inits = inits if isinstance(inits, (list, tuple)) else [inits]
-    path = next((c.get('checkpoint') for c in inits if isinstance(c, Mapping) and c.get('type') == 'Pretrained'),
-                None)
+    path = (pretrained_init(backbone_cfg.get('init_cfg')) or {}).get('checkpoint')
     if not path or '://' in str(path):
         return None
     ckpt = read_checkpoint(str(path), mmap=True)
@@ -236,4 +239,4 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) ->
 
 
 __all__ = ['CheckpointError', 'read_checkpoint', 'head_classes_error', 'dataset_classes', 'class_order_error',
-           'model_tensor_shapes', 'check_backbone_init_checkpoint', 'check_checkpoint_for_config']
+           'model_tensor_shapes', 'pretrained_init', 'check_backbone_init_checkpoint', 'check_checkpoint_for_config']

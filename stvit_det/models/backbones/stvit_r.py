@@ -7,7 +7,6 @@ arXiv 2303.08685. Official code (Apache-2.0): changsn/STViT-R-Object-Detection
 microsoft/Swin-Transformer (MIT). mmdet's ``SwinTransformer`` (Apache-2.0) is the model for the detection duties
 (out_indices, norms, frozen stages, init_cfg). Written anew here; parameter names follow the official checkpoints.
 """
-import os.path as osp
 import warnings
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -23,7 +22,7 @@ from mmdet.utils import OptMultiConfig
 
 from ...utils.checkpoint_safety import allow_checkpoint_globals
 from ...utils.ckpt_convert import convert_to_stvit, filter_ignorable, summarise_keys
-from ...utils.ckpt_file import read_checkpoint
+from ...utils.ckpt_file import pretrained_init, read_checkpoint
 from ..layers.attention import check_attn_impl
 from ..layers.classification_form import STAGE3_FORMS, classification_pattern, classification_swin_pattern
 from ..layers.stvit_stage import SPARSIFIER_UNITS, STViTStage, dumbbell_pattern, swin_pattern
@@ -315,10 +314,8 @@ class STViTR(BaseModule):
         """Random init (trunc-normal 0.02 Linear, LN/BN 1/0, layer scales kept), then, with a ``Pretrained``
         init_cfg, load / convert the checkpoint and log missing and unexpected keys."""
         self._init_random()
-        cfg = self.init_cfg
-        if isinstance(cfg, (list, tuple)):
-            cfg = next((c for c in cfg if c.get('type') == 'Pretrained'), None)
-        if not cfg or cfg.get('type') != 'Pretrained':
+        cfg = pretrained_init(self.init_cfg)
+        if cfg is None:
             return
         path = cfg.get('checkpoint')
         if not path:
@@ -327,7 +324,7 @@ class STViTR(BaseModule):
             allow_checkpoint_globals()
             ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu', logger='current')
         else:  # a local file: one clear error for a missing, truncated or non-checkpoint file
-            ckpt = read_checkpoint(osp.expanduser(str(path)))
+            ckpt = read_checkpoint(str(path))  # ('~' expanded, as mmengine's loader does)
         self.load_pretrained(ckpt, source=str(path))
         self._freeze_stages()
 
