@@ -5,6 +5,7 @@ arithmetic, ``attn_impl='reference'``)."""
 import glob
 import json
 import os.path as osp
+import re
 import sys
 
 import pytest
@@ -60,6 +61,32 @@ def test_entries_point_at_configs(metafile):
         assert leaves == {m['Config'] for m in data['Models']}, 'every experiment of the folder is listed'
 
 
+def _mim_unreadable(where, metadata):
+    """Values ``mim search`` cannot tabulate. openmim 0.3.9 (``mim/commands/search.py``, ``_parse``) lower-cases
+    every item of a list that does not hold dicts, so a list of numbers (``Input Shape: [800, 1216]``) crashes the
+    whole search with ``'int' object has no attribute 'lower'``; it takes strings, numbers, lists of strings and
+    lists of dicts."""
+    bad = []
+    for key, value in (metadata or {}).items():
+        if isinstance(value, list) and value and not isinstance(value[0], dict):
+            if not all(isinstance(v, str) for v in value):
+                bad.append(f'{where}: {key}: {value!r} (a list for mim must hold only strings)')
+        elif isinstance(value, dict):
+            bad.append(f'{where}: {key}: {value!r} (mim takes no nested mapping here)')
+    return bad
+
+
+@pytest.mark.parametrize('metafile', METAFILES, ids=_rel)
+def test_metadata_is_readable_by_mim_search(metafile):
+    data = _load(metafile)
+    bad = []
+    for item in data.get('Collections', []) + data['Models']:
+        bad += _mim_unreadable(item['Name'], item.get('Metadata'))
+    assert not bad, '\n'.join(bad)
+    shapes = [m['Metadata']['Input Shape'] for m in data['Models'] if 'Input Shape' in m.get('Metadata', {})]
+    assert all(re.fullmatch(r'\d+x\d+', s) for s in shapes), shapes
+
+
 def _entries():
     for metafile in METAFILES:
         for model in _load(metafile)['Models']:
@@ -76,7 +103,7 @@ def test_figures_equal_the_tool():
     for model in entries:
         meta = model['Metadata']
         assert 'Input Shape' in meta or 'FLOPs' not in meta, f'{model["Name"]}: FLOPs without an Input Shape'
-        shape = tuple(meta.get('Input Shape', (224, 224)))
+        shape = tuple(int(n) for n in str(meta.get('Input Shape', '224x224')).split('x'))
         cfg = get_flops.load_config(osp.join(ROOT, model['Config']), {'model.backbone.attn_impl': 'reference'})
         key = (json.dumps(cfg.model.to_dict(), sort_keys=True, default=str), shape)
         if key not in measured:
