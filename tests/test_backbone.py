@@ -142,7 +142,7 @@ def test_norm_eval_keeps_stem_bn_in_eval():
 
 @pytest.mark.parametrize('kwargs,match', [
     (dict(depths=(2, 2, 8, 2)), 'multiple of 6'),
-    (dict(depths=(2, 2, 0, 2)), 'multiple of 6'),
+    (dict(depths=(2, 2, 0, 2)), r'depths must be 4 positive integers, got \(2, 2, 0, 2\)'),
     (dict(arch='huge'), 'arch'),
     (dict(pad_mask='partial'), 'pad_mask'),
     (dict(attn_impl='flash3'), 'attn_impl'),
@@ -156,6 +156,23 @@ def test_norm_eval_keeps_stem_bn_in_eval():
     (dict(embed_dims=0), 'embed_dims must be a positive integer'),
     (dict(mlp_ratio=0), 'mlp_ratio must be positive'),
     (dict(drop_path_rate=1.5), r'drop_path_rate must be in \[0, 1\), got 1.5'),
+    (dict(window_size=True), 'window_size must be a positive integer, got True'),
+    (dict(num_heads=(0, 2, 4, 8)), r'num_heads must be 4 positive integers, got \(0, 2, 4, 8\)'),
+    (dict(depths=(2.0, 2, 6, 2)), r'depths must be 4 positive integers'),
+    (dict(semantic_samples=2.5), r'semantic_samples must be an integer in \[1, window_size=7\], got 2.5'),
+    (dict(semantic_samples=8), r'semantic_samples must be an integer in \[1, window_size=7\], got 8'),
+    (dict(embed_dims=1, num_heads=(1, 1, 1, 1)), r"stem='conv' needs embed_dims >= 2"),
+    (dict(embed_dims=32, num_heads=(1, 2, 4, 8), mlp_ratio=0.01), 'at least one hidden channel'),
+    (dict(layer_scale_init=float('nan')), 'layer_scale_init must be a finite number, got nan'),
+    (dict(drop_path_rate='0.1'), r"drop_path_rate must be in \[0, 1\), got '0.1'"),
+    (dict(frozen_stages=None), 'frozen_stages must be an integer in'),
+    (dict(out_indices=3), 'out_indices must be a non-empty subset'),
+    (dict(attn_impl='tiled', regions=(15, 21, 27)),
+     r"attn_impl='tiled' .*regions\[0\] \(generation\) = 15 is not a multiple of window_size = 7 .*'auto'"),
+    (dict(attn_impl='tiled', semantic_samples=2),
+     r"regions\[2\] \(recovery\) = 27 is not a multiple of semantic_samples = 2"),
+    (dict(depths=(2, 2, 7, 2), stage3_form='classification'), r"multiple of 6 \(one dumbbell unit = \('window', "
+                                                              r"'cls-generate'"),
     (dict(pretrained='open-mmlab://resnet50_v1c'), r"pretrained='open-mmlab://resnet50_v1c' .*model\.pretrained=None"),
     (dict(pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth')), 'not both'),
 ])

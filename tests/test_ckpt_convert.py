@@ -226,6 +226,59 @@ def test_backbone_init_checkpoint_is_checked_before_training(tmp_path):
     with pytest.raises(CheckpointError, match='unrecognised checkpoint layout'):
         check_backbone_init_checkpoint(cfg_for(other))
     assert check_backbone_init_checkpoint(Config(dict(model=dict(backbone=dict(type='ResNet'))))) is None
+    # the shipped configs without ImageNet weights say Pretrained with checkpoint=None: both ways out are named
+    with pytest.raises(CheckpointError, match=r"without a checkpoint path: .*init_cfg\.checkpoint=PATH, .*"
+                                              r"init_cfg=None"):
+        check_backbone_init_checkpoint(cfg_for(''))
+
+
+def test_pretrained_prefix_selects_the_keys_under_it(tmp_path):
+    """``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)`` as mmengine's PretrainedInit: only the keys
+    under the prefix, stripped of it (e.g. the teacher of a semi-supervised detector); a prefix no key has is an
+    error naming the file, before training and when loading."""
+    from mmengine.config import Config
+
+    narrow = dict(embed_dims=16, depths=(2, 2, 6, 2), num_heads=(1, 1, 2, 2))
+    torch.manual_seed(0)
+    teacher, student = STViTR(**narrow), STViTR(**narrow)
+    path = tmp_path / 'semi.pth'
+    torch.save({'state_dict': {**{f'teacher.backbone.{k}': v for k, v in teacher.state_dict().items()},
+                               **{f'student.backbone.{k}': v for k, v in student.state_dict().items()}}}, path)
+
+    def model(prefix):
+        return STViTR(**narrow, init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix=prefix))
+
+    loaded = model('teacher.backbone.')
+    loaded.init_weights()
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in loaded.state_dict().items())
+    assert not torch.equal(loaded.layers[0].blocks[0].attn.qkv.weight, student.layers[0].blocks[0].attn.qkv.weight)
+    with pytest.raises(ValueError, match=r"semi\.pth: no tensor under the init_cfg prefix 'ema\.'; its keys start "
+                                         r"with \['student\.', 'teacher\.'\]"):
+        model('ema.').init_weights()
+    cfg = Config(dict(model=dict(type='MaskRCNN', backbone=dict(
+        type='STViTR', **narrow, init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='ema.')))))
+    with pytest.raises(CheckpointError, match=r"model\.backbone\.init_cfg: .*no tensor under the init_cfg prefix"):
+        check_backbone_init_checkpoint(cfg)
+    cfg.model.backbone.init_cfg.prefix = 'student.backbone.'
+    assert check_backbone_init_checkpoint(cfg)['missing'] == []
+
+
+@pytest.mark.parametrize('target', [dict(sparsify=False), dict()], ids=['unsparsified', 'sparsified'])
+def test_unsparsified_stvit_weights_keep_their_conv_stem(target):
+    """Weights of ``STViTR(sparsify=False)`` (qkv everywhere, STViT-R's conv stem) are STViT-R weights: they load
+    back with nothing missing, and into a sparsified model with the semantic blocks' qkv split into q / kv."""
+    narrow = dict(embed_dims=16, depths=(2, 2, 6, 2), num_heads=(1, 1, 2, 2))
+    source = STViTR(**narrow, sparsify=False).state_dict()
+    model = STViTR(**narrow, **target)
+    report = model.load_pretrained({'state_dict': source})
+    assert report['layout'] == 'stvit'
+    assert torch.equal(model.patch_embed.proj[0].c.weight, source['patch_embed.proj.0.c.weight'])
+    if target:
+        assert report['missing'] == [] and report['split_qkv'] == 0
+    else:  # the 5 semantic blocks of the unit: split qkv, new layer scales
+        assert report['split_qkv'] == 5
+        assert all('layer_scale' in k for k in report['missing']) and len(report['missing']) == 10
+        assert torch.equal(model.layers[2].blocks[1].attn.kv.weight, source['layers.2.blocks.1.attn.qkv.weight'][64:])
 
 
 def test_convert_ckpt_tool(tmp_path):

@@ -430,10 +430,23 @@ def test_shape_the_graph_cannot_take(tmp_path):
     with pytest.raises(OnnxInputError, match=r"input 'image' has shape \(1, 3, 230, 333\), but the exported graph "
                        r"takes \(\?, 3, 64, 64\)"):
         run_session(session, {'image': np.zeros((1, 3, 230, 333), np.float32)})
+    with pytest.raises(OnnxInputError, match=r'takes \(\?, 3, 64, 64\) .*; give 3 channels \(RGB\)$'):
+        run_session(session, {'image': np.zeros((1, 1, 64, 64), np.float32)})
+    with pytest.raises(OnnxInputError, match=r'; give a 4-D array \(N, C, H, W\)$'):
+        run_session(session, {'image': np.zeros((3, 64, 64), np.float32)})
     with pytest.raises(OnnxInputError, match='takes float32, got float64'):
         run_session(session, {'image': np.zeros((1, 3, 64, 64))})
     with pytest.raises(OnnxInputError, match=r"takes inputs \['image'\]"):
         run_session(session, {'x': np.zeros((1, 3, 64, 64), np.float32)})
+
+
+def test_static_batch_graph_says_so(tmp_path):
+    model = randomize_(STViTR(**NARROW)).eval()
+    path = export_onnx(model, (torch.randn(1, 3, 64, 64), ), str(tmp_path / 'b.onnx'), ['image'],
+                       [f'out{i}' for i in range(4)], dynamic_batch=False)
+    with pytest.raises(OnnxInputError, match=r'takes \(1, 3, 64, 64\) .*static batch of 1: export without '
+                       r'--static-batch'):
+        run_session(load_session(path), {'image': np.zeros((2, 3, 64, 64), np.float32)})
 
 
 def test_onnx_file_that_fails_to_load(tmp_path):

@@ -347,6 +347,14 @@ def test_evaluation_refuses_a_checkpoint_that_does_not_fit(released_s, tmp_path)
                                                   r'\(48, 3, 3, 3\) vs \(64, 3, 3, 3\)'):
             check_checkpoint_for_config(cfg_b, released_s, strict=strict)
 
+    # the weights under 'model' (where mmengine's Runner does not look: it would load nothing and go on)
+    wrapped = tmp_path / 'wrapped.pth'
+    torch.save({'model': torch.load(released_s, weights_only=True)['state_dict']}, wrapped)
+    for strict in (True, False):
+        with pytest.raises(CheckpointError, match=r"wrapped\.pth holds its weights under 'model', where MMEngine's "
+                                                  r"Runner .*does not look .*\{'state_dict': ckpt\['model'\]\}"):
+            check_checkpoint_for_config(cfg_s, str(wrapped), strict=strict)
+
     backbone = tmp_path / 'backbone.pth'
     torch.save({'model': tiny_tensors(stvit_backbone_layout(**ARCH['s']))}, backbone)
     with pytest.raises(CheckpointError, match=r"holds a backbone only \(stvit layout\).*init_cfg=dict\(type="

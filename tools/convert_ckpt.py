@@ -123,7 +123,10 @@ def convert_backbone(args):
         sd, report = convert_to_stvit(ckpt, sparsify=sparsify, patch_stem=args.stem == 'patch')
         loaded = model.load_pretrained(sd, source=args.src)  # validates names and shapes
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f'{args.src}: {e}') from None
+        msg = str(e) if str(e).startswith(args.src) else f'{args.src}: {e}'
+        if 'another arch' in msg or 'wrong arch' in msg:
+            msg += f' (converted for --arch {args.arch}: pass the arch the weights were trained with)'
+        raise CheckpointError(msg) from None
     report.update(missing=loaded['missing'], unexpected=loaded['unexpected'])
     meta = dict(source=os.path.basename(args.src), source_layout=report['layout'], arch=args.arch,
                 missing=report['missing'], dropped=report['dropped'])

@@ -193,8 +193,19 @@ def check_feeds(session, feeds: Dict[str, np.ndarray]) -> None:
         ok = len(shape) == arr.ndim and all(not isinstance(d, int) or d == a for d, a in zip(shape, arr.shape))
         if not ok:
             raise OnnxInputError(f"input '{name}' has shape {tuple(arr.shape)}, but the exported graph takes "
-                                 f"({', '.join(map(str, fixed))}) ('?' = dynamic); export again with "
-                                 f"--shape {arr.shape[-2]} {arr.shape[-1]} for this size")
+                                 f"({', '.join(map(str, fixed))}) ('?' = dynamic); {_shape_advice(shape, arr.shape)}")
+
+
+def _shape_advice(shape: Sequence, got: Sequence[int]) -> str:
+    """What to change for an image input (N, C, H, W) the graph does not take: the dimension that differs."""
+    if len(shape) != len(got):
+        return f'give a {len(shape)}-D array (N, C, H, W)'
+    differs = [i for i, (d, a) in enumerate(zip(shape, got)) if isinstance(d, int) and d != a]
+    if len(shape) == 4 and 0 in differs and len(differs) == 1:
+        return f'the graph has a static batch of {shape[0]}: export without --static-batch for any batch'
+    if len(shape) == 4 and 1 in differs:
+        return f'give {shape[1]} channels (RGB)'
+    return f'export again with --shape {got[-2]} {got[-1]} for this size'
 
 
 def run_session(session, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:

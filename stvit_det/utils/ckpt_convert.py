@@ -54,6 +54,21 @@ def unwrap_state_dict(checkpoint: Mapping) -> 'OrderedDict[str, torch.Tensor]':
     return OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in sd.items())
 
 
+def select_prefix(checkpoint: Mapping, prefix: str, source: str = 'checkpoint') -> 'OrderedDict[str, torch.Tensor]':
+    """The tensors of ``checkpoint`` under ``prefix`` (e.g. ``'teacher.backbone.'``), stripped of it, as mmengine's
+    ``load_checkpoint_with_prefix`` selects them.
+
+    Raises:
+        ValueError: no key starts with ``prefix`` (names the checkpoint's top-level groups).
+    """
+    sd = unwrap_state_dict(checkpoint)
+    selected = OrderedDict((k[len(prefix):], v) for k, v in sd.items() if k.startswith(prefix))
+    if not selected:
+        raise ValueError(f"{source}: no tensor under the init_cfg prefix '{prefix}'; its keys start with "
+                         f'{sorted({k.split(".")[0] + "." for k in sd})[:8]}')
+    return selected
+
+
 def outside_backbone(checkpoint: Mapping) -> List[str]:
     """Keys of a whole-model checkpoint (detector, classifier) that are not under ``backbone.``; [] for a
     backbone-only checkpoint."""
@@ -95,6 +110,8 @@ def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
         ValueError: when the keys match none of them.
     """
     keys = list(sd)
+    if 'patch_embed.proj.0.c.weight' in sd:  # STViT-R's conv stem (also on an unsparsified STViTR: qkv only)
+        return 'stvit'
     if any(k.startswith('stages.') for k in keys) or any(k.startswith('patch_embed.projection') for k in keys):
         return 'swin_mmdet'
     if any(re.match(r'layers\.\d+\.blocks\.\d+\.attn\.kv\.weight$', k) for k in keys):
@@ -175,6 +192,13 @@ def swin_to_stvit(sd: Mapping[str, torch.Tensor],
     return out, dropped
 
 
+def _unsparsified(sd: Mapping[str, torch.Tensor], unit: int = 6) -> bool:
+    """Whether an STViT-R state dict has a plain ``qkv`` where a sparsified stage 3 has a semantic block (weights
+    of ``STViTR(sparsify=False)``)."""
+    return any(int(m.group(1)) % unit for m in (re.match(r'layers\.2\.blocks\.(\d+)\.attn\.qkv\.weight$', k)
+                                                 for k in sd) if m)
+
+
 def convert_to_stvit(checkpoint: Mapping,
                      sparsify: bool = True,
                      patch_stem: bool = False) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[str, object]]:
@@ -195,13 +219,15 @@ def convert_to_stvit(checkpoint: Mapping,
     layout = detect_layout(sd)
     report: Dict[str, object] = dict(layout=layout, dropped=[], split_qkv=0,
                                      outside_backbone=outside_backbone(checkpoint))
-    if layout == 'stvit':
+    if layout == 'stvit' and not (sparsify and _unsparsified(sd)):
         return sd, report
-    if layout != 'swin_official':
+    if layout not in ('stvit', 'swin_official'):
         sd, dropped = swin_to_official(sd, layout)
         report['dropped'] += dropped
     n_before = sum(k.endswith('attn.qkv.weight') for k in sd)
-    sd, dropped = swin_to_stvit(sd, sparse_stage=2 if sparsify else -1, keep_patch_stem=patch_stem)
+    # (an unsparsified STViT-R keeps its conv stem: only its stage-3 qkv is split for the semantic blocks)
+    sd, dropped = swin_to_stvit(sd, sparse_stage=2 if sparsify else -1,
+                                keep_patch_stem=patch_stem or layout == 'stvit')
     report['dropped'] += dropped
     report['split_qkv'] = n_before - sum(k.endswith('attn.qkv.weight') for k in sd)
     return sd, report

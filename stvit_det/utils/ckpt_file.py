@@ -56,6 +56,26 @@ def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
     return ckpt
 
 
+def runner_state_dict(checkpoint: Mapping, source: str) -> Dict[str, torch.Tensor]:
+    """The tensors MMEngine's Runner will load from ``checkpoint`` (``load_from``, ``tools/test.py``): the mapping
+    under ``state_dict``, else the whole object (``mmengine.runner.checkpoint._load_checkpoint_to_model``), with
+    its default ``module.`` prefix stripped.
+
+    Raises:
+        CheckpointError: the weights sit where the Runner does not look (under ``model`` / ``module``, the
+            official releases' layout): it would load nothing, log the misfit and go on with random weights.
+    """
+    sd = checkpoint['state_dict'] if 'state_dict' in checkpoint else checkpoint
+    if not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        key = next((k for k in ('model', 'module') if isinstance(sd.get(k), Mapping)), None)
+        where = f"under '{key}'" if key else 'not at the top level or under \'state_dict\''
+        raise CheckpointError(f"{source} holds its weights {where}, where MMEngine's Runner (load_from, test.py) "
+                              "does not look (it reads 'state_dict' or the top level): re-save them as "
+                              f"{{'state_dict': ckpt['{key or 'KEY'}']}}, or convert an official release with "
+                              'tools/convert_ckpt.py')
+    return {k[7:] if k.startswith('module.') else k: v for k, v in sd.items()}
+
+
 def head_classes_error(model_cfg: Mapping, checkpoint: Mapping, source: str) -> Optional[str]:
     """Why a classifier checkpoint's head does not fit ``model_cfg.head`` (None when it fits or nothing applies).
 
@@ -137,6 +157,11 @@ def model_tensor_shapes(cfg: Mapping) -> Dict[str, Tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in _bare(cfg).state_dict().items()}
 
 
+NO_CHECKPOINT = ("model.backbone.init_cfg is type='Pretrained' without a checkpoint path: give the weights with "
+                 '--cfg-options model.backbone.init_cfg.checkpoint=PATH, or train from scratch with '
+                 'model.backbone.init_cfg=None')
+
+
 def pretrained_init(init_cfg) -> Optional[Mapping]:
     """The ``type='Pretrained'`` entry of an ``init_cfg`` (one dict or a list of them), or None."""
     entries = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
@@ -158,13 +183,18 @@ def check_backbone_init_checkpoint(cfg: Mapping) -> Optional[Dict[str, list]]:
     backbone_cfg = (cfg.get('model') or {}).get('backbone')
     if not isinstance(backbone_cfg, Mapping) or str(backbone_cfg.get('type', '')).split('.')[-1] != 'STViTR':
         return None
-    path = (pretrained_init(backbone_cfg.get('init_cfg')) or {}).get('checkpoint')
-    if not path or '://' in str(path):
+    init = pretrained_init(backbone_cfg.get('init_cfg'))
+    if init is None:
+        return None
+    path = init.get('checkpoint')
+    if not path:
+        raise CheckpointError(NO_CHECKPOINT)
+    if '://' in str(path):
         return None
     ckpt = read_checkpoint(str(path), mmap=True)
     try:
-        _, report = _bare(cfg, backbone_cfg).check_pretrained(ckpt, source=str(path))
-    except (ValueError, TypeError) as e:  # another arch; an unrecognised layout
+        _, report = _bare(cfg, backbone_cfg).check_pretrained(ckpt, source=str(path), prefix=init.get('prefix'))
+    except (ValueError, TypeError) as e:  # another arch; an unrecognised layout; a prefix no key has
         raise CheckpointError(f'model.backbone.init_cfg: {e}') from None
     return report
 
@@ -219,12 +249,12 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) ->
         error = class_order_error(cfg, ckpt, path)
         if error:
             raise CheckpointError(error)
-    sd = unwrap_state_dict(ckpt)
     own = model_tensor_shapes(cfg)
-    report = compare_state_dicts(sd, own)
-    hint = layout_hint(sd, own, path, getattr(cfg, 'filename', None) or 'CONFIG')
+    hint = layout_hint(unwrap_state_dict(ckpt), own, path, getattr(cfg, 'filename', None) or 'CONFIG')
     if hint:
         raise CheckpointError(hint)
+    sd = runner_state_dict(ckpt, path)  # what the Runner will load
+    report = compare_state_dicts(sd, own)
     fits = [k for k in own if k in sd and tuple(sd[k].shape) == own[k]]
     backbone = [k for k in own if k.startswith('backbone.')]
     backbone_fits = [k for k in fits if k.startswith('backbone.')]
@@ -238,5 +268,5 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) ->
     return report
 
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'head_classes_error', 'dataset_classes', 'class_order_error',
+__all__ = ['CheckpointError', 'read_checkpoint', 'runner_state_dict', 'head_classes_error', 'dataset_classes', 'class_order_error',
            'model_tensor_shapes', 'pretrained_init', 'check_backbone_init_checkpoint', 'check_checkpoint_for_config']

@@ -7,6 +7,7 @@ arXiv 2303.08685. Official code (Apache-2.0): changsn/STViT-R-Object-Detection
 microsoft/Swin-Transformer (MIT). mmdet's ``SwinTransformer`` (Apache-2.0) is the model for the detection duties
 (out_indices, norms, frozen stages, init_cfg). Written anew here; parameter names follow the official checkpoints.
 """
+import math
 import warnings
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -21,12 +22,12 @@ from mmdet.registry import MODELS
 from mmdet.utils import OptMultiConfig
 
 from ...utils.checkpoint_safety import allow_checkpoint_globals
-from ...utils.ckpt_convert import convert_to_stvit, filter_ignorable, summarise_keys
-from ...utils.ckpt_file import pretrained_init, read_checkpoint
+from ...utils.ckpt_convert import convert_to_stvit, filter_ignorable, select_prefix, summarise_keys
+from ...utils.ckpt_file import NO_CHECKPOINT, pretrained_init, read_checkpoint
 from ..layers.attention import check_attn_impl
 from ..layers.classification_form import STAGE3_FORMS, classification_pattern, classification_swin_pattern
 from ..layers.stvit_stage import SPARSIFIER_UNITS, STViTStage, dumbbell_pattern, swin_pattern
-from ..layers.window_ops import PAD_MASK_MODES, pad_to_multiple
+from ..layers.window_ops import PAD_MASK_MODES, pad_to_multiple, tiles_fit
 
 ARCH_SETTINGS: Dict[str, Dict] = {
     'tiny': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
@@ -204,23 +205,43 @@ class STViTR(BaseModule):
             raise ValueError("stage3_form='classification' is the released STViT-R ImageNet network: it needs "
                              f"sparsify=True and sparsifier='stvit', got sparsify={sparsify}, "
                              f"sparsifier='{sparsifier}'")
+        def count(value) -> bool:  # a positive int (bool is an int to Python, never meant as a count)
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        def number(value) -> bool:  # a finite int or float
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
         for name, value in (('embed_dims', embed_dims), ('window_size', window_size)):
-            if not isinstance(value, int) or value < 1:
+            if not count(value):
                 raise ValueError(f'{name} must be a positive integer, got {value!r}')
-        if not mlp_ratio > 0:
-            raise ValueError(f'mlp_ratio must be positive, got {mlp_ratio!r}')
-        if not 0 <= drop_path_rate < 1:
+        for name, values in (('depths', depths), ('num_heads', num_heads)):
+            if not all(count(v) for v in values):
+                raise ValueError(f'{name} must be 4 positive integers, got {values}')
+        if stem == 'conv' and embed_dims < 2:
+            raise ValueError(f"stem='conv' needs embed_dims >= 2 (its first convolution has embed_dims // 2 "
+                             f'channels), got {embed_dims}')
+        if not (number(mlp_ratio) and int(embed_dims * mlp_ratio) >= 1):
+            raise ValueError(f'mlp_ratio must be positive and give at least one hidden channel '
+                             f'(int(embed_dims * mlp_ratio) >= 1), got {mlp_ratio!r} with embed_dims {embed_dims}')
+        if not (number(drop_path_rate) and 0 <= drop_path_rate < 1):
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
-        if len(regions) != 3 or not all(isinstance(r, int) for r in regions):
+        if not number(layer_scale_init):
+            raise ValueError(f'layer_scale_init must be a finite number, got {layer_scale_init!r}')
+        if not (count(semantic_samples) and semantic_samples <= window_size):
+            raise ValueError(f'semantic_samples must be an integer in [1, window_size={window_size}], '
+                             f'got {semantic_samples!r}')
+        if len(regions) != 3 or not all(count(r) for r in regions):
             raise ValueError(f'regions needs 3 integer sides (generate, refine, recover), got {regions}')
+        if not isinstance(out_indices, Sequence) or not out_indices or any(i not in range(4) for i in out_indices):
+            raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3), got {out_indices!r}')
         out_indices = tuple(out_indices)
-        if not out_indices or any(i not in range(4) for i in out_indices):
-            raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3), got {out_indices}')
-        if not -1 <= frozen_stages <= 4:
-            raise ValueError(f'frozen_stages must be in [-1, 4], got {frozen_stages}')
+        if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= 4):
+            raise ValueError(f'frozen_stages must be an integer in [-1, 4], got {frozen_stages!r}')
         for i, h in enumerate(num_heads):
             if (embed_dims * 2**i) % h:
                 raise ValueError(f'stage {i}: {embed_dims * 2**i} channels not divisible by {h} heads')
+        if attn_impl == 'tiled' and sparsify and stage3_form == 'detection':
+            self._check_regions_tile(window_size, semantic_samples, regions, sparsifier)
 
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
@@ -231,9 +252,10 @@ class STViTR(BaseModule):
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # also under a meta device
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
-            pattern = dumbbell_pattern(depth, sparsifier) if (sparsify and i == SPARSE_STAGE) else swin_pattern(depth)
             if stage3_form == 'classification':
                 pattern = classification_pattern(depth) if i == SPARSE_STAGE else classification_swin_pattern(depth)
+            else:
+                pattern = dumbbell_pattern(depth, sparsifier) if (sparsify and i == SPARSE_STAGE) else swin_pattern(depth)
             self.layers.append(
                 STViTStage(
                     self.num_features[i],
@@ -253,6 +275,20 @@ class STViTR(BaseModule):
         for i in out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
         self._freeze_stages()
+
+    @staticmethod
+    def _check_regions_tile(window_size: int, samples: int, regions: Sequence[int], sparsifier: str) -> None:
+        """``attn_impl='tiled'`` reads every key region as whole tiles (``window_ops.tiles_fit``); say at build
+        time which region side does not split (``'auto'`` runs such a region dense instead)."""
+        sides = [('regions[1] (refinement)', regions[1], window_size, 'window_size')]
+        if sparsifier == 'stvit':  # TokenLearner's learn / fuse blocks attend to no region
+            sides = [('regions[0] (generation)', regions[0], window_size, 'window_size'), *sides,
+                     ('regions[2] (recovery)', regions[2], samples, 'semantic_samples')]
+        bad = [f'{name} = {side} is not a multiple of {unit_name} = {unit}'
+               for name, side, unit, unit_name in sides if not tiles_fit(unit, side)]
+        if bad:
+            raise ValueError("attn_impl='tiled' splits each key region into whole tiles, but " + '; '.join(bad)
+                             + " (attn_impl='auto' runs such regions dense)")
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -319,18 +355,21 @@ class STViTR(BaseModule):
             return
         path = cfg.get('checkpoint')
         if not path:
-            raise ValueError("init_cfg type 'Pretrained' needs a 'checkpoint' path")
+            raise ValueError(NO_CHECKPOINT)
         if '://' in str(path):  # a scheme mmengine resolves (s3://, open-mmlab://, ...)
             allow_checkpoint_globals()
             ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu', logger='current')
         else:  # a local file: one clear error for a missing, truncated or non-checkpoint file
             ckpt = read_checkpoint(str(path))  # ('~' expanded, as mmengine's loader does)
-        self.load_pretrained(ckpt, source=str(path))
+        self.load_pretrained(ckpt, source=str(path), prefix=cfg.get('prefix'))
         self._freeze_stages()
 
-    def check_pretrained(self, checkpoint: Union[Dict, 'OrderedDict'],
-                         source: str = 'checkpoint') -> Tuple[Dict[str, torch.Tensor], Dict]:
+    def check_pretrained(self, checkpoint: Union[Dict, 'OrderedDict'], source: str = 'checkpoint',
+                         prefix: Optional[str] = None) -> Tuple[Dict[str, torch.Tensor], Dict]:
         """Convert a checkpoint object and check that it fits, without loading it (works on the meta device).
+
+        With ``prefix`` (``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='teacher.backbone.')``, as
+        mmengine's ``PretrainedInit``) only the keys under it are used, stripped of it; none there is an error.
 
         Returns:
             the converted state dict and the report of :meth:`load_pretrained`.
@@ -341,6 +380,8 @@ class STViTR(BaseModule):
                 has but of another kind, e.g. STViT-R weights for the TokenLearner sparsifier, are reported as
                 unexpected, not refused: the rest initialises it.)
         """
+        if prefix:
+            checkpoint = select_prefix(checkpoint, prefix, source)
         sd, report = convert_to_stvit(
             checkpoint, sparsify=any(p != 'window' and p != 'shifted' for p in self.layers[SPARSE_STAGE].pattern),
             patch_stem=isinstance(self.patch_embed, PatchStem))
@@ -370,11 +411,12 @@ class STViTR(BaseModule):
         return not (len(parts) > 3 and parts[2] == 'blocks' and parts[3].isdigit()
                     and int(parts[3]) >= len(self.layers[stage].blocks))
 
-    def load_pretrained(self, checkpoint: Union[Dict, 'OrderedDict'], source: str = 'checkpoint') -> Dict:
+    def load_pretrained(self, checkpoint: Union[Dict, 'OrderedDict'], source: str = 'checkpoint',
+                        prefix: Optional[str] = None) -> Dict:
         """Load (converting if needed) a checkpoint object that fits (:meth:`check_pretrained`, which raises
         otherwise); logs and returns the report with ``missing`` and ``unexpected`` keys (recomputed buffers such
         as ``relative_position_index`` left out)."""
-        sd, report = self.check_pretrained(checkpoint, source)
+        sd, report = self.check_pretrained(checkpoint, source, prefix)
         self.load_state_dict(sd, strict=False)
         msg = (f'STViTR: loaded {source} ({report["layout"]} layout): {len(report["missing"])} missing, '
                f'{len(report["unexpected"])} unexpected, {len(report["dropped"])} without counterpart, '
