@@ -203,3 +203,29 @@ def test_benchmark_and_flops_take_segmentation_configs():
     assert len(rows) == 4 and all(float(r[5]) > 0 for r in rows)  # backbone and whole model, each config
     flops = _table(_run('get_flops.py', seg_swin, seg_ours, '--shape', '64', '96', '--device', 'cpu'))
     assert len(flops) == 2 and all(float(c) > 0 for r in flops for c in r[1:5])
+
+
+def test_benchmark_reports_a_failing_config_in_its_row():
+    """A config that cannot run keeps its row, with the error in the last column (stdout alone tells the story)."""
+    demo = 'configs/stvit-r/mask-rcnn_stvit-r-demo_fpn_nuclei.py'
+    proc = subprocess.run([sys.executable, osp.join(TOOLS, 'benchmark.py'), demo, demo + '@model.backbone.window_size=0',
+                           '--shape', '64', '64', '--warmup', '0', '--repeats', '1', '--mode', 'backbone', '--threads',
+                           '1'], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    rows = _table(proc.stdout)
+    assert len(rows) == 2 and len(rows[0]) == len(rows[1]) == 12, proc.stdout
+    assert rows[0][-1] == '' and float(rows[0][5]) > 0
+    assert rows[1][5:11] == ['-'] * 6 and rows[1][-1] == 'ValueError: window_size must be a positive integer, got 0'
+
+
+@pytest.mark.parametrize('args,message', [
+    (('--shape', '0', '0'), '--shape H W must be positive, got 0 0'),
+    (('--device', 'gpu'), "invalid choice: 'gpu'"),
+    (('--device', 'meta', '--cfg-options', 'model.backbone.window_size=0'),
+     'the model cannot be built: window_size must be a positive integer, got 0'),
+])
+def test_get_flops_bad_input_is_one_line(args, message):
+    proc = subprocess.run([sys.executable, osp.join(TOOLS, 'get_flops.py'),
+                           'configs/stvit-r/mask-rcnn_stvit-r-demo_fpn_nuclei.py', *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert message in proc.stderr.strip().splitlines()[-1]

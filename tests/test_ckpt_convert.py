@@ -93,6 +93,14 @@ def test_wrong_arch_fails_naming_the_tensors():
                                          r'\(186 tensors\); e\.g\. layers\.2\.blocks\.6\.'):
         tiny.load_pretrained(STViTR(arch='small').state_dict())
     assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())
+    # the other way (T weights, or Swin-T's, for S): the 12 blocks S would keep random are named, nothing loaded
+    small = STViTR(arch='small')
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    for shallow in (STViTR(arch='tiny').state_dict(), _mmdet_swin().state_dict()):
+        with pytest.raises(ValueError, match=r'holds no tensor of 12 blocks of this STViTR \(depths \(2, 2, 18, 2\): '
+                                             r'another, shallower arch\?\), e\.g\. layers\.2\.blocks\.6, layers\.2\.blocks\.7'):
+            small.load_pretrained(shallow)
+    assert all(torch.equal(v, before[k]) for k, v in small.state_dict().items())
     # blocks it has, of another kind (STViT-R weights for the TokenLearner sparsifier: its learn / fuse blocks have
     # no attention): reported as unexpected, the rest loads
     learner = STViTR(arch='tiny', sparsifier='tokenlearner')
@@ -299,3 +307,10 @@ def test_convert_ckpt_tool(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools/convert_ckpt.py'), str(src), str(dst), '--arch',
                         'base'], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and 'do not fit' in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.count(str(src)) == 1 and '(converted for --arch base: pass the arch the weights were trained with)' \
+        in last, last
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools/convert_ckpt.py'), str(src), str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1] == (
+        f'convert_ckpt: error: cannot write {tmp_path}: it is a directory')

@@ -139,6 +139,28 @@ def test_rebuild_is_skipped_unless_invalid_or_forced(dataset, tmp_path):
     check_coco_annotations(ann_file_path(fresh, 'val'))
     _, built = make_demo_dataset(fresh, seed=1, force=True)
     assert built
+    # an interrupted build (build_info.json marked incomplete) is redone
+    with open(osp.join(fresh, 'build_info.json'), 'w') as f:
+        json.dump({'settings': None, 'complete': False}, f)
+    _, built = make_demo_dataset(fresh, seed=1)
+    assert built
+
+
+def test_files_no_build_wrote_are_kept_unless_forced(tmp_path):
+    """A folder that holds the layout's files but no build_info.json (the user's own dataset) is not overwritten."""
+    own = tmp_path / 'mine'
+    (own / 'annotations').mkdir(parents=True)
+    (own / 'train').mkdir()
+    (own / 'annotations' / 'instances_train.json').write_text('{"my": "annotations"}')
+    (own / 'train' / 'nuclei_train_000.png').write_bytes(b'my image')
+    with pytest.raises(FileExistsError, match=r'holds files this build would replace, and no build_info\.json .*'
+                                              r'instances_train\.json, .*nuclei_train_000\.png; choose another --out, '
+                                              r'or --force'):
+        make_demo_dataset(str(own), seed=0)
+    assert (own / 'annotations' / 'instances_train.json').read_text() == '{"my": "annotations"}'
+    assert (own / 'train' / 'nuclei_train_000.png').read_bytes() == b'my image'
+    _, built = make_demo_dataset(str(own), seed=0, force=True)
+    assert built and (own / 'annotations' / 'instances_train.json').read_text() != '{"my": "annotations"}'
 
 
 @pytest.mark.parametrize('val_quadrant', range(4))

@@ -77,15 +77,47 @@ def test_missing_file_names_itself(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ check_dataset_cfgs
-def _dataset(root, ann='ann.json', img='imgs/'):
-    return dict(type='CocoDataset', data_root=str(root) + '/', ann_file=ann, data_prefix=dict(img=img))
+def _dataset(root, ann='ann.json', img='imgs/', classes=('nucleus', )):
+    return dict(type='CocoDataset', data_root=str(root) + '/', ann_file=ann, data_prefix=dict(img=img),
+                metainfo=dict(classes=classes))
 
 
 @pytest.fixture
 def good_root(tmp_path):
     (tmp_path / 'imgs').mkdir()
+    (tmp_path / 'imgs' / 'a.png').write_bytes(b'')
     _write(tmp_path / 'ann.json', VALID)
     return tmp_path
+
+
+def test_coco_dataset_classes_images_and_evaluation_fields(good_root):
+    """What mmdet / pycocotools would otherwise stop on late or get silently wrong: config classes that are not
+    category names of the file (mmdet drops them and shifts the remaining labels, or finds no image: the default
+    COCO classes on a custom file), a listed image that is not on disk, an annotation without ``area``, and a
+    ground truth for COCO evaluation without ``iscrowd``."""
+    def cfg(**kw):
+        return dict(train_dataloader=dict(dataset=_dataset(good_root, **kw)))
+
+    assert check_dataset_cfgs(cfg(), phases=('train', ))
+    with pytest.raises(DatasetCheckError, match=r"ann\.json: 1 of the 2 classes of train_dataloader\.dataset are not "
+                                                r"category names of the file: 'cell' \(its categories: \['nucleus'\]\)"):
+        check_dataset_cfgs(cfg(classes=('nucleus', 'cell')), phases=('train', ))
+    default = _dataset(good_root)
+    default.pop('metainfo')
+    with pytest.raises(DatasetCheckError, match=r"80 of the 80 classes .*'person', 'bicycle'"):
+        check_dataset_cfgs(dict(train_dataloader=dict(dataset=default)), phases=('train', ))
+    no_area = _write(good_root / 'no_area.json', _variant(lambda c: c['annotations'][0].pop('area')))
+    with pytest.raises(CocoAnnotationError, match=r"no_area\.json: annotations\[0\] lacks 'area'"):
+        check_coco_annotations(no_area)
+    no_crowd = _write(good_root / 'no_crowd.json', _variant(lambda c: c['annotations'][0].pop('iscrowd')))
+    check_coco_annotations(no_crowd)  # mmdet trains without it
+    with pytest.raises(CocoAnnotationError, match=r"no_crowd\.json: annotations\[0\] lacks 'iscrowd'"):
+        check_dataset_cfgs(dict(test_dataloader=dict(dataset=_dataset(good_root)),
+                                test_evaluator=dict(type='CocoMetric', ann_file=no_crowd)), phases=('test', ))
+    (good_root / 'imgs' / 'a.png').unlink()
+    with pytest.raises(DatasetCheckError, match=r"ann\.json: 1 of its 1 images are not in .*imgs/ \(train_dataloader"
+                                                r"\.dataset\), e\.g\. images\[0\] file_name 'a\.png'"):
+        check_dataset_cfgs(cfg(), phases=('train', ))
 
 
 def test_dataset_walk_checks_wrapped_datasets(good_root, tmp_path):
@@ -290,3 +322,31 @@ def test_getattr_stays_refused_for_anything_else(tmp_path, owner, name):
         torch.load(path, weights_only=True)
     torch.save({'x': _GetAttr(HistoryBuffer, 'mean')}, path)
     assert torch.load(path, weights_only=True)['x'] is HistoryBuffer.mean
+
+
+def test_resumed_checkpoint_is_checked_before_training(tmp_path):
+    """--resume CKPT and --resume (the work dir's last checkpoint) are checked like test.py's checkpoint: one line
+    for a file that is not a checkpoint, instead of a traceback after the Runner is built."""
+    bad = _write(tmp_path / 'iter_10.pth', 'not a checkpoint')
+    no_data = ['--cfg-options', 'train_dataloader=None', 'val_cfg=None']
+    rc, err = _run_tool('tools/train.py', DEMO_CONFIG, '--resume', bad, '--work-dir', str(tmp_path / 'wd1'), *no_data)
+    _assert_one_line_error(rc, err, 'iter_10.pth: not a readable PyTorch checkpoint', 'UnpicklingError: Unsupported')
+    assert 'weights_only' not in err.splitlines()[-1]  # the unpickler's reason, not torch's advice to turn it off
+    work_dir = tmp_path / 'wd2'
+    work_dir.mkdir()
+    _write(work_dir / 'last_checkpoint', bad)
+    rc, err = _run_tool('tools/train.py', DEMO_CONFIG, '--resume', '--work-dir', str(work_dir), *no_data)
+    _assert_one_line_error(rc, err, 'iter_10.pth: not a readable PyTorch checkpoint')
+
+
+def test_model_the_config_cannot_build_and_unwritable_results(tmp_path):
+    rc, err = _run_tool('tools/train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'wd'), '--cfg-options',
+                        'model.backbone.window_size=0')
+    _assert_one_line_error(rc, err, "the config's model cannot be built", 'window_size must be a positive integer')
+    assert not (tmp_path / 'wd').exists()
+    ckpt = _write(tmp_path / 'fake.pth', 'never loaded')
+    _write(tmp_path / 'a_file', '')
+    rc, err = _run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--out', str(tmp_path / 'a_file' / 'results.pkl'))
+    _assert_one_line_error(rc, err, 'cannot write', 'results.pkl')
+    rc, err = _run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--work-dir', str(tmp_path / 'a_file' / 'wd'))
+    _assert_one_line_error(rc, err, f'work dir {tmp_path}/a_file/wd: {tmp_path}/a_file is a file')

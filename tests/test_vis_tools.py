@@ -4,6 +4,7 @@ write a PNG of the expected size; the maps that stvit_det.utils.attention_maps h
 import glob
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -179,6 +180,20 @@ def test_vis_semantic_tokens_rejects_a_window_outside_the_grid(real_image, tmp_p
                     '--scale', '256', '--windows', '3,0')
     assert proc.returncode != 0 and 'outside the 3 x 3 window grid' in proc.stderr
     assert not out.exists()
+    text = tmp_path / 'notes.pth'
+    text.write_text('not a checkpoint')
+    (tmp_path / 'a_file').write_text('')
+    for args, message in [((str(tmp_path / 'nope.png'), ), 'cannot read image'),
+                          ((real_image, '--checkpoint', str(text)), 'notes.pth: not a readable PyTorch checkpoint'),
+                          ((real_image, '--windows', '1;1'), "--windows takes I,J pairs, got '1;1'")]:
+        proc = run_tool(osp.join('tools', 'vis_semantic_tokens.py'), args[0], DEMO_CONFIG, '--out', str(out),
+                        '--scale', '64', *args[1:])
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode != 0 and 'Traceback' not in proc.stderr and message in last, proc.stderr[-2000:]
+    proc = run_tool(osp.join('tools', 'vis_semantic_tokens.py'), real_image, DEMO_CONFIG, '--out',
+                    str(tmp_path / 'a_file' / 'vis.png'))
+    assert proc.returncode != 0 and 'cannot write' in proc.stderr.strip().splitlines()[-1]
+    assert not out.exists()
 
 
 def test_image_demo_tool(real_image, demo_checkpoint, tmp_path):
@@ -192,3 +207,27 @@ def test_image_demo_tool(real_image, demo_checkpoint, tmp_path):
         assert im.format == 'PNG' and im.size == src.size
         drawn = np.asarray(im.convert('RGB'), dtype=np.int16)
         assert np.abs(drawn - np.asarray(src.convert('RGB'), dtype=np.int16)).max() > 0  # boxes were drawn
+
+
+def test_image_demo_refuses_bad_input_in_one_line(real_image, demo_checkpoint, tmp_path):
+    """Before drawing anything: a missing image, a checkpoint of another model (mmengine would draw with random
+    heads), a config value the model refuses and an output that cannot be written, each in one line."""
+    out = tmp_path / 'demo.png'
+    other = tmp_path / 'other.pth'
+    sd = torch.load(demo_checkpoint, weights_only=True)['state_dict']
+    torch.save({'state_dict': {k: v for k, v in sd.items() if not k.startswith('roi_head.')}}, other)
+    (tmp_path / 'a_file').write_text('')
+    cases = [
+        ((str(tmp_path / 'nope.png'), DEMO_CONFIG, demo_checkpoint, '--out', str(out)), 'image not found'),
+        ((real_image, DEMO_CONFIG, str(other), '--out', str(out)), r'.*other\.pth does not fit the model'),
+        ((real_image, DEMO_CONFIG, demo_checkpoint, '--out', str(out), '--cfg-options',
+          'model.backbone.pad_mask=partial'), "the config's model cannot be built: .*pad_mask must be one of"),
+        ((real_image, DEMO_CONFIG, demo_checkpoint, '--out', str(tmp_path / 'a_file' / 'x.png')),
+         'cannot write .*a_file/x.png'),
+    ]
+    for args, message in cases:
+        proc = run_tool(osp.join('tools', 'image_demo.py'), *args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and re.search('image_demo.py: error: ' + message, lines[-1]), proc.stderr[-2000:]
+        assert not any('Traceback' in line for line in lines), proc.stderr[-2000:]
+    assert not out.exists()

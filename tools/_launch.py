@@ -22,7 +22,9 @@ import stvit_det  # noqa: F401  (registers STViTR)
 from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs, check_seg_dataset_cfgs
 from stvit_det.toolboxes.scope import ToolboxMissingError, load_config
 from stvit_det.utils import allow_checkpoint_globals, prepare_cpu_distributed
-from stvit_det.utils.ckpt_file import CheckpointError, check_backbone_init_checkpoint, check_checkpoint_for_config
+from stvit_det.utils.ckpt_file import (CheckpointError, check_backbone_init_checkpoint, check_checkpoint_for_config,
+                                      model_tensor_shapes)
+from stvit_det.utils.paths import uncreatable_dir_reason, unwritable_reason
 
 
 def add_launch_args(parser: argparse.ArgumentParser) -> None:
@@ -69,24 +71,42 @@ def load_tool_config(tool: str, args: argparse.Namespace) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    reason = uncreatable_dir_reason(cfg.work_dir)
+    if reason:
+        raise SystemExit(f'{tool}: error: work dir {cfg.work_dir}: {reason}')
     return cfg
 
 
-def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Optional[str] = None) -> None:
-    """Fail early, in one line, on missing / malformed annotation files, image directories and label maps of the
-    given phases, and on a checkpoint that cannot be read or does not fit the config's model (mmengine would only
-    log the misfits and go on with random tensors): strictly for evaluation (``test.py``: every tensor, nothing
-    else), loosely for fine-tuning (``train.py``: see :func:`check_checkpoint_for_config`). For training, also the
-    file of an STViTR backbone's ``init_cfg=Pretrained`` (:func:`check_backbone_init_checkpoint`)."""
+def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Optional[str] = None,
+                 strict: Optional[bool] = None) -> None:
+    """Fail early, in one line, on a model the config cannot build (a value its constructor refuses, an unknown
+    type), on missing / malformed annotation files, image directories and label maps of the given phases, and on a
+    checkpoint that cannot be read or does not fit the config's model (mmengine would only log the misfits and go
+    on with random tensors): strictly for evaluation and resuming (``strict``, default ``test.py``: every tensor,
+    nothing else), loosely for fine-tuning (``train.py``: see :func:`check_checkpoint_for_config`). For training,
+    also the file of an STViTR backbone's ``init_cfg=Pretrained`` (:func:`check_backbone_init_checkpoint`)."""
+    try:
+        shapes = model_tensor_shapes(cfg)  # built once, on the meta device
+    except (ValueError, TypeError, KeyError, AssertionError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f'{tool}: error: the config\'s model cannot be built: {first}') from None
     try:
         check_dataset_cfgs(cfg, phases=phases)
         check_seg_dataset_cfgs(cfg, phases=phases)
         if 'train' in phases:
             check_backbone_init_checkpoint(cfg)
         if checkpoint:
-            check_checkpoint_for_config(cfg, checkpoint, strict=tool == 'test.py')
+            check_checkpoint_for_config(cfg, checkpoint, strict=tool == 'test.py' if strict is None else strict,
+                                        shapes=shapes)
     except (DatasetCheckError, CheckpointError) as e:
         raise SystemExit(f'{tool}: error: {e}') from None
+
+
+def check_output_file(tool: str, path: Optional[str]) -> None:
+    """One line for an output file that cannot be written, before the work that fills it."""
+    reason = unwritable_reason(path) if path else None
+    if reason:
+        raise SystemExit(f'{tool}: error: cannot write {path}: {reason}')
 
 
 def build_runner(cfg: Config) -> Runner:

@@ -36,6 +36,7 @@ from stvit_det import STViTR
 from stvit_det.utils.ckpt_convert import (compare_state_dicts, convert_to_stvit, describe_mismatch,
                                           detector_2x_to_3x, drop_classifier_head, imagenet_to_classifier)
 from stvit_det.utils.ckpt_file import CheckpointError, class_order_error, head_classes_error, read_checkpoint
+from stvit_det.utils.paths import unwritable_reason
 
 
 def parse_args(argv=None):
@@ -135,6 +136,9 @@ def convert_backbone(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    reason = unwritable_reason(args.dst)
+    if reason:
+        sys.exit(f'convert_ckpt: error: cannot write {args.dst}: {reason}')
     try:
         if args.detector:
             sd, meta, report = convert_detector(args)

@@ -9,16 +9,22 @@ dropped and every weight comes from ``CHECKPOINT``; class names come from the ch
 (mmdet's Runner saves them) or the config's test dataset. Annotation loading is removed from the test pipeline.
 """
 import argparse
+import os
+import os.path as osp
 import sys
 
 import mmcv
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 import stvit_det  # noqa: F401  (registers STViTR)
 from mmdet.apis import inference_detector, init_detector
 from mmdet.evaluation import get_classes
 from mmdet.registry import DATASETS, VISUALIZERS
+from stvit_det.toolboxes.scope import ToolboxMissingError, load_config as load_toolbox_config
 from stvit_det.utils import allow_checkpoint_globals
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _launch import check_inputs, check_output_file  # noqa: E402
 
 
 def parse_args():
@@ -34,7 +40,7 @@ def parse_args():
 
 
 def load_config(path, cfg_options=None):
-    cfg = Config.fromfile(path)
+    cfg = load_toolbox_config(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     cfg.model.backbone.init_cfg = None  # weights come from the checkpoint only
@@ -47,7 +53,17 @@ def load_config(path, cfg_options=None):
 
 def main():
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
+    for what, path in (('image', args.image), ('config file', args.config), ('checkpoint file', args.checkpoint)):
+        if not osp.isfile(path):
+            raise SystemExit(f'image_demo.py: error: {what} not found: {path}')
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+    except ToolboxMissingError as e:
+        raise SystemExit(f'image_demo.py: error: {e}') from None
+    # one line, before anything runs, for a model the config cannot build, a checkpoint that does not fit it
+    # (mmengine would only log the misfits and draw with random heads) and an output that cannot be written
+    check_inputs('image_demo.py', cfg, phases=(), checkpoint=args.checkpoint, strict=True)
+    check_output_file('image_demo.py', args.out)
     allow_checkpoint_globals()  # Runner checkpoints under torch.load(weights_only=True)
     model = init_detector(cfg, args.checkpoint, device=args.device)
     test_meta = DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo

@@ -25,7 +25,8 @@ from mmengine.config import ConfigDict
 from mmengine.evaluator import DumpResults
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _launch import add_launch_args, build_runner, check_inputs, load_tool_config, set_local_rank  # noqa: E402
+from _launch import (add_launch_args, build_runner, check_inputs, check_output_file, load_tool_config,  # noqa: E402
+                     set_local_rank)
 from stvit_det.toolboxes.scope import config_scope  # noqa: E402
 
 
@@ -69,6 +70,7 @@ def main():
         raise SystemExit(f'test.py: error: checkpoint file not found: {args.checkpoint}')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise SystemExit(f'test.py: error: --out must be a .pkl or .pickle file, got {args.out}')
+    check_output_file('test.py', args.out)  # the results are written after the whole evaluation
     cfg = load_tool_config('test.py', args)
     scope = config_scope(cfg)
     cfg.load_from = args.checkpoint

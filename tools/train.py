@@ -16,6 +16,8 @@ import os
 import os.path as osp
 import sys
 
+from mmengine.runner import find_latest_checkpoint
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _launch import add_launch_args, build_runner, check_inputs, load_tool_config, set_local_rank  # noqa: E402
 
@@ -70,7 +72,11 @@ def main():
     # fail early, in one line: datasets (annotation files, image directories, label maps) and a fine-tuning
     # checkpoint (load_from) that cannot be read or whose classifier head does not fit the config
     phases = ('train', 'val') if cfg.get('val_cfg') else ('train', )
-    check_inputs('train.py', cfg, phases, checkpoint=None if cfg.get('resume') else cfg.get('load_from'))
+    if cfg.get('resume'):  # the run's own checkpoint (named, or the work dir's last): the same model, strictly
+        resumed = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
+        check_inputs('train.py', cfg, phases, checkpoint=resumed, strict=True)
+    else:
+        check_inputs('train.py', cfg, phases, checkpoint=cfg.get('load_from'))
     runner = build_runner(cfg)
 
     # start training

@@ -30,11 +30,11 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
-from mmengine.runner.checkpoint import CheckpointLoader  # noqa: E402
 
 import stvit_det  # noqa: E402,F401  (registers STViTR)
 from mmdet.registry import MODELS  # noqa: E402
-from stvit_det.utils import allow_checkpoint_globals  # noqa: E402
+from stvit_det.utils.ckpt_file import read_checkpoint  # noqa: E402
+from stvit_det.utils.paths import unwritable_reason  # noqa: E402
 from stvit_det.utils.attention_maps import (collect_attention, default_windows, peak_over_uniform,  # noqa: E402
                                             semantic_to_tokens, tokens_to_pixels, unit_maps)
 
@@ -82,11 +82,9 @@ def build_backbone(cfg, checkpoint, device):
     backbone = MODELS.build(bb_cfg)
     backbone.init_weights()
     if checkpoint:
-        allow_checkpoint_globals()
-        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
         try:
-            report = backbone.load_pretrained(ckpt, source=checkpoint)
-        except ValueError as e:  # not an STViT-R / Swin checkpoint, or another arch
+            report = backbone.load_pretrained(read_checkpoint(checkpoint), source=checkpoint)
+        except ValueError as e:  # unreadable (CheckpointError), not an STViT-R / Swin checkpoint, or another arch
             raise SystemExit(f'vis_semantic_tokens.py: error: {e}')
         if len(report['missing']) == len(list(backbone.state_dict())):
             raise SystemExit(f'vis_semantic_tokens.py: error: {checkpoint} holds no weights of this backbone')
@@ -95,7 +93,10 @@ def build_backbone(cfg, checkpoint, device):
 
 def load_image(path, cfg, scale):
     """(resized RGB uint8 image (H, W, 3), normalised tensor (1, 3, H, W))."""
-    img = mmcv.imread(path, channel_order='bgr')
+    try:
+        img = mmcv.imread(path, channel_order='bgr')  # (raises for a missing file, None for an unreadable one)
+    except (FileNotFoundError, OSError) as e:
+        raise SystemExit(f'vis_semantic_tokens.py: error: cannot read image {path}: {e}') from None
     if img is None:
         raise SystemExit(f'vis_semantic_tokens.py: error: cannot read image {path}')
     h, w = img.shape[:2]
@@ -197,14 +198,18 @@ def draw_recovery_tokens(ax, image, geom, rec, windows):
 
 def main():
     args = parse_args()
+    requested = parse_windows(args.windows) if args.windows else None
+    reason = unwritable_reason(args.out)
+    if reason:
+        raise SystemExit(f'vis_semantic_tokens.py: error: cannot write {args.out}: {reason}')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     torch.manual_seed(0)  # random weights (no --checkpoint) give the same picture every run
-    backbone = build_backbone(cfg, args.checkpoint, args.device)
     image, x = load_image(args.image, cfg, args.scale)
+    backbone = build_backbone(cfg, args.checkpoint, args.device)
     geom, units = collect_attention(backbone, x.to(args.device))
-    windows = parse_windows(args.windows) if args.windows else default_windows(geom)
+    windows = requested or default_windows(geom)
     for cell in windows:
         if not (0 <= cell[0] < geom.nh and 0 <= cell[1] < geom.nw):
             raise SystemExit(f'vis_semantic_tokens.py: error: window {cell} is outside the {geom.nh} x {geom.nw} '

@@ -7,6 +7,7 @@ the file backend, a ``JSONDecodeError`` without the file name, or a ``KeyError``
 """
 import json
 import math
+import os
 import os.path as osp
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
@@ -43,16 +44,19 @@ def _check_records(path: str, coco: dict, key: str, fields: Sequence[str]) -> se
     return ids
 
 
-def check_coco_annotations(path: str) -> dict:
+def check_coco_annotations(path: str, evaluated: bool = False) -> dict:
     """Load a COCO-format annotation file and check its structure.
 
     Checked: the file exists and is JSON; it is an object with the lists ``images`` (non-empty; each with ``id``,
     ``file_name``, ``height``, ``width``), ``annotations`` and ``categories`` (each with ``id`` and ``name``); ids
-    are unique; every annotation has an ``image_id`` and a ``category_id`` that exist, and a ``bbox`` of four finite
-    numbers with non-negative width and height; a ``segmentation``, when present, is a polygon list or an RLE dict.
+    are unique; every annotation has an ``image_id`` and a ``category_id`` that exist, a ``bbox`` of four finite
+    numbers with non-negative width and height and a numeric ``area`` (MMDetection's ``CocoDataset`` reads it);
+    a ``segmentation``, when present, is a polygon list or an RLE dict.
 
     Args:
         path: the annotation file.
+        evaluated: the file is the ground truth of a COCO evaluation: pycocotools' ``COCOeval`` also reads every
+            annotation's ``iscrowd``.
 
     Returns:
         the parsed annotation dict.
@@ -82,9 +86,12 @@ def check_coco_annotations(path: str) -> dict:
 
     image_ids = _check_records(path, coco, 'images', ('id', 'file_name', 'height', 'width'))
     category_ids = _check_records(path, coco, 'categories', ('id', 'name'))
-    _check_records(path, coco, 'annotations', ('id', 'image_id', 'category_id', 'bbox'))
+    _check_records(path, coco, 'annotations', ('id', 'image_id', 'category_id', 'bbox', 'area')
+                   + (('iscrowd', ) if evaluated else ()))
     for index, ann in enumerate(coco['annotations']):
         where = f'{path}: annotations[{index}] (id {ann["id"]!r})'
+        if not _is_number(ann['area']):
+            raise CocoAnnotationError(f'{where} has a non-numeric area {ann["area"]!r}')
         if ann['image_id'] not in image_ids:
             raise CocoAnnotationError(f'{where} refers to unknown image_id {ann["image_id"]!r}')
         if ann['category_id'] not in category_ids:
@@ -126,16 +133,83 @@ def iter_leaf_datasets(dataset_cfg: Any) -> Iterator[dict]:
         yield dataset_cfg
 
 
-def _check_ann_file(path: str, what: str) -> None:
+def _check_ann_file(path: str, what: str, evaluated: bool = False) -> Optional[dict]:
+    """Check an annotation file; returns the parsed COCO dict of a JSON file small enough to parse, else None."""
     if _is_remote(path):
-        return
+        return None
     if not osp.isfile(path):
         raise CocoAnnotationError(f'annotation file not found: {path} ({what})')
     if path.endswith('.json') and osp.getsize(path) <= MAX_PARSE_BYTES:
-        check_coco_annotations(path)
+        return check_coco_annotations(path, evaluated)
+    return None
 
 
-def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset') -> List[str]:
+def registered_dataset(dataset_cfg: dict, scope: Optional[str] = None) -> Optional[type]:
+    """The dataset class a config names (``type``, in its ``_scope_`` or ``scope``), or None if unknown."""
+    from mmengine.registry import DATASETS
+
+    kind = dataset_cfg.get('type')
+    if isinstance(kind, type):
+        return kind
+    if not isinstance(kind, str):
+        return None
+    scope = dataset_cfg.get('_scope_') or scope or 'mmdet'
+    return DATASETS.get(kind if '.' in kind else f'{scope}.{kind}')
+
+
+def config_classes(dataset_cfg: dict, scope: Optional[str] = None) -> Optional[Tuple[str, ...]]:
+    """The class names a dataset config will use: MMPretrain's ``classes`` argument, its ``metainfo`` (names, or a
+    file of names, one per line) or its class's ``METAINFO`` (None if unknown)."""
+    from mmengine import list_from_file
+
+    classes = dataset_cfg.get('classes')
+    if classes is None:
+        classes = (dataset_cfg.get('metainfo') or {}).get('classes')
+    if isinstance(classes, str):
+        try:
+            classes = list_from_file(osp.join(dataset_cfg.get('data_root') or '', classes)
+                                     if not osp.isfile(classes) else classes)
+        except OSError:
+            return None
+    if classes is None:
+        classes = getattr(registered_dataset(dataset_cfg, scope), 'METAINFO', {}).get('classes')
+    return None if classes is None else tuple(classes)
+
+
+def _check_coco_dataset(coco: dict, dataset_cfg: dict, path: str, img_dir: Optional[str], what: str,
+                        scope: Optional[str]) -> None:
+    """For MMDetection's ``CocoDataset`` (and subclasses): the config's classes are category names of the file
+    (mmdet silently drops the others and shifts the labels of the rest, or finds no image at all), and every
+    image it lists is in the image directory (else a missing one stops training whenever it is sampled)."""
+    from mmdet.datasets import CocoDataset
+
+    cls = registered_dataset(dataset_cfg, scope)
+    if not (isinstance(cls, type) and issubclass(cls, CocoDataset)):
+        return
+    classes = config_classes(dataset_cfg, scope)
+    names = [c['name'] for c in coco['categories']]
+    absent = [c for c in classes or () if c not in names]
+    if absent:
+        shown = ', '.join(map(repr, absent[:5])) + (f' and {len(absent) - 5} more' if len(absent) > 5 else '')
+        raise DatasetCheckError(f'{path}: {len(absent)} of the {len(classes)} classes of {what} are not category '
+                                f'names of the file: {shown} (its categories: {names[:10]}); set '
+                                f'{what}.metainfo=dict(classes=(...)) to the names to train / evaluate')
+    if img_dir is None or _is_remote(img_dir):
+        return
+    listed: dict = {}
+    for index, image in enumerate(coco['images']):
+        listed.setdefault(osp.dirname(str(image['file_name'])), []).append(index)
+    for sub, indices in listed.items():
+        folder = osp.join(img_dir, sub)
+        present = set(os.listdir(folder)) if osp.isdir(folder) else set()
+        gone = [i for i in indices if osp.basename(str(coco['images'][i]['file_name'])) not in present]
+        if gone:
+            first = coco['images'][gone[0]]['file_name']
+            raise DatasetCheckError(f'{path}: {len(gone)} of its {len(coco["images"])} images are not in {img_dir} '
+                                    f'({what}), e.g. images[{gone[0]}] file_name {first!r}')
+
+
+def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[str] = None) -> List[str]:
     """Check one leaf dataset config: its ``ann_file`` (COCO JSON checked in full) and its image directories:
     ``data_prefix`` (a dict as in MMDetection and MMSegmentation, or MMPretrain's one folder) or, for MMPretrain's
     ``ImageNet(data_root=..., split=...)``, ``data_root/split``.
@@ -143,21 +217,25 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset') -> List[str]:
     Args:
         dataset_cfg: a dataset config with optional ``data_root``, ``ann_file``, ``data_prefix``.
         what: where the config comes from, used in messages (e.g. 'train_dataloader.dataset').
+        scope: the config's default scope, to find the dataset class (for MMDetection's ``CocoDataset``: its
+            classes against the file's categories, its images in ``data_prefix.img``).
 
     Returns:
         the paths checked.
 
     Raises:
-        DatasetCheckError: for a missing or malformed annotation file or a missing image directory.
+        DatasetCheckError: for a missing or malformed annotation file, a missing image directory or image, or
+            classes the COCO file does not have.
     """
     root = dataset_cfg.get('data_root') or ''
     if _is_remote(root):
         return []
     checked = []
     ann_file = dataset_cfg.get('ann_file') or ''
+    coco = None
     if ann_file:
         path = _join(root, ann_file)
-        _check_ann_file(path, what)
+        coco = _check_ann_file(path, what)
         checked.append(path)
     prefixes = dataset_cfg.get('data_prefix') or {}
     folders = {}  # where the config names it -> folder
@@ -175,6 +253,10 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset') -> List[str]:
         if not _is_remote(path) and not osp.isdir(path):
             raise DatasetCheckError(f'image directory not found: {path} ({what}.{where})')
         checked.append(path)
+    if coco is not None:
+        img = prefixes.get('img') if isinstance(prefixes, dict) else None
+        _check_coco_dataset(coco, dataset_cfg, checked[0], _join(root, img) if isinstance(img, str) else None,
+                            what, scope)
     return checked
 
 
@@ -202,11 +284,11 @@ def check_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 'test'
             continue
         for index, leaf in enumerate(iter_leaf_datasets(loader.get('dataset'))):
             what = f'{phase}_dataloader.dataset' + (f' #{index}' if index else '')
-            checked += [(what, p) for p in check_dataset_cfg(leaf, what)]
+            checked += [(what, p) for p in check_dataset_cfg(leaf, what, cfg.get('default_scope'))]
         evaluators = cfg.get(f'{phase}_evaluator') or []
         for metric in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
             ann_file: Optional[str] = metric.get('ann_file') if isinstance(metric, dict) else None
             if ann_file:
-                _check_ann_file(ann_file, f'{phase}_evaluator.ann_file')
+                _check_ann_file(ann_file, f'{phase}_evaluator.ann_file', evaluated=True)
                 checked.append((f'{phase}_evaluator', ann_file))
     return checked

@@ -301,6 +301,8 @@ def validate_demo_dataset(out_dir: str, settings: Optional[dict] = None) -> dict
         raise FileNotFoundError(f'{info_path} not found (dataset missing or incompletely built)')
     with open(info_path) as f:
         info = json.load(f)
+    if 'counts' not in info:
+        raise ValueError(f'{info_path}: the build did not finish')
     if settings is not None and info.get('settings') != settings:
         raise ValueError(f'{info_path}: built with different settings {info.get("settings")}, wanted {settings}')
     import cv2
@@ -321,12 +323,13 @@ def validate_demo_dataset(out_dir: str, settings: Optional[dict] = None) -> dict
 def make_demo_dataset(out_dir: str, force: bool = False, **settings_kwargs) -> Tuple[dict, bool]:
     """Build the demo dataset under ``out_dir`` unless a valid one with the same settings is already there.
 
-    Layout: ``annotations/instances_{train,val}.json``, ``{train,val}/*.png`` and ``build_info.json`` (written
-    last, so an interrupted build is detected and redone).
+    Layout: ``annotations/instances_{train,val}.json``, ``{train,val}/nuclei_*.png`` and ``build_info.json``
+    (first marked incomplete, completed last, so an interrupted build is detected and redone).
 
     Args:
         out_dir: output directory (created if needed; only the paths above are written or replaced).
-        force: rebuild even if a valid dataset exists.
+        force: rebuild even if a valid dataset exists, and replace those paths even when no build of ours wrote
+            them (without it, such files are refused with ``FileExistsError``).
         **settings_kwargs: see :func:`build_settings` (seed, val_quadrant, crop_size, stride, views_per_crop,
             min_fragment_area).
 
@@ -343,8 +346,17 @@ def make_demo_dataset(out_dir: str, force: bool = False, **settings_kwargs) -> T
             pass
 
     info_path = osp.join(out_dir, BUILD_INFO)
-    if osp.exists(info_path):
-        os.remove(info_path)
+    if not force and not osp.exists(info_path):  # files of the layout that no build of ours wrote: the user's
+        foreign = [p for p in (ann_file_path(out_dir, split) for split in SPLITS) if osp.exists(p)]
+        foreign += [osp.join(out_dir, split, f) for split in SPLITS if osp.isdir(osp.join(out_dir, split))
+                    for f in sorted(os.listdir(osp.join(out_dir, split))) if f.startswith(f'nuclei_{split}_')]
+        if foreign:
+            raise FileExistsError(f'{out_dir} holds files this build would replace, and no {BUILD_INFO} of an earlier '
+                                  f'build: {", ".join(foreign[:3])}{" ..." if len(foreign) > 3 else ""}; choose '
+                                  'another --out, or --force to replace them')
+    os.makedirs(out_dir, exist_ok=True)
+    with open(info_path, 'w') as f:  # marks the folder as ours while it is built (no counts: not valid yet)
+        json.dump({'settings': settings, 'complete': False}, f)
     image, labels = load_stardist_nuclei()
     train_mask = np.ones(labels.shape, dtype=bool)
     qy0, qx0, qy1, qx1 = quadrant_box(settings['val_quadrant'], labels.shape)

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..utils.paths import unwritable_reason
 from .equivalents import ExportableOps, exportable_attention
 
 EXPORTERS = ('dynamo', 'torchscript')
@@ -105,14 +106,9 @@ def export_onnx(module: torch.nn.Module,
         raise ValueError(f"exporter must be one of {EXPORTERS}, got '{exporter}'")
     if len(input_names) != len(args):
         raise ValueError(f'{len(args)} inputs but {len(input_names)} input names')
-    existed = os.path.exists(path)
-    try:  # fail here, not as an export error after minutes of tracing
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        open(path, 'ab').close()
-    except OSError as e:
-        raise ValueError(f'cannot write the ONNX file {path}: {e.strerror or e}') from None
-    if not existed:
-        os.remove(path)
+    reason = unwritable_reason(path)  # fail here, not as an export error after minutes of tracing
+    if reason:
+        raise ValueError(f'cannot write the ONNX file {path}: {reason}')
     module.eval()  # not `module = module.eval()`: mmdet's backbones override train() and return None
     try:
         with torch.no_grad(), exportable_attention(module):

@@ -10,6 +10,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
+from ..datasets.coco_check import config_classes
 from .checkpoint_safety import allow_checkpoint_globals
 from .ckpt_convert import (classifier_num_classes, compare_state_dicts, describe_mismatch, detect_layout,
                            unwrap_state_dict)
@@ -42,11 +43,14 @@ def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
                 raise
             ckpt = torch.load(path, map_location='cpu', weights_only=True)  # a legacy (non-zip) file: read it all
     except Exception as e:  # noqa: BLE001 - torch raises many kinds (RuntimeError, UnpicklingError, IndexError...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        first = lines[0] if lines else type(e).__name__
         if isinstance(e, pickle.UnpicklingError) and 'Unsupported global' in str(e):
-            which = next(line for line in str(e).splitlines() if 'Unsupported global' in line).strip()
+            which = next(line for line in lines if 'Unsupported global' in line)
             raise CheckpointError(f'{path}: refused by the weights-only unpickler (it stores objects other than '
                                   f'tensors and plain containers): {which}') from None
+        if 'Weights only load failed' in first:  # torch's advice blurb: the unpickler's own reason is further on
+            first = next((line for line in lines if line.startswith('Unsupported')), 'not a pickle of tensors')
         raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another kind of file): '
                               f'{type(e).__name__}: {first}') from None
     try:
@@ -97,30 +101,14 @@ def head_classes_error(model_cfg: Mapping, checkpoint: Mapping, source: str) -> 
 
 
 def dataset_classes(cfg: Mapping) -> Optional[Tuple[str, ...]]:
-    """Class names of the config's test dataset: MMPretrain's ``classes`` argument, its ``metainfo`` (names, or a
-    file of names, one per line) or its class's ``METAINFO`` (None if unknown)."""
-    from mmengine import list_from_file
-    from mmengine.registry import DATASETS
-
+    """Class names of the config's test dataset (:func:`~stvit_det.datasets.coco_check.config_classes`; None if
+    unknown, or for several datasets)."""
     dataset = (cfg.get('test_dataloader') or {}).get('dataset') or {}
     while 'dataset' in dataset:  # wrappers
         dataset = dataset['dataset']
     if 'datasets' in dataset:  # several datasets: no single class list
         return None
-    classes = dataset.get('classes')
-    if classes is None:
-        classes = (dataset.get('metainfo') or {}).get('classes')
-    if isinstance(classes, str):
-        try:
-            classes = list_from_file(osp.join(dataset.get('data_root') or '', classes)
-                                     if not osp.isfile(classes) else classes)
-        except OSError:
-            return None
-    if classes is None and isinstance(dataset.get('type'), str):
-        scope = dataset.get('_scope_') or cfg.get('default_scope') or 'mmdet'
-        cls = DATASETS.get(f'{scope}.{dataset["type"]}')
-        classes = getattr(cls, 'METAINFO', {}).get('classes') if cls is not None else None
-    return None if classes is None else tuple(classes)
+    return config_classes(dataset, cfg.get('default_scope'))
 
 
 def class_order_error(cfg: Mapping, checkpoint: Mapping, source: str) -> Optional[str]:
@@ -218,7 +206,8 @@ def layout_hint(sd: Mapping[str, torch.Tensor], own: Mapping[str, Tuple[int, ...
             'convert a whole released model with tools/convert_ckpt.py --detector / --classifier')
 
 
-def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) -> Dict[str, list]:
+def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
+                                shapes: Optional[Mapping[str, Tuple[int, ...]]] = None) -> Dict[str, list]:
     """Fail early, with one message, on a checkpoint that cannot be read or does not fit the config's model, where
     mmengine would only log the misfits and go on with random tensors.
 
@@ -233,6 +222,7 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) ->
             shape, backbone tensors the model has no place for (another depth), a checkpoint that holds less than
             half of the backbone (another backbone type), and one of which nothing fits. (A classifier's checkpoint
             lacks the detection backbone's norms 0-2: accepted.)
+        shapes: :func:`model_tensor_shapes` of the config, when the caller has them.
 
     Returns:
         the :func:`~stvit_det.utils.ckpt_convert.compare_state_dicts` report (``missing``, ``unexpected``,
@@ -249,7 +239,7 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True) ->
         error = class_order_error(cfg, ckpt, path)
         if error:
             raise CheckpointError(error)
-    own = model_tensor_shapes(cfg)
+    own = model_tensor_shapes(cfg) if shapes is None else shapes
     hint = layout_hint(unwrap_state_dict(ckpt), own, path, getattr(cfg, 'filename', None) or 'CONFIG')
     if hint:
         raise CheckpointError(hint)

@@ -424,7 +424,7 @@ def main():
             cells = [short_name(c), mode, f'{h}x{w}', str(b), d]
             if 'error' in r:
                 failed = True
-                rows.append(cells + ['-'] * 7 + [r['error']])
+                rows.append(cells + ['-'] * 6 + [r['error']])
                 continue
             tmin, tmed = min(r['times']), statistics.median(r['times'])
             speed = mem = '-'

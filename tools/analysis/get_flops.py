@@ -100,6 +100,8 @@ def measure(config: str, args) -> Dict[str, float]:
     torch.manual_seed(0)  # the same random weights and input whatever the position of the config in the list
     try:
         model = build_model(cfg, args.device)
+    except (ValueError, TypeError, KeyError, AssertionError) as e:  # a value the model refuses, an unknown type
+        raise SystemExit(f'error: {config}: the model cannot be built: {str(e).strip().splitlines()[0]}') from None
     except (RuntimeError, NotImplementedError) as e:
         if args.device != 'meta':
             raise
@@ -128,11 +130,17 @@ def parse_args():
     parser.add_argument('--shape', type=int, nargs=2, default=[800, 1216], metavar=('H', 'W'), help='input size')
     parser.add_argument('--mode', choices=['backbone', 'detector', 'both'], default='both',
                         help="'detector': the whole model (detector or segmentor) in predict mode")
-    parser.add_argument('--device', default='cpu', help='cpu, cuda or meta (counts do not depend on it; meta: no '
-                        'arithmetic, seconds, RoI heads at their fixed test load)')
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda', 'meta'],
+                        help='counts do not depend on it; meta: no arithmetic, seconds, RoI heads at their fixed test '
+                        'load')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, help='override settings of every config, key=value')
-    return parser.parse_args()
+    args = parser.parse_args()
+    if min(args.shape) < 1:
+        parser.error(f'--shape H W must be positive, got {args.shape[0]} {args.shape[1]}')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: no CUDA device available')
+    return args
 
 
 def main():

@@ -8,6 +8,7 @@ microsoft/Swin-Transformer (MIT). mmdet's ``SwinTransformer`` (Apache-2.0) is th
 (out_indices, norms, frozen stages, init_cfg). Written anew here; parameter names follow the official checkpoints.
 """
 import math
+import re
 import warnings
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -393,11 +394,18 @@ class STViTR(BaseModule):
                                        for k in shape_mismatch[:5]))
         report['missing'] = filter_ignorable([k for k in own if k not in sd])
         report['unexpected'] = filter_ignorable([k for k in sd if k not in own])
+        depths = tuple(len(s.blocks) for s in self.layers)
         foreign = [k for k in report['unexpected'] if not self._has_block_of(k)]
         if foreign:
             raise ValueError(f'{source}: {len(foreign)} backbone tensors have no place in this STViTR (blocks beyond '
-                             f'its depths {tuple(len(s.blocks) for s in self.layers)}: another arch?): '
+                             f'its depths {depths}: another arch?): '
                              f'{summarise_keys(foreign, depth=3)}; e.g. {", ".join(foreign[:3])}')
+        blocks = {'.'.join(k.split('.')[:4]) for k in sd if re.match(r'layers\.\d+\.blocks\.\d+\.', k)}
+        absent = [f'layers.{i}.blocks.{k}' for i, depth in enumerate(depths) for k in range(depth)
+                  if f'layers.{i}.blocks.{k}' not in blocks]
+        if blocks and absent:  # a shallower arch: those blocks would silently keep their random initialisation
+            raise ValueError(f'{source}: holds no tensor of {len(absent)} blocks of this STViTR (depths {depths}: '
+                             f'another, shallower arch?), e.g. {", ".join(absent[:3])}')
         return sd, report
 
     def _has_block_of(self, key: str) -> bool:

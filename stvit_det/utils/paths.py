@@ -1,0 +1,40 @@
+"""Output paths checked before the work that fills them (a result written after minutes of evaluation must not
+fail on a typo in its path)."""
+import os
+from typing import Optional
+
+
+def unwritable_reason(path: str) -> Optional[str]:
+    """Why a file cannot be written at ``path`` (None when it can).
+
+    Probed the way the tools will write it: the parent folders are created and the file is opened for appending
+    (nothing in an existing file changes); a file that did not exist is removed again.
+    """
+    if os.path.isdir(path):
+        return 'it is a directory'
+    existed = os.path.exists(path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        open(path, 'ab').close()
+    except OSError as e:
+        return e.strerror or str(e)
+    if not existed:
+        os.remove(path)
+    return None
+
+
+def uncreatable_dir_reason(path: str) -> Optional[str]:
+    """Why a folder cannot be made at ``path`` (None when it exists or can be made), creating nothing: its nearest
+    existing ancestor must be a writable folder."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return None if os.access(path, os.W_OK) else 'the folder is not writable'
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f'{parent} is a file'
+    return None if os.access(parent, os.W_OK) else f'{parent} is not writable'
+
+
+__all__ = ['unwritable_reason', 'uncreatable_dir_reason']
