@@ -208,9 +208,10 @@ def test_benchmark_and_flops_take_segmentation_configs():
 def test_benchmark_reports_a_failing_config_in_its_row():
     """A config that cannot run keeps its row, with the error in the last column (stdout alone tells the story)."""
     demo = 'configs/stvit-r/mask-rcnn_stvit-r-demo_fpn_nuclei.py'
-    proc = subprocess.run([sys.executable, osp.join(TOOLS, 'benchmark.py'), demo, demo + '@model.backbone.window_size=0',
-                           '--shape', '64', '64', '--warmup', '0', '--repeats', '1', '--mode', 'backbone', '--threads',
-                           '1'], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    bad = demo + '@model.backbone.window_size=0'
+    proc = subprocess.run([sys.executable, osp.join(TOOLS, 'benchmark.py'), demo, bad, '--shape', '64', '64',
+                           '--warmup', '0', '--repeats', '1', '--mode', 'backbone', '--threads', '1'], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)
     rows = _table(proc.stdout)
     assert len(rows) == 2 and len(rows[0]) == len(rows[1]) == 12, proc.stdout
     assert rows[0][-1] == '' and float(rows[0][5]) > 0

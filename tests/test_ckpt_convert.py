@@ -98,7 +98,8 @@ def test_wrong_arch_fails_naming_the_tensors():
     before = {k: v.clone() for k, v in small.state_dict().items()}
     for shallow in (STViTR(arch='tiny').state_dict(), _mmdet_swin().state_dict()):
         with pytest.raises(ValueError, match=r'holds no tensor of 12 blocks of this STViTR \(depths \(2, 2, 18, 2\): '
-                                             r'another, shallower arch\?\), e\.g\. layers\.2\.blocks\.6, layers\.2\.blocks\.7'):
+                                             r'another, shallower arch\?\), e\.g\. layers\.2\.blocks\.6, '
+                                             r'layers\.2\.blocks\.7'):
             small.load_pretrained(shallow)
     assert all(torch.equal(v, before[k]) for k, v in small.state_dict().items())
     # blocks it has, of another kind (STViT-R weights for the TokenLearner sparsifier: its learn / fuse blocks have

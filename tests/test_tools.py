@@ -100,7 +100,8 @@ def test_coco_dataset_classes_images_and_evaluation_fields(good_root):
 
     assert check_dataset_cfgs(cfg(), phases=('train', ))
     with pytest.raises(DatasetCheckError, match=r"ann\.json: 1 of the 2 classes of train_dataloader\.dataset are not "
-                                                r"category names of the file: 'cell' \(its categories: \['nucleus'\]\)"):
+                                                r"category names of the file: 'cell' "
+                                                r"\(its categories: \['nucleus'\]\)"):
         check_dataset_cfgs(cfg(classes=('nucleus', 'cell')), phases=('train', ))
     default = _dataset(good_root)
     default.pop('metainfo')

@@ -4,7 +4,6 @@ Used by ``tools/convert_ckpt.py``, ``tools/test.py`` and ``tools/train.py`` (fin
 The conversions themselves are the pure functions of :mod:`stvit_det.utils.ckpt_convert`.
 """
 import os
-import os.path as osp
 import pickle
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -258,5 +257,6 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
     return report
 
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'runner_state_dict', 'head_classes_error', 'dataset_classes', 'class_order_error',
+__all__ = ['CheckpointError', 'read_checkpoint', 'runner_state_dict', 'head_classes_error', 'dataset_classes',
+           'class_order_error',
            'model_tensor_shapes', 'pretrained_init', 'check_backbone_init_checkpoint', 'check_checkpoint_for_config']

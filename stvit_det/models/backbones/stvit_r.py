@@ -255,8 +255,10 @@ class STViTR(BaseModule):
         for i, depth in enumerate(depths):
             if stage3_form == 'classification':
                 pattern = classification_pattern(depth) if i == SPARSE_STAGE else classification_swin_pattern(depth)
+            elif sparsify and i == SPARSE_STAGE:
+                pattern = dumbbell_pattern(depth, sparsifier)
             else:
-                pattern = dumbbell_pattern(depth, sparsifier) if (sparsify and i == SPARSE_STAGE) else swin_pattern(depth)
+                pattern = swin_pattern(depth)
             self.layers.append(
                 STViTStage(
                     self.num_features[i],
