@@ -6,10 +6,11 @@ the file backend, a ``JSONDecodeError`` without the file name, or a ``KeyError``
 :class:`DatasetCheckError` into a one-line exit message.
 """
 import json
-import math
 import os
 import os.path as osp
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+from ..utils.values import is_finite_number
 
 REQUIRED_KEYS = ('images', 'annotations', 'categories')
 # Annotation files larger than this are only checked for existence (json.load of a full COCO train file takes
@@ -23,10 +24,6 @@ class DatasetCheckError(ValueError):
 
 class CocoAnnotationError(DatasetCheckError):
     """A COCO annotation file is missing, is not JSON, or is structurally invalid; the message names the file."""
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_records(path: str, coco: dict, key: str, fields: Sequence[str]) -> set:
@@ -90,14 +87,14 @@ def check_coco_annotations(path: str, evaluated: bool = False) -> dict:
                    + (('iscrowd', ) if evaluated else ()))
     for index, ann in enumerate(coco['annotations']):
         where = f'{path}: annotations[{index}] (id {ann["id"]!r})'
-        if not _is_number(ann['area']):
+        if not is_finite_number(ann['area']):
             raise CocoAnnotationError(f'{where} has a non-numeric area {ann["area"]!r}')
         if ann['image_id'] not in image_ids:
             raise CocoAnnotationError(f'{where} refers to unknown image_id {ann["image_id"]!r}')
         if ann['category_id'] not in category_ids:
             raise CocoAnnotationError(f'{where} refers to unknown category_id {ann["category_id"]!r}')
         bbox = ann['bbox']
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)
                 and bbox[2] >= 0 and bbox[3] >= 0):
             raise CocoAnnotationError(f'{where} has a malformed bbox {bbox!r}; expected [x, y, w, h] with w, h >= 0')
         seg = ann.get('segmentation')

@@ -258,5 +258,5 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
 
 
 __all__ = ['CheckpointError', 'read_checkpoint', 'runner_state_dict', 'head_classes_error', 'dataset_classes',
-           'class_order_error',
-           'model_tensor_shapes', 'pretrained_init', 'check_backbone_init_checkpoint', 'check_checkpoint_for_config']
+           'class_order_error', 'model_tensor_shapes', 'pretrained_init', 'check_backbone_init_checkpoint',
+           'check_checkpoint_for_config']

@@ -7,7 +7,6 @@ arXiv 2303.08685. Official code (Apache-2.0): changsn/STViT-R-Object-Detection
 microsoft/Swin-Transformer (MIT). mmdet's ``SwinTransformer`` (Apache-2.0) is the model for the detection duties
 (out_indices, norms, frozen stages, init_cfg). Written anew here; parameter names follow the official checkpoints.
 """
-import math
 import re
 import warnings
 from collections import OrderedDict
@@ -25,6 +24,7 @@ from mmdet.utils import OptMultiConfig
 from ...utils.checkpoint_safety import allow_checkpoint_globals
 from ...utils.ckpt_convert import convert_to_stvit, filter_ignorable, select_prefix, summarise_keys
 from ...utils.ckpt_file import NO_CHECKPOINT, pretrained_init, read_checkpoint
+from ...utils.values import is_count, is_finite_number
 from ..layers.attention import check_attn_impl
 from ..layers.classification_form import STAGE3_FORMS, classification_pattern, classification_swin_pattern
 from ..layers.stvit_stage import SPARSIFIER_UNITS, STViTStage, dumbbell_pattern, swin_pattern
@@ -206,32 +206,26 @@ class STViTR(BaseModule):
             raise ValueError("stage3_form='classification' is the released STViT-R ImageNet network: it needs "
                              f"sparsify=True and sparsifier='stvit', got sparsify={sparsify}, "
                              f"sparsifier='{sparsifier}'")
-        def count(value) -> bool:  # a positive int (bool is an int to Python, never meant as a count)
-            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-        def number(value) -> bool:  # a finite int or float
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
         for name, value in (('embed_dims', embed_dims), ('window_size', window_size)):
-            if not count(value):
+            if not is_count(value):
                 raise ValueError(f'{name} must be a positive integer, got {value!r}')
         for name, values in (('depths', depths), ('num_heads', num_heads)):
-            if not all(count(v) for v in values):
+            if not all(is_count(v) for v in values):
                 raise ValueError(f'{name} must be 4 positive integers, got {values}')
         if stem == 'conv' and embed_dims < 2:
             raise ValueError(f"stem='conv' needs embed_dims >= 2 (its first convolution has embed_dims // 2 "
                              f'channels), got {embed_dims}')
-        if not (number(mlp_ratio) and int(embed_dims * mlp_ratio) >= 1):
+        if not (is_finite_number(mlp_ratio) and int(embed_dims * mlp_ratio) >= 1):
             raise ValueError(f'mlp_ratio must be positive and give at least one hidden channel '
                              f'(int(embed_dims * mlp_ratio) >= 1), got {mlp_ratio!r} with embed_dims {embed_dims}')
-        if not (number(drop_path_rate) and 0 <= drop_path_rate < 1):
+        if not (is_finite_number(drop_path_rate) and 0 <= drop_path_rate < 1):
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
-        if not number(layer_scale_init):
+        if not is_finite_number(layer_scale_init):
             raise ValueError(f'layer_scale_init must be a finite number, got {layer_scale_init!r}')
-        if not (count(semantic_samples) and semantic_samples <= window_size):
+        if not (is_count(semantic_samples) and semantic_samples <= window_size):
             raise ValueError(f'semantic_samples must be an integer in [1, window_size={window_size}], '
                              f'got {semantic_samples!r}')
-        if len(regions) != 3 or not all(count(r) for r in regions):
+        if len(regions) != 3 or not all(is_count(r) for r in regions):
             raise ValueError(f'regions needs 3 integer sides (generate, refine, recover), got {regions}')
         if not isinstance(out_indices, Sequence) or not out_indices or any(i not in range(4) for i in out_indices):
             raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3), got {out_indices!r}')
