@@ -230,3 +230,16 @@ def test_get_flops_bad_input_is_one_line(args, message):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
     assert message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_window_kernels_tool_times_both_kernels_and_restores_the_rule(capsys, monkeypatch):
+    import stvit_det.models.layers.swin_block as swin_block
+
+    tool = _load_tool('window_kernels')
+    rule = swin_block.use_fused_window_attention
+    monkeypatch.setattr(sys, 'argv', ['window_kernels.py', '--shape', '64', '96', '--repeats', '1', '--threads', '1'])
+    tool.main()
+    assert swin_block.use_fused_window_attention is rule
+    rows = _table(capsys.readouterr().out)[1:]  # (the separator line counts as the first row)
+    assert [r[1] for r in rows] == ['0', '1', '2', '3'] and [r[4] for r in rows] == ['12', '4', '1', '1']
+    assert all(float(r[7].split(' / ')[0]) > 0 for r in rows)
