@@ -33,10 +33,10 @@ from mmengine.registry import init_default_scope  # noqa: E402
 
 import stvit_det  # noqa: E402,F401  (registers STViTR)
 from mmdet.registry import MODELS  # noqa: E402
-from stvit_det.utils.ckpt_file import read_checkpoint  # noqa: E402
-from stvit_det.utils.paths import unwritable_reason  # noqa: E402
 from stvit_det.utils.attention_maps import (collect_attention, default_windows, peak_over_uniform,  # noqa: E402
                                             semantic_to_tokens, tokens_to_pixels, unit_maps)
+from stvit_det.utils.ckpt_file import read_checkpoint  # noqa: E402
+from stvit_det.utils.paths import unwritable_reason  # noqa: E402
 
 WINDOW_COLOURS = ('#00e5ff', '#ff9100', '#76ff03', '#ff4081', '#ffff00', '#b388ff')
 TITLES = {
@@ -95,7 +95,7 @@ def load_image(path, cfg, scale):
     """(resized RGB uint8 image (H, W, 3), normalised tensor (1, 3, H, W))."""
     try:
         img = mmcv.imread(path, channel_order='bgr')  # (raises for a missing file, None for an unreadable one)
-    except (FileNotFoundError, OSError) as e:
+    except OSError as e:
         raise SystemExit(f'vis_semantic_tokens.py: error: cannot read image {path}: {e}') from None
     if img is None:
         raise SystemExit(f'vis_semantic_tokens.py: error: cannot read image {path}')
