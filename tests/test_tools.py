@@ -156,8 +156,13 @@ def test_classification_dataset_folders(tmp_path):
     """MMPretrain layouts: one image folder (``data_prefix`` string); ImageNet's ``data_root/split``; other types
     with ``split`` (CIFAR's batch files) keep their own layout and are not asked for a folder."""
     (tmp_path / 'train').mkdir()
-    assert check_dataset_cfgs(dict(train_dataloader=dict(dataset=dict(
-        type='CustomDataset', data_root=str(tmp_path), data_prefix='train'))), phases=('train', )) != []
+    folder = dict(train_dataloader=dict(dataset=dict(type='CustomDataset', data_root=str(tmp_path),
+                                                     data_prefix='train')))
+    with pytest.raises(DatasetCheckError, match=r'image directory is empty: .*train \(train_dataloader\.dataset\.'
+                                                r'data_prefix\)'):
+        check_dataset_cfgs(folder, phases=('train', ))
+    (tmp_path / 'train' / 'cat').mkdir()
+    assert check_dataset_cfgs(folder, phases=('train', )) != []
     with pytest.raises(DatasetCheckError, match=r'image directory not found: .*val \(val_dataloader\.dataset\.'
                                                 r'data_root \+ split\)'):
         check_dataset_cfgs(dict(val_dataloader=dict(dataset=dict(

@@ -249,6 +249,9 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[
         path = _join(root, prefix)
         if not _is_remote(path) and not osp.isdir(path):
             raise DatasetCheckError(f'image directory not found: {path} ({what}.{where})')
+        if where in ('data_prefix', 'data_root + split') and not ann_file and not _is_remote(path) \
+                and not os.listdir(path):  # MMPretrain lists the folder itself: an empty one ends in an assertion
+            raise DatasetCheckError(f'image directory is empty: {path} ({what}.{where})')
         checked.append(path)
     if coco is not None:
         img = prefixes.get('img') if isinstance(prefixes, dict) else None
