@@ -12,7 +12,9 @@ figures set; the tool swaps that rule to time both kernels.
 """
 import argparse
 import math
+import os.path as osp
 import statistics
+import sys
 import time
 
 import torch
@@ -20,6 +22,9 @@ import torch
 import stvit_det.models.layers.swin_block as swin_block
 from stvit_det.models.backbones.stvit_r import ARCH_SETTINGS
 from stvit_det.models.layers.window_ops import shift_window_mask
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import print_table  # noqa: E402
 
 
 def stage_windows(shape, arch: str, window: int = 7):
@@ -84,10 +89,7 @@ def main():
     where = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f'{where}; torch {torch.__version__}; fp32, batch 1; W-MSA + SW-MSA per call; {args.repeats} timed calls '
           'per kernel, interleaved; min / median (ms)')
-    header = ['input', 'stage', 'C', 'heads', 'windows', 'written-out', 'fused SDPA', 'fused / written']
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, ['-' * w for w in widths], *rows]:
-        print('| ' + ' | '.join(c.ljust(w) for c, w in zip(r, widths)) + ' |')
+    print_table(['input', 'stage', 'C', 'heads', 'windows', 'written-out', 'fused SDPA', 'fused / written'], rows)
 
 
 if __name__ == '__main__':
