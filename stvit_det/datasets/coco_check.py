@@ -10,6 +10,7 @@ import os
 import os.path as osp
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
+from ..utils.paths import is_remote
 from ..utils.values import is_finite_number
 
 REQUIRED_KEYS = ('images', 'annotations', 'categories')
@@ -110,10 +111,6 @@ def _join(root: str, path: str) -> str:
     return path if not root or osp.isabs(path) else osp.join(root, path)
 
 
-def _is_remote(path: str) -> bool:
-    return '://' in path
-
-
 def iter_leaf_datasets(dataset_cfg: Any) -> Iterator[dict]:
     """Yield the leaf dataset configs under wrappers (ConcatDataset ``datasets``, RepeatDataset /
     ClassBalancedDataset / MultiImageMixDataset ``dataset``)."""
@@ -132,7 +129,7 @@ def iter_leaf_datasets(dataset_cfg: Any) -> Iterator[dict]:
 
 def _check_ann_file(path: str, what: str, evaluated: bool = False) -> Optional[dict]:
     """Check an annotation file; returns the parsed COCO dict of a JSON file small enough to parse, else None."""
-    if _is_remote(path):
+    if is_remote(path):
         return None
     if not osp.isfile(path):
         raise CocoAnnotationError(f'annotation file not found: {path} ({what})')
@@ -191,7 +188,7 @@ def _check_coco_dataset(coco: dict, dataset_cfg: dict, path: str, img_dir: Optio
         raise DatasetCheckError(f'{path}: {len(absent)} of the {len(classes)} classes of {what} are not category '
                                 f'names of the file: {shown} (its categories: {names[:10]}); set '
                                 f'{what}.metainfo=dict(classes=(...)) to the names to train / evaluate')
-    if img_dir is None or _is_remote(img_dir):
+    if img_dir is None or is_remote(img_dir):
         return
     listed: dict = {}
     for index, image in enumerate(coco['images']):
@@ -225,7 +222,7 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[
             classes the COCO file does not have.
     """
     root = dataset_cfg.get('data_root') or ''
-    if _is_remote(root):
+    if is_remote(root):
         return []
     checked = []
     ann_file = dataset_cfg.get('ann_file') or ''
@@ -247,9 +244,9 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[
         if not isinstance(prefix, str) or not (prefix or root):
             continue
         path = _join(root, prefix)
-        if not _is_remote(path) and not osp.isdir(path):
+        if not is_remote(path) and not osp.isdir(path):
             raise DatasetCheckError(f'image directory not found: {path} ({what}.{where})')
-        if where in ('data_prefix', 'data_root + split') and not ann_file and not _is_remote(path) \
+        if where in ('data_prefix', 'data_root + split') and not ann_file and not is_remote(path) \
                 and not os.listdir(path):  # MMPretrain lists the folder itself: an empty one ends in an assertion
             raise DatasetCheckError(f'image directory is empty: {path} ({what}.{where})')
         checked.append(path)

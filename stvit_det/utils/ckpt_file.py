@@ -13,6 +13,7 @@ from ..datasets.coco_check import config_classes
 from .checkpoint_safety import allow_checkpoint_globals
 from .ckpt_convert import (classifier_num_classes, compare_state_dicts, describe_mismatch, detect_layout,
                            unwrap_state_dict)
+from .paths import is_remote
 
 
 class CheckpointError(ValueError):
@@ -176,7 +177,7 @@ def check_backbone_init_checkpoint(cfg: Mapping) -> Optional[Dict[str, list]]:
     path = init.get('checkpoint')
     if not path:
         raise CheckpointError(NO_CHECKPOINT)
-    if '://' in str(path):
+    if is_remote(path):
         return None
     ckpt = read_checkpoint(str(path), mmap=True)
     try:

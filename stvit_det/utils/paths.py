@@ -4,6 +4,12 @@ import os
 from typing import Optional
 
 
+def is_remote(path) -> bool:
+    """Whether ``path`` names a location through a scheme mmengine's file backends resolve (``s3://``,
+    ``open-mmlab://``, ``https://``, ...), which no local check can look at."""
+    return '://' in str(path)
+
+
 def unwritable_reason(path: str) -> Optional[str]:
     """Why a file cannot be written at ``path`` (None when it can).
 
@@ -37,4 +43,4 @@ def uncreatable_dir_reason(path: str) -> Optional[str]:
     return None if os.access(parent, os.W_OK) else f'{parent} is not writable'
 
 
-__all__ = ['unwritable_reason', 'uncreatable_dir_reason']
+__all__ = ['is_remote', 'unwritable_reason', 'uncreatable_dir_reason']

@@ -24,6 +24,7 @@ from mmdet.utils import OptMultiConfig
 from ...utils.checkpoint_safety import allow_checkpoint_globals
 from ...utils.ckpt_convert import convert_to_stvit, filter_ignorable, select_prefix, summarise_keys
 from ...utils.ckpt_file import NO_CHECKPOINT, pretrained_init, read_checkpoint
+from ...utils.paths import is_remote
 from ...utils.values import is_count, is_finite_number
 from ..layers.attention import check_attn_impl
 from ..layers.classification_form import STAGE3_FORMS, classification_pattern, classification_swin_pattern
@@ -174,7 +175,7 @@ class STViTR(BaseModule):
                  init_cfg: OptMultiConfig = None,
                  pretrained: Optional[str] = None) -> None:
         if pretrained is not None:
-            if '://' in str(pretrained):
+            if is_remote(pretrained):
                 raise ValueError(f"STViTR got pretrained='{pretrained}' (from the config's model.pretrained, set by "
                                  'configs of other backbones): set model.pretrained=None, and give STViT-R weights '
                                  "as backbone init_cfg=dict(type='Pretrained', checkpoint=PATH) (a local file)")
@@ -353,7 +354,7 @@ class STViTR(BaseModule):
         path = cfg.get('checkpoint')
         if not path:
             raise ValueError(NO_CHECKPOINT)
-        if '://' in str(path):  # a scheme mmengine resolves (s3://, open-mmlab://, ...)
+        if is_remote(path):  # a scheme mmengine resolves (s3://, open-mmlab://, ...)
             allow_checkpoint_globals()
             ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu', logger='current')
         else:  # a local file: one clear error for a missing, truncated or non-checkpoint file
