@@ -162,7 +162,8 @@ def test_per_config_overrides_measure_variants_side_by_side():
     """`CONFIG@key=value` applies to that config only: the same STViT-R-T with its default attention, the oracle and
     FlexAttention in one run (no CPU memory figure for FlexAttention: '-'); the FLOP counter sees the dense path's
     extra work only where it is asked for, and refuses FlexAttention in one line."""
-    out = _run('benchmark.py', OURS, OURS + '@model.backbone.attn_impl=reference', OURS + '@model.backbone.attn_impl=flex',
+    out = _run('benchmark.py', OURS, OURS + '@model.backbone.attn_impl=reference',
+               OURS + '@model.backbone.attn_impl=flex',
                '--shape', '64', '96', '--warmup', '0', '--repeats', '1', '--device', 'cpu', '--threads', '1',
                '--mode', 'backbone')
     rows = _table(out)

@@ -325,7 +325,8 @@ def test_checked_samples_are_remembered_until_they_change(seg_root, tmp_path_fac
     cache = tmp_path_factory.mktemp('remembered')
     reads = []
     read = seg_check.read_label_map
-    monkeypatch.setattr(seg_check, 'read_label_map', lambda path, *a: reads.append(osp.basename(path)) or read(path, *a))
+    monkeypatch.setattr(seg_check, 'read_label_map',
+                        lambda path, *a: reads.append(osp.basename(path)) or read(path, *a))
     ds = _seg_cfg(seg_root)['train_dataloader']['dataset']
 
     def check(dataset=ds):

@@ -401,8 +401,8 @@ def parse_args():
     if args.profile and args.compile:
         parser.error('--profile times eager modules with hooks, which do not run inside a compiled graph: drop '
                      '--compile for the breakdown')
-    if (args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1 or (args.threads is not None and args.threads < 1)
-            or min(min(s) for s in args.shape) < 1):
+    if (args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1
+            or (args.threads is not None and args.threads < 1) or min(min(s) for s in args.shape) < 1):
         parser.error('--repeats, --batch-size, --shape and --threads must be >= 1, --warmup >= 0')
     return args
 

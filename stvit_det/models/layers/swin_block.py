@@ -174,7 +174,8 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)."""
         x = pad_to_multiple(x, 2)  # (B, H', W', C), H' and W' even
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)  # (B, H'/2, W'/2, 4C)
+        # (B, H'/2, W'/2, 4C)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
         return self.reduction(self.norm(x))  # (B, H'/2, W'/2, 2C)
 
 

@@ -31,7 +31,8 @@ def padded_window_mask(H: int, W: int, ws: int, device: Optional[torch.device] =
     Returns:
         Bool tensor (nW, N): True for tokens inside the H x W map. Every window holds at least one real token.
     """
-    Hp, Wp = (H + ws - 1) // ws * ws, (W + ws - 1) // ws * ws  # not -(-H // ws): traced sizes export as ONNX Div, which truncates
+    # not -(-H // ws): traced sizes export as ONNX Div, which truncates
+    Hp, Wp = (H + ws - 1) // ws * ws, (W + ws - 1) // ws * ws
     valid = torch.zeros(1, Hp, Wp, 1, dtype=torch.bool, device=device)
     valid[:, :H, :W] = True
     return window_partition(valid, ws)[0, ..., 0]  # (nW, N)
