@@ -136,21 +136,48 @@ def test_image_classifier_loss_backward_predict(form):
     assert all(abs(float(p.pred_score.sum()) - 1) < 1e-4 for p in preds)
 
 
+def tagged_tensors(layout):
+    """Zero-stride tensors of the given shapes, each filled with its own key's number (1, 2, ...), so that a
+    conversion that puts a tensor under another key's name is seen."""
+    return {k: torch.full((), i + 1, dtype=torch.long if k.endswith(('index', 'num_batches_tracked')) else
+                          torch.float32).expand(shape) for i, (k, shape) in enumerate(layout.items())}
+
+
+def classifier_key(official_key):
+    """Where the official ImageNet layout's key goes in the MMPretrain classifier (spelled out independently of
+    ``ckpt_convert``): ``norm`` -> ``backbone.norm3``, ``head`` -> ``head.fc``, the rest under ``backbone.``."""
+    for src, dst in (('norm.', 'backbone.norm3.'), ('head.', 'head.fc.')):
+        if official_key.startswith(src):
+            return dst + official_key[len(src):]
+    return 'backbone.' + official_key
+
+
+def assert_tensors_went_to(converted, source, rename):
+    """Every tensor of ``converted`` is the one ``source`` holds under the name ``rename`` maps back to."""
+    back = {rename(k): k for k in source}
+    for k, v in converted.items():
+        assert k in back, k
+        assert v.shape == source[back[k]].shape and torch.equal(v.reshape(-1)[:1], source[back[k]].reshape(-1)[:1]), \
+            f'{k} holds the tensor of another key than {back[k]}'
+
+
 def official_imagenet_checkpoint(path, arch='s'):
     """An official STViT-R ImageNet checkpoint (``{'model': ...}``: backbone keys, ``norm``, ``head``, the two
-    attn_mask buffers; changsn/STViT-R, DET log 'unexpected key' line), zero-stride tensors."""
+    attn_mask buffers; changsn/STViT-R, DET log 'unexpected key' line), zero-stride tensors, each holding its
+    key's number (``tagged_tensors``)."""
     sizes = dict(s=dict(C=96, depths=(2, 2, 18, 2), heads=(3, 6, 12, 24)),
                  b=dict(C=128, depths=(2, 2, 18, 2), heads=(4, 8, 16, 32)))[arch]
     layout = stvit_backbone_layout(**sizes, imagenet=True)
-    torch.save({'model': tiny_tensors(layout)}, path)
-    return layout
+    tensors = tagged_tensors(layout)
+    torch.save({'model': tensors}, path)
+    return tensors
 
 
 @pytest.mark.parametrize('arch', ['s', 'b'])
 def test_official_imagenet_checkpoint_loads_0_0(tmp_path, arch):
     src, dst = tmp_path / f'STViT-R-Swin-{arch.upper()}.pth', tmp_path / f'stvit-r-{arch}_in1k_mmpretrain.pth'
-    layout = official_imagenet_checkpoint(src, arch)
-    assert sorted(k for k in layout if k.endswith('attn_mask')) == ['layers.0.blocks.1.attn_mask',
+    source = official_imagenet_checkpoint(src, arch)
+    assert sorted(k for k in source if k.endswith('attn_mask')) == ['layers.0.blocks.1.attn_mask',
                                                                      'layers.1.blocks.1.attn_mask']
     config = osp.join(CLS, RELEASED[arch])
     report = convert_ckpt.main(['--classifier', config, str(src), str(dst)])
@@ -161,6 +188,7 @@ def test_official_imagenet_checkpoint_loads_0_0(tmp_path, arch):
     result = model.load_state_dict(sd, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     assert 'backbone.norm3.weight' in sd and 'head.fc.weight' in sd and 'norm.weight' not in sd
+    assert_tensors_went_to(sd, source, classifier_key)  # each tensor under its own new name
 
 
 def save_like_official_training(path, state_dict):
@@ -196,17 +224,22 @@ def test_official_training_checkpoint_reads_without_yacs(tmp_path):
 
     src = tmp_path / 'ckpt_best.pth'
     layout = stvit_backbone_layout(C=96, depths=(2, 2, 18, 2), heads=(3, 6, 12, 24), imagenet=True)
-    save_like_official_training(src, tiny_tensors(layout))
+    source = tagged_tensors(layout)
+    save_like_official_training(src, source)
     ckpt = read_checkpoint(str(src))
     assert type(ckpt['config']) is not dict and isinstance(ckpt['config'], dict)  # an OrderedDict, not a CfgNode
     assert ckpt['config']['TRAIN']['BASE_LR'] == 1e-3 and ckpt['config'].__dict__['__immutable__'] is True
     report = convert_ckpt.main(['--classifier', osp.join(CLS, RELEASED['s']), str(src), str(tmp_path / 'c.pth')])
     assert report['missing'] == [] and report['unexpected'] == [] and report['mismatched'] == []
+    assert_tensors_went_to(torch.load(tmp_path / 'c.pth', weights_only=True)['state_dict'], source, classifier_key)
 
     det = stvit_det.STViTR(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
                            init_cfg=dict(type='Pretrained', checkpoint=str(src)))
     det.init_weights()
-    assert float(det.layers[2].blocks[1].attn.kv.weight.abs().sum()) == 0  # the checkpoint's (zero) tensors
+    # the checkpoint's tensors, each under its own name (no prefix in a backbone)
+    loaded = {k: v for k, v in det.state_dict().items() if k in source}
+    assert 'layers.2.blocks.1.attn.kv.weight' in loaded and len(loaded) > 300
+    assert_tensors_went_to(loaded, source, lambda k: k)
 
 
 def test_head_of_another_size_is_refused_with_advice(tmp_path):

@@ -53,7 +53,7 @@ def assert_paths_equal(impl, mode, hw, batch=2, device='cpu', **kwargs):
 
 @pytest.mark.parametrize('impl', TRAIN_FAST)
 @pytest.mark.parametrize('mode', ['correct', 'official', 'none'])
-@pytest.mark.parametrize('hw', [(93, 117), (112, 112), (30, 45)])
+@pytest.mark.parametrize('hw', [(93, 117), (112, 112), (30, 45)], ids=lambda hw: f'{hw[0]}x{hw[1]}')
 def test_fast_path_equals_reference(impl, mode, hw):
     """Stage-3 map (stride 16) and its padding to whole 7x7 windows: (93, 117): 6x8, both dims padded;
     (112, 112): 7x7, nothing padded at stages 1-3 ('official' gives every key -1000); (30, 45): 2x3, smaller than
@@ -157,7 +157,10 @@ def test_auto_choice_follows_the_cost_model():
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('with_cp', [False, True])
 def test_half_precision_autocast_is_finite(impl, dtype, with_cp):
-    model = small_stvit(attn_impl=impl, with_cp=with_cp, pad_mask='correct')
+    """Training under autocast stays finite, and inference stays close to fp32 (random weights with layer scales
+    near 1: at init the semantic blocks' 1e-5 scales would hide any error of theirs)."""
+    torch.manual_seed(0)
+    model = randomize_(small_stvit(attn_impl=impl, with_cp=with_cp, pad_mask='correct'))
     model.train()
     x = torch.randn(1, 3, 75, 90)
     with torch.autocast('cpu', dtype=dtype):
@@ -172,7 +175,7 @@ def test_half_precision_autocast_is_finite(impl, dtype, with_cp):
         with torch.autocast('cpu', dtype=dtype):
             half = model(x)
     for a, b in zip(half, ref):
-        assert float((a.float() - b).abs().max() / b.abs().max()) < 0.1  # half precision stays close to fp32
+        assert float((a.float() - b).abs().max() / b.abs().max()) < 0.05  # half precision stays close to fp32
 
 
 @pytest.mark.parametrize('impl', FAST)
@@ -258,7 +261,9 @@ def test_folded_stem_equals_conv_bn_hardswish():
     torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-5)
     # with autograd (a frozen stem that still passes gradients): same values, gradients reach the input
     xg = x.clone().requires_grad_()
-    model.patch_embed(xg).sum().backward()
+    out = model.patch_embed(xg)
+    torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-5)
+    out.sum().backward()
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
 
 

@@ -120,10 +120,11 @@ def test_figures_equal_the_tool():
     assert not wrong, '\n'.join(wrong)
 
 
-def test_meta_count_is_the_cli_count(capsys):
+def test_meta_count_is_the_cli_count(capsys, monkeypatch):
     """The figures above are get_flops.py's: its CLI on the meta device prints the same numbers."""
-    sys.argv = ['get_flops.py', osp.join(ROOT, 'configs', 'stvit-r-cls', 'stvit-r-s-released_16xb64_in1k.py'),
-                '--shape', '224', '224', '--device', 'meta', '--cfg-options', 'model.backbone.attn_impl=reference']
+    monkeypatch.setattr(sys, 'argv', [
+        'get_flops.py', osp.join(ROOT, 'configs', 'stvit-r-cls', 'stvit-r-s-released_16xb64_in1k.py'),
+        '--shape', '224', '224', '--device', 'meta', '--cfg-options', 'model.backbone.attn_impl=reference'])
     get_flops.main()
     row = [line for line in capsys.readouterr().out.splitlines() if 'stvit-r-s-released' in line][0]
     cells = [c.strip() for c in row.strip('|').split('|')]
