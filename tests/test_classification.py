@@ -14,7 +14,7 @@ from mmengine.registry import MODELS, init_default_scope
 import stvit_det
 from stvit_det.utils.ckpt_file import CheckpointError, check_checkpoint_for_config
 
-from test_released_models import stvit_backbone_layout, tiny_tensors
+from test_released_models import stvit_backbone_layout
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
