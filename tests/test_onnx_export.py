@@ -9,6 +9,7 @@ Exports use the TorchScript-based exporter (the tool's default); narrow models k
 import importlib.util
 import itertools
 import logging
+import os
 import os.path as osp
 
 import numpy as np
@@ -31,6 +32,7 @@ from conftest import randomize_
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'stvit-r', 'mask-rcnn_stvit-r-demo_fpn_nuclei.py')
+SEG_DEMO_CONFIG = osp.join(ROOT, 'configs', 'stvit-r-seg', 'stvit-r-demo_upernet_1xb4-400_nuclei-224x224.py')
 TOOL = osp.join(ROOT, 'tools', 'deployment', 'export_onnx.py')
 # narrow STViT-R: one dumbbell unit, few blocks elsewhere; a few seconds per export
 NARROW = dict(embed_dims=16, depths=(1, 1, 6, 1), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
@@ -253,8 +255,10 @@ COCO_NARROW = {
 @pytest.mark.parametrize('config', ['mask-rcnn_stvit-r-t_fpn_1x_coco.py',
                                     'cascade-mask-rcnn_stvit-r-t_fpn_4conv1fc-giou_ms-crop-3x_coco.py'])
 def test_coco_detector_onnx_equals_predict(tmp_path, config):
-    """80-class Mask R-CNN and Cascade Mask R-CNN (class-aware boxes, stage-averaged scores and masks): the traced
-    module equals mmdet's predict, and ONNX Runtime gives the same detections (boxes within 1 px, mask IoU >= 0.98)."""
+    """80-class Mask R-CNN and Cascade Mask R-CNN (class-aware boxes, stage-averaged scores and masks) on an image
+    padded below and right (img_shape inside the input, as a keep-ratio resize leaves it): the traced module equals
+    mmdet's predict (masks over img_shape, boxes clipped to it), and ONNX Runtime gives the same detections (boxes
+    within 1 px, mask IoU >= 0.98)."""
     from mmdet.structures import DetDataSample
 
     torch.manual_seed(0)
@@ -265,18 +269,19 @@ def test_coco_detector_onnx_equals_predict(tmp_path, config):
     with torch.no_grad():  # decisive masks (see demo_checkpoint)
         for head in (mask_heads if isinstance(mask_heads, torch.nn.ModuleList) else [mask_heads]):
             head.conv_logits.weight.mul_(50)
-    hw = (128, 160)
-    image = torch.randn(1, 3, *hw)
-    sample = DetDataSample(metainfo=dict(img_shape=hw, ori_shape=hw, pad_shape=hw, batch_input_shape=hw,
+    hw, img_hw = (128, 160), (117, 151)
+    image = F.pad(torch.randn(1, 3, *img_hw), (0, hw[1] - img_hw[1], 0, hw[0] - img_hw[0]))
+    sample = DetDataSample(metainfo=dict(img_shape=img_hw, ori_shape=img_hw, pad_shape=hw, batch_input_shape=hw,
                                          scale_factor=(1.0, 1.0)))
     with torch.no_grad():
         pred = detector.predict(image, [sample], rescale=False)[0].pred_instances
     reference = [pred.bboxes.numpy(), pred.scores.numpy(), pred.labels.numpy(), pred.masks.numpy()]
     assert len(pred) == 20 and len(set(pred.labels.tolist())) > 1  # several classes among the detections
 
-    module, inputs, outputs, _ = build_part(detector, 'detector', hw)
+    module, inputs, outputs, _ = build_part(detector, 'detector', hw, img_hw)
     with torch.no_grad():
         eager = [o.numpy() for o in module(image)]
+    assert eager[3].shape == reference[3].shape == (20, *img_hw)
     for a, b in zip(eager, reference):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
@@ -394,12 +399,27 @@ def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, d
          f'{garbage}: the test pipeline cannot read it'),
         ([DEMO_CONFIG, '--shape', '224', '224', '--part', 'backbone', '--out', str(garbage / 'x.onnx')],
          f'cannot write the ONNX file {garbage / "x.onnx"}'),
+        ([DEMO_CONFIG, *shape, '--part', 'backbone+neck', '--cfg-options', 'model.backbone.embed_dims=64'],
+         'the backbone+neck does not run on a (1, 3, 224, 224) input: RuntimeError'),  # FPN in_channels of 48
+        ([SEG_DEMO_CONFIG, *shape, '--part', 'backbone', '--image', demo_image],
+         "--image needs the test pipeline of an MMDetection config, and this config's cannot be built here"),
     ]
     for argv, expected in cases:
         rc = tool.main(argv)
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith('error: ')]
         assert rc == 1 and len(errors) == 1 and expected in errors[0] and 'Traceback' not in err, err
+    # bad arguments: one line and status 1 too (argparse's status 2 is the tool's "ONNX Runtime differs")
+    for argv, expected in [([DEMO_CONFIG, '--shape', '224.5', '224', '--part', 'backbone', '--out', out],
+                            "argument --shape: '224.5' is not a positive integer"),
+                           ([DEMO_CONFIG, *shape, '--part', 'backbone', '--threads', '-1'],
+                            "argument --threads: '-1' is not a positive integer"),
+                           ([DEMO_CONFIG, *shape, '--part', 'backbone', '--exporter', 'tf'],
+                            "argument --exporter: invalid choice: 'tf'")]:
+        with pytest.raises(SystemExit) as info:
+            tool.main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 1 and err.startswith('error: ') and err.count('\n') == 1 and expected in err, err
 
 
 def test_tool_exports_backbone_neck_and_reports(tmp_path, capsys):
@@ -458,7 +478,10 @@ def test_onnx_file_that_fails_to_load(tmp_path):
         load_session(str(tmp_path / 'missing.onnx'))
 
 
-def test_export_failure_names_the_operator(tmp_path):
+def test_export_failure_names_the_operator(tmp_path, capfd):
+    """One error naming the operator; the TorchScript exporter's graph dump (written to stdout from C++) goes to a
+    log file that the error names, not to the terminal."""
+    import re
 
     class Svd(torch.nn.Module):
 
@@ -468,6 +491,13 @@ def test_export_failure_names_the_operator(tmp_path):
     with pytest.raises(ExportError, match=r'operator aten::linalg_svd') as info:
         export_onnx(Svd(), (torch.randn(1, 4, 4), ), str(tmp_path / 's.onnx'), ['x'], ['s'], dynamic_batch=False)
     assert 'svd' in failing_operator(info.value.__cause__).lower()
+    assert 'Torch IR graph' not in capfd.readouterr().out
+    log = re.search(r"\(the exporter's output: (\S+)\)$", str(info.value)).group(1)
+    try:
+        with open(log) as f:
+            assert 'Torch IR graph at exception' in f.read()
+    finally:
+        os.remove(log)
 
 
 def test_onnx_benchmark_tool_interleaves_files_and_reports_ratios(tmp_path, capsys):
@@ -491,12 +521,19 @@ def test_onnx_benchmark_tool_interleaves_files_and_reports_ratios(tmp_path, caps
     assert tool.main([files[0], str(tmp_path / 'broken.onnx')]) == 1
     err = capsys.readouterr().err
     assert err.startswith('error: ONNX Runtime cannot load') and err.count('\n') == 1
+    for option in ('--batch', '--threads', '--repeats'):  # counts: refused by argparse, not by ONNX Runtime
+        with pytest.raises(SystemExit):
+            tool.main([files[0], option, '0'])
+        assert f"argument {option}: '0' is not a positive integer" in capsys.readouterr().err
 
 
 def test_other_mmdet_backbone_exports(tmp_path):
     """Any mmdet backbone exports (the peer in a deployment comparison): mmdet's SwinTransformer, whose train()
-    returns None, at an odd size; ONNX Runtime equals PyTorch."""
+    returns None, at an odd size; ONNX Runtime equals PyTorch. Its traced graph holds batch 1 as a constant
+    although the input is declared dynamic (``batch_mismatch`` sees it); STViT-R's takes any batch."""
     from mmdet.models.backbones import SwinTransformer
+
+    from stvit_det.deployment import batch_mismatch
 
     swin = randomize_(SwinTransformer(embed_dims=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4)))
     swin.eval()
@@ -504,4 +541,24 @@ def test_other_mmdet_backbone_exports(tmp_path):
     path = export_onnx(swin, (x, ), str(tmp_path / 'swin.onnx'), ['image'], [f'out{i}' for i in range(4)])
     with torch.no_grad():
         ref = [o.numpy() for o in swin(x)]
-    assert compare(ref, run_session(load_session(path), {'image': x.numpy()}))['max_rel'] <= 1e-4
+    session = load_session(path)
+    assert compare(ref, run_session(session, {'image': x.numpy()}))['max_rel'] <= 1e-4
+    assert 'at batch 2' in batch_mismatch(swin, session, x, 'image')
+
+    ours = randomize_(STViTR(**NARROW)).eval()
+    path = export_onnx(ours, (x, ), str(tmp_path / 'ours.onnx'), ['image'], [f'out{i}' for i in range(4)])
+    assert batch_mismatch(ours, load_session(path), x, 'image') is None
+
+
+def test_tool_falls_back_to_a_static_batch(tmp_path, capsys):
+    """The tool checks a dynamic-batch file at batch 2 and exports mmdet's Swin (narrow) again with a static batch,
+    saying so; the file then takes batch 1 only and reproduces PyTorch."""
+    out = str(tmp_path / 'swin.onnx')
+    rc = _tool().main(['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', '--shape', '70', '101', '--part',
+                       'backbone', '--out', out, '--repeats', '1', '--cfg-options', 'model.backbone.embed_dims=16',
+                       'model.backbone.depths=[1,1,2,1]', 'model.backbone.num_heads=[1,2,2,4]'])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout
+    assert 'dynamic batch: at batch 2 ONNX Runtime differs from PyTorch' in stdout
+    assert 'exported again with a static batch of 1' in stdout
+    assert "('image', [1, 3, 70, 101])" in stdout

@@ -36,7 +36,14 @@ def match_detections(reference: Sequence[np.ndarray], actual: Sequence[np.ndarra
     Returns:
         dict with ``n_reference``, ``n_actual``, ``same_labels`` (bool), ``max_box_diff`` (px, over coordinates),
         ``max_score_diff``, ``min_mask_iou`` (the last three over matched pairs; 0 / 1 when none).
+
+    Raises:
+        ValueError: masks of another size (H, W) in the two runtimes (e.g. one over the padded input, one over the
+            image extent): not comparable.
     """
+    if np.shape(reference[3])[1:] != np.shape(actual[3])[1:]:
+        raise ValueError(f'masks of another size: {tuple(np.shape(reference[3])[1:])} (reference) vs '
+                         f'{tuple(np.shape(actual[3])[1:])}; both must cover the same image extent')
     keep_r = np.asarray(reference[1]) >= score_thr
     keep_a = np.asarray(actual[1]) >= score_thr
     rb, rs, rl, rm = (np.asarray(x)[keep_r] for x in reference)

@@ -16,9 +16,13 @@ shape the graph cannot take.
 References: PyTorch ``torch.onnx`` documentation (``torch.onnx.export``, ``dynamic_shapes``,
 ``custom_translation_table``); ONNX Runtime Python API (``InferenceSession``, ``SessionOptions``).
 """
+import contextlib
+import ctypes
 import os
 import re
 import statistics
+import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -72,6 +76,28 @@ def _first_line(exc: BaseException, width: int = 400) -> str:
     return f'{type(exc).__name__}: {text[:width]}'
 
 
+@contextlib.contextmanager
+def _native_stdout_to(path: str):
+    """Send what is written to the process's stdout (file descriptor 1, so also from C++) to ``path`` meanwhile.
+
+    torch 2.13's TorchScript exporter always enables its ONNX log (``setup_onnx_logging`` tests the function
+    ``_jit_is_onnx_log_enabled`` instead of calling it) and, on a failure, writes the whole traced graph to
+    stdout from C++ ("Torch IR graph at exception"): thousands of lines for a detector.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(path, 'wb') as f:
+            os.dup2(f.fileno(), 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).fflush(None)  # C stdio buffers (std::cout is synchronised with them)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_onnx(module: torch.nn.Module,
                 args: Tuple[torch.Tensor, ...],
                 path: str,
@@ -100,7 +126,8 @@ def export_onnx(module: torch.nn.Module,
         ``path``.
 
     Raises:
-        ExportError: naming the operator that failed and why.
+        ExportError: naming the operator that failed and why; what the exporter wrote to stdout meanwhile (the
+            TorchScript exporter's graph dump) is kept in a log file that the message names.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got '{exporter}'")
@@ -110,8 +137,10 @@ def export_onnx(module: torch.nn.Module,
     if reason:
         raise ValueError(f'cannot write the ONNX file {path}: {reason}')
     module.eval()  # not `module = module.eval()`: mmdet's backbones override train() and return None
+    fd, log = tempfile.mkstemp(prefix='onnx_export_', suffix='.log')
+    os.close(fd)
     try:
-        with torch.no_grad(), exportable_attention(module):
+        with _native_stdout_to(log), torch.no_grad(), exportable_attention(module):
             if exporter == 'dynamo':
                 dynamic_shapes = None
                 if dynamic_batch:
@@ -138,7 +167,11 @@ def export_onnx(module: torch.nn.Module,
     except Exception as exc:  # the exporters raise many types; re-raise one, naming the operator
         op = failing_operator(exc)
         where = f'operator {op}' if op else 'an operator it could not name'
-        raise ExportError(f'{exporter} export failed at {where}: {_first_line(exc)}') from exc
+        dump = f' (the exporter\'s output: {log})' if os.path.getsize(log) else ''
+        if not dump:
+            os.remove(log)
+        raise ExportError(f'{exporter} export failed at {where}: {_first_line(exc)}{dump}') from exc
+    os.remove(log)
     return path
 
 
@@ -226,6 +259,31 @@ def compare(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> Di
         max_abs = max(max_abs, diff)
         max_rel = max(max_rel, diff / max(float(np.abs(r).max()), 1e-12))
     return dict(max_abs=max_abs, max_rel=max_rel)
+
+
+def batch_mismatch(module: torch.nn.Module, session, example: torch.Tensor, input_name: str,
+                   rtol: float = 1e-4) -> Optional[str]:
+    """Why a graph exported with a dynamic batch does not reproduce ``module`` at batch 2 (None when it does).
+
+    A traced graph can hold the example's batch size as a constant although its input is declared dynamic:
+    mmdet's ``SwinTransformer`` reshapes its windows with sizes read as Python ints, so the TorchScript exporter
+    bakes ``B = 1`` into them and ONNX Runtime then mixes the images of a larger batch (max relative difference
+    0.26 at batch 2 in ``tests/test_onnx_export.py``), or fails. The check runs ``example`` beside a second,
+    different image through both runtimes.
+    """
+    second = torch.randn(example.shape, generator=torch.Generator().manual_seed(1), dtype=example.dtype)
+    batch = torch.cat([example, second])  # (2, ...)
+    with torch.inference_mode():
+        out = module(batch)
+    reference = [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
+    try:
+        actual = run_session(session, {input_name: batch.numpy()})
+        diff = compare(reference, actual)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own Fail / RuntimeException types, shape errors
+        return f'ONNX Runtime fails at batch 2 ({_first_line(exc, 200)})'
+    if diff['max_rel'] > rtol:
+        return f"at batch 2 ONNX Runtime differs from PyTorch (max relative diff {diff['max_rel']:.3g})"
+    return None
 
 
 def median_latency_ms(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..toolboxes.scope import drop_init_cfgs, resolve_config_path
+from .onnx_export import ExportError
 
 PARTS = ('backbone', 'backbone+neck', 'detector')
 
@@ -150,18 +151,24 @@ def build_part(detector: nn.Module, part: str, shape: Tuple[int, int],
     check_part(part)
     if min(shape) < 1:
         raise ValueError(f'input shape must be positive, got {tuple(shape)}')
-    with torch.no_grad():
-        if part == 'backbone':
-            module = detector.backbone
-            n = len(module(torch.zeros(1, 3, *shape)))
-            return module, ['image'], [f'out{i}' for i in range(n)], True
-        if part == 'backbone+neck':
-            module = BackboneNeck(detector)
-            n = len(module(torch.zeros(1, 3, *shape)))
-            return module, ['image'], [f'p{i}' for i in range(n)], True
-    from .two_stage import TwoStageExport
+    try:
+        with torch.no_grad():
+            if part == 'backbone':
+                module = detector.backbone
+                n = len(module(torch.zeros(1, 3, *shape)))
+                return module, ['image'], [f'out{i}' for i in range(n)], True
+            if part == 'backbone+neck':
+                module = BackboneNeck(detector)
+                n = len(module(torch.zeros(1, 3, *shape)))
+                return module, ['image'], [f'p{i}' for i in range(n)], True
+        from .two_stage import TwoStageExport
 
-    return TwoStageExport(detector, shape, img_shape), ['image'], ['boxes', 'scores', 'labels', 'masks'], False
+        return TwoStageExport(detector, shape, img_shape), ['image'], ['boxes', 'scores', 'labels', 'masks'], False
+    except ExportError:  # a detector component the export does not express: already named
+        raise
+    except RuntimeError as e:  # e.g. a neck whose in_channels do not fit the backbone's outputs
+        raise ValueError(f'the {part} does not run on a (1, 3, {shape[0]}, {shape[1]}) input: '
+                         f'{type(e).__name__}: {_first_line(e)}') from None
 
 
 def preprocess_image(detector: nn.Module, cfg, image_path: str) -> Tuple[torch.Tensor, object]:
@@ -178,10 +185,16 @@ def preprocess_image(detector: nn.Module, cfg, image_path: str) -> Tuple[torch.T
 
     if not osp.isfile(image_path):
         raise FileNotFoundError(f'image not found: {image_path}')
-    steps = [t for t in cfg.test_dataloader.dataset.pipeline
-             if t['type'] not in ('LoadAnnotations', 'mmdet.LoadAnnotations')]
     try:
-        data = Compose(steps)(dict(img_path=image_path, img_id=0))
+        steps = [t for t in cfg.test_dataloader.dataset.pipeline
+                 if t['type'] not in ('LoadAnnotations', 'mmdet.LoadAnnotations')]
+        pipeline = Compose(steps)
+    except Exception as e:  # noqa: BLE001 - no test_dataloader; a transform of another toolbox (KeyError)
+        raise ValueError(f'--image needs the test pipeline of an MMDetection config, and this config\'s cannot be '
+                         f'built here ({type(e).__name__}: {_first_line(e)}); without --image the input is a '
+                         'random tensor') from None
+    try:
+        data = pipeline(dict(img_path=image_path, img_id=0))
     except Exception as e:  # noqa: BLE001 - mmcv's loader asserts ('failed to load image'); decoders raise others
         raise ValueError(f'{image_path}: the test pipeline cannot read it ({type(e).__name__}: {e})') from None
     batch = detector.data_preprocessor(dict(inputs=[data['inputs']], data_samples=[data['data_samples']]), False)

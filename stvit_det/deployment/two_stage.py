@@ -113,8 +113,9 @@ class TwoStageExport(nn.Module):
     Export status (TorchScript exporter, torch 2.13): the demo Mask R-CNN (one class) and the 80-class COCO
     Mask R-CNN and Cascade Mask R-CNN export and match ``predict`` (``tests/test_onnx_export.py``).
 
-    ``forward(image (1, 3, H, W))`` returns boxes (K, 4), scores (K,), labels (K,) int64 and masks (K, H, W) bool
-    (K <= ``test_cfg.rcnn.max_per_img``), ordered by descending score, as mmdet's ``predict(rescale=False)``.
+    ``forward(image (1, 3, H, W))`` returns boxes (K, 4), scores (K,), labels (K,) int64 and masks (K, h, w) bool
+    over the image extent ``img_shape`` = (h, w) (not the padding below / right of it), K <=
+    ``test_cfg.rcnn.max_per_img``, ordered by descending score, as mmdet's ``predict(rescale=False)``.
     """
 
     def __init__(self, detector: nn.Module, input_shape: Tuple[int, int], img_shape: Tuple[int, int] = None) -> None:
@@ -271,7 +272,8 @@ class TwoStageExport(nn.Module):
         return boxes[keep], scores[keep], labels[keep]
 
     def masks(self, feats: Sequence[torch.Tensor], boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Binary masks (K, H, W) of the detections, pasted into the input image."""
+        """Binary masks (K, h, w) of the detections, pasted into the image extent ``img_shape`` (as mmdet's
+        ``FCNMaskHead`` without rescaling: the resized image, not its padding)."""
         roi = self.detector.roi_head
         stages = getattr(roi, 'num_stages', 1)
         rois = torch.cat([boxes.new_zeros(boxes.shape[0], 1), boxes], dim=1)  # (K, 5)
@@ -282,11 +284,11 @@ class TwoStageExport(nn.Module):
         prob = probs[0] if stages == 1 else torch.stack(probs).mean(dim=0)
         if not head.class_agnostic:
             prob = torch.gather(prob, 1, labels.view(-1, 1, 1, 1).expand(-1, 1, *prob.shape[2:]))  # (K, 1, 28, 28)
-        pasted = paste_masks(prob, boxes, self.input_shape)  # (K, H, W)
+        pasted = paste_masks(prob, boxes, self.img_shape)  # (K, h, w)
         return pasted >= self.rcnn_cfg.mask_thr_binary
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(1, 3, H, W) preprocessed image -> boxes (K, 4), scores (K,), labels (K,), masks (K, H, W) bool."""
+        """(1, 3, H, W) preprocessed image -> boxes (K, 4), scores (K,), labels (K,), masks (K, h, w) bool."""
         feats = self.detector.extract_feat(image)
         boxes, scores, labels = self.boxes(feats, self.proposals(feats))
         return boxes, scores, labels, self.masks(feats, boxes, labels)

@@ -23,15 +23,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from _common import print_table  # noqa: E402
 from stvit_det.deployment import OnnxInputError, OnnxLoadError, load_session  # noqa: E402
 from stvit_det.deployment.onnx_export import graph_inputs  # noqa: E402
+from stvit_det.utils.values import non_negative_int, positive_int  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Time ONNX files in ONNX Runtime, interleaved')
     parser.add_argument('files', nargs='+', help='.onnx files (the first is the reference of the ratios)')
-    parser.add_argument('--batch', type=int, default=1, help='size of a dynamic batch dimension')
-    parser.add_argument('--threads', type=int, default=None, help='intra-op threads (default: torch\'s count)')
-    parser.add_argument('--warmup', type=int, default=1, help='untimed calls per file first')
-    parser.add_argument('--repeats', type=int, default=5, help='timed calls per file')
+    parser.add_argument('--batch', type=positive_int, default=1, help='size of a dynamic batch dimension')
+    parser.add_argument('--threads', type=positive_int, default=None,
+                        help='intra-op threads (default: torch\'s count)')
+    parser.add_argument('--warmup', type=non_negative_int, default=1, help='untimed calls per file first')
+    parser.add_argument('--repeats', type=positive_int, default=5, help='timed calls per file')
     return parser.parse_args(argv)
 
 

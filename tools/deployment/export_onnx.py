@@ -7,11 +7,13 @@ input and report the difference to PyTorch and the CPU latency of both.
 
 The input is the preprocessed tensor (normalised, padded) of a fixed H x W; ``--image`` takes it from an image file
 through the config's test pipeline (H x W must then be its padded size), else from a seeded random normal tensor.
-Backbone parts have a dynamic batch dimension unless ``--static-batch``; the detector takes one image. Without a
-checkpoint the weights are random. Everything is in ``stvit_det.deployment``; this file only parses and prints.
-Exit status 1 with one ``error:`` line on bad input (config, checkpoint, part, shape, image) or an export failure
-(naming the operator); 2 when ONNX Runtime's result differs from PyTorch's beyond ``--rtol`` (backbone parts: max
-relative difference; detector: other detections above ``--score-thr``, a box more than 1 px off or a mask IoU
+Backbone parts have a dynamic batch dimension unless ``--static-batch``; the file is then also checked at batch 2,
+and a graph that holds the traced batch as a constant (mmdet's Swin) is exported again with a static batch (said
+so). The detector takes one image. Without a checkpoint the weights are random. Everything is in
+``stvit_det.deployment``; this file only parses and prints.
+Exit status 1 with one ``error:`` line on bad input (arguments, config, checkpoint, part, shape, image) or an export
+failure (naming the operator); 2 when ONNX Runtime's result differs from PyTorch's beyond ``--rtol`` (backbone parts:
+max relative difference; detector: other detections above ``--score-thr``, a box more than 1 px off or a mask IoU
 below 0.98).
 """
 import argparse
@@ -21,24 +23,34 @@ import torch
 from mmengine.config import DictAction
 
 from stvit_det.deployment import (PARTS, CheckpointMismatchError, ExportError, OnnxInputError, OnnxLoadError,
-                                  build_detector, build_part, compare, export_onnx, load_session, median_latency_ms,
-                                  preprocess_image, run_session)
+                                  batch_mismatch, build_detector, build_part, compare, export_onnx, load_session,
+                                  median_latency_ms, preprocess_image, run_session)
 from stvit_det.deployment.equivalents import EXPORTABLE_REGION_ATTENTION, stand_in_modules
 from stvit_det.deployment.onnx_export import EXPORTERS
+from stvit_det.utils.values import positive_int
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments end like every other bad input: one ``error:`` line, exit status 1 (argparse's own status 2
+    is this tool's "ONNX Runtime differs")."""
+
+    def error(self, message):
+        self.exit(1, f'error: {message} (see --help)\n')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Export to ONNX and check the file against PyTorch')
+    parser = _Parser(description='Export to ONNX and check the file against PyTorch')
     parser.add_argument('config', help='config file (also mmdet::... paths)')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint that fits the config (default: random weights)')
-    parser.add_argument('--shape', type=int, nargs=2, required=True, metavar=('H', 'W'), help='network input size')
+    parser.add_argument('--shape', type=positive_int, nargs=2, required=True, metavar=('H', 'W'),
+                        help='network input size')
     parser.add_argument('--part', required=True, help=f"one of {', '.join(PARTS)}")
     parser.add_argument('--out', required=True, help='output .onnx file')
     parser.add_argument('--image', help='image file: the input comes from the test pipeline (else random)')
     parser.add_argument('--exporter', default='torchscript', choices=EXPORTERS, help='torch.onnx exporter')
     parser.add_argument('--static-batch', action='store_true', help='no dynamic batch dimension')
-    parser.add_argument('--threads', type=int, default=None, help='CPU threads for both runtimes')
-    parser.add_argument('--repeats', type=int, default=5, help='timed runs per runtime (median reported)')
+    parser.add_argument('--threads', type=positive_int, default=None, help='CPU threads for both runtimes')
+    parser.add_argument('--repeats', type=positive_int, default=5, help='timed runs per runtime (median reported)')
     parser.add_argument('--score-thr', type=float, default=0.3, help='detector: detections compared above this')
     parser.add_argument('--rtol', type=float, default=1e-4,
                         help='backbone parts: largest max relative difference accepted (else exit status 2)')
@@ -52,7 +64,7 @@ def _as_list(out):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     try:
@@ -81,8 +93,15 @@ def main(argv=None) -> int:
             stand_ins = ', '.join(f"'{a}' as '{b}'" for a, b in EXPORTABLE_REGION_ATTENTION.items())
             print(f'attention: {len(affected)} modules with attn_impl {impls}; exported with their exportable '
                   f'equivalents ({stand_ins}: the tiled attention has no ONNX translation)')
-        export_onnx(module, (image, ), args.out, inputs, outputs, dynamic and not args.static_batch, args.exporter)
+        dynamic = dynamic and not args.static_batch
+        export_onnx(module, (image, ), args.out, inputs, outputs, dynamic, args.exporter)
         session = load_session(args.out, threads)
+        reason = batch_mismatch(module, session, image, inputs[0], args.rtol) if dynamic else None
+        if reason:
+            print(f'dynamic batch: {reason}; the traced graph holds batch 1 as a constant, so {args.out} is '
+                  'exported again with a static batch of 1')
+            export_onnx(module, (image, ), args.out, inputs, outputs, False, args.exporter)
+            session = load_session(args.out, threads)
         feeds = {inputs[0]: image.numpy()}
         with torch.inference_mode():
             reference = _as_list(module(image))
