@@ -283,7 +283,12 @@ def test_classifier_weights_transfer_to_the_detection_backbone(tmp_path):
 
 
 SMOKE_CONFIG = """_base_ = '{base}'
-model = dict(backbone=dict(embed_dims=16, depths=(2, 2, 6, 2), num_heads=(1, 1, 2, 2)), head=dict(in_channels=128))
+# two classes (the fake data's folders): head, Mixup / CutMix one-hot targets and top-k metric to match
+model = dict(backbone=dict(embed_dims=16, depths=(2, 2, 6, 2), num_heads=(1, 1, 2, 2)),
+             head=dict(in_channels=128, num_classes=2))
+data_preprocessor = dict(num_classes=2)
+val_evaluator = dict(type='Accuracy', topk=(1, ))
+test_evaluator = val_evaluator
 _data = dict(type='CustomDataset', data_root='{root}', with_label=True)
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
                         dataset=dict(_delete_=True, data_prefix='train', pipeline={{{{_base_.train_pipeline}}}},
@@ -312,19 +317,22 @@ def test_train_and_test_tools_run_a_classification_config(tmp_path):
         for c in ('cat', 'dog'):
             for i in range(2):
                 image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
-                imwrite(image, str(tmp_path / 'data' / split / c / f'{i}.png'))
+                imwrite(image, str(tmp_path / 'data' / split / c / f'{c}{i}.png'))  # unique names: painted by name
     cfg = tmp_path / 'stvit-r-t-narrow_smoke.py'
     cfg.write_text(SMOKE_CONFIG.format(base=osp.join(CLS, TRAIN_LEAVES['t']), root=tmp_path / 'data'))
     work = tmp_path / 'work'
     run = dict(cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
-    r = subprocess.run([sys.executable, 'tools/train.py', str(cfg), '--work-dir', str(work)], **run)
+    # --auto-scale-lr with MMPretrain's `auto_scale_lr = dict(base_batch_size=1024)` (no `enable` key): batch 2
+    r = subprocess.run([sys.executable, 'tools/train.py', str(cfg), '--work-dir', str(work), '--auto-scale-lr'], **run)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f'Scaling the original LR by {2 / 1024}' in r.stdout + r.stderr
     ckpt = work / 'epoch_1.pth'
     assert ckpt.is_file()
     r = subprocess.run([sys.executable, 'tools/test.py', str(cfg), str(ckpt), '--work-dir', str(work), '--out',
-                        str(tmp_path / 'preds.pkl')], **run)
+                        str(tmp_path / 'preds.pkl'), '--show-dir', str(tmp_path / 'vis')], **run)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert 'accuracy/top1' in r.stdout + r.stderr and (tmp_path / 'preds.pkl').is_file()
+    assert len(list((tmp_path / 'vis').glob('*.png'))) == 4  # every val image painted (mmpretrain's hook)
     # tools/test.py refuses, before its Runner and in one line, a checkpoint of another arch (here wider MLPs)
     r = subprocess.run([sys.executable, 'tools/test.py', str(cfg), str(ckpt), '--work-dir', str(work),
                         '--cfg-options', 'model.backbone.mlp_ratio=2.0'], **run)
@@ -351,7 +359,7 @@ def test_train_and_test_tools_run_a_classification_config(tmp_path):
     # and a checkpoint against a 10-class head
     bad = Config.fromfile(str(cfg))
     bad.merge_from_dict({'model.head.num_classes': 10})
-    with pytest.raises(CheckpointError, match='head has 1000 classes.*num_classes is 10.*--drop-head'):
+    with pytest.raises(CheckpointError, match='head has 2 classes.*num_classes is 10.*--drop-head'):
         check_checkpoint_for_config(bad, str(ckpt))
 
     det = stvit_det.STViTR(**NARROW)

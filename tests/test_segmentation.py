@@ -215,11 +215,13 @@ def test_config_recipe(path):
     iters, classes = (160000, 150) if '_ade20k-' in name else (80000, 19)
     assert model_cfg.decode_head.num_classes == model_cfg.auxiliary_head.num_classes == classes
     assert cfg.train_cfg.max_iters == iters
-    # mmseg's Swin UperNet recipe: AdamW 6e-5, wd 0.01 but none on norms / position tables, warm-up 1500, poly
+    # mmseg's Swin UperNet recipe: AdamW 6e-5, wd 0.01 but none on norms / position tables (the conv stem's
+    # BatchNorms named), warm-up 1500, poly
     opt = cfg.optim_wrapper.optimizer
     assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 6e-5, 0.01)
     assert {k: v.decay_mult for k, v in cfg.optim_wrapper.paramwise_cfg.custom_keys.items()} == {
-        'absolute_pos_embed': 0.0, 'relative_position_bias_table': 0.0, 'norm': 0.0}
+        'absolute_pos_embed': 0.0, 'relative_position_bias_table': 0.0, 'norm': 0.0,
+        'patch_embed.proj.0.bn': 0.0, 'patch_embed.proj.2.bn': 0.0}
     warmup, poly = cfg.param_scheduler
     assert (warmup.type, warmup.end, poly.type, poly.begin, poly.end) == ('LinearLR', 1500, 'PolyLR', 1500, iters)
 
@@ -251,6 +253,12 @@ def test_no_weight_decay_on_norms_and_position_tables():
     assert decay['backbone.norm2.weight'] == 0.0 and decay['backbone.layers.2.blocks.1.norm1.weight'] == 0.0
     assert decay['backbone.layers.2.blocks.1.attn.q.weight'] == 0.01
     assert all(v == 0.0 for n, v in decay.items() if 'norm' in n)
+    # by type: every norm layer of the backbone (LayerNorms, the conv stem's BatchNorms), whatever its name
+    norm_types = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)
+    norms = [f'backbone.{m}.{p}' for m, mod in model.backbone.named_modules() if isinstance(mod, norm_types)
+             for p, _ in mod.named_parameters(recurse=False)]
+    assert 'backbone.patch_embed.proj.0.bn.weight' in norms and len(norms) > 20
+    assert [n for n in norms if decay[n] != 0.0] == []
 
 
 def test_weights_frozen_stages_and_with_cp_through_mmseg_config(tmp_path, monkeypatch):
@@ -418,6 +426,25 @@ def test_unlabelled_inference_needs_images_only(seg_root):
     _expect(images_only, 'image file not found', str(seg_root / 'img' / 'a9.png'))
 
 
+def test_no_images_with_the_suffix(seg_root):
+    """An image folder without an image of the configured suffix (empty, or .jpg for '.png') is named, not a
+    numpy error from serialising an empty data list."""
+    _expect(_seg_cfg(seg_root, img_suffix='.jpg'), 'no images found in', str(seg_root / 'img'), "suffix '.jpg'")
+    shutil.rmtree(seg_root / 'img')
+    os.makedirs(seg_root / 'img')
+    _expect(_seg_cfg(seg_root), 'no images found in', str(seg_root / 'img'))
+
+
+def test_labels_loaded_inside_test_time_augmentation(seg_root):
+    """mmseg's TTA pipeline loads the label maps inside TestTimeAug's transforms: still checked (its IoUMetric
+    would silently drop out-of-range values)."""
+    _png(seg_root / 'ann' / 'a1.png', np.full((24, 32), 7, np.uint8))
+    tta = [dict(type='LoadImageFromFile'),
+           dict(type='TestTimeAug', transforms=[[dict(type='Resize', scale_factor=1.0, keep_ratio=True)],
+                                                [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])]
+    _expect(_seg_cfg(seg_root, pipeline=tta), str(seg_root / 'ann' / 'a1.png'), 'class values 7')
+
+
 def test_missing_image(seg_root):
     os.remove(seg_root / 'img' / 'a2.png')  # its label map is left without an image
     _expect(_seg_cfg(seg_root), 'image file not found', str(seg_root / 'img' / 'a2.png'))
@@ -471,6 +498,27 @@ def test_toolbox_that_fails_to_import_is_named(monkeypatch, tmp_path):
             load()
 
 
+def test_toolbox_that_fails_to_import_only_warns_at_import(monkeypatch):
+    """`import stvit_det` (register_toolboxes) survives an installed mmseg or mmpretrain that fails at import (a
+    version assertion, a broken module): a warning naming the toolbox, detection unaffected."""
+    from mmdet.registry import MODELS as DET_MODELS
+
+    from stvit_det import toolboxes
+    from stvit_det.toolboxes import mmseg_glue
+
+    def mmcv_assertion():
+        raise AssertionError('MMCV==2.3.0 is used but incompatible. Please install mmcv>=2.0.0rc4, <2.2.0.')
+
+    monkeypatch.setattr(mmseg_glue, 'register', mmcv_assertion)
+    monkeypatch.setitem(sys.modules, 'mmpretrain.registry', None)  # `from mmpretrain.registry import ...` fails
+    with pytest.warns(UserWarning) as record:
+        assert toolboxes.register_toolboxes() == []
+    messages = [str(w.message) for w in record]
+    assert any(m.startswith('mmseg is installed but cannot be imported (AssertionError: MMCV==2.3.0') for m in messages)
+    assert any(m.startswith('mmpretrain is installed but cannot be imported (ModuleNotFoundError') for m in messages)
+    assert DET_MODELS.get('STViTR') is stvit_det.STViTR
+
+
 # ------------------------------------------------------------------------------------------ tools, end to end
 def _tool(script, *args, cwd, code=None):
     cmd = [sys.executable, osp.join(ROOT, 'tools', script), *args]
@@ -479,6 +527,31 @@ def _tool(script, *args, cwd, code=None):
                f'runpy.run_path({osp.join(ROOT, "tools", script)!r}, run_name="__main__")']
     proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_show_dir_paints_every_image_of_a_stock_mmseg_config():
+    """tools/test.py --show-dir on an mmseg config whose SegVisualizationHook paints every 50th image (ADE20K's:
+    the hook's default interval): switched on for every image, saved under the given folder (mmseg's rule), the
+    config's other hooks untouched."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('stvit_test_tool', osp.join(ROOT, 'tools', 'test.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cfg = load_config(ADE_T)
+    assert 'interval' not in cfg.default_hooks.visualization and 'draw' not in cfg.default_hooks.visualization
+    args = argparse.Namespace(show=False, show_dir='painted', wait_time=2)
+    cfg = tool.VISUALIZATION_TRIGGERS['mmseg'](cfg, args)
+    hook = cfg.default_hooks.visualization
+    assert (hook.type, hook.draw, hook.interval) == ('SegVisualizationHook', True, 1)
+    assert cfg.visualizer.save_dir == 'painted' and cfg.default_hooks.logger.interval == 50
+
+
+def test_auto_scale_lr_needs_a_base_batch(monkeypatch):
+    """mmseg's configs state no base batch size: --auto-scale-lr stops in one line saying what to add."""
+    msg = _run_tool_in_process(monkeypatch, 'train.py', ADE_T, '--auto-scale-lr')
+    assert msg.startswith('train.py: error: --auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
 
 
 def test_train_without_mmseg_says_so(tmp_path):

@@ -162,11 +162,35 @@ def test_classification_dataset_folders(tmp_path):
                                                 r'data_prefix\)'):
         check_dataset_cfgs(folder, phases=('train', ))
     (tmp_path / 'train' / 'cat').mkdir()
+    (tmp_path / 'train' / 'dog' / 'sub').mkdir(parents=True)
+    (tmp_path / 'train' / 'dog' / 'notes.txt').write_text('')
+    # class folders without a file of MMPretrain's extensions: its "Found 0 files" RuntimeError, here one line
+    with pytest.raises(DatasetCheckError, match=r"no image files \(.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif\) in "
+                                                r'its class subfolders: .*train \(train_dataloader'):
+        check_dataset_cfgs(folder, phases=('train', ))
+    (tmp_path / 'train' / 'dog' / 'sub' / 'a.PNG').write_bytes(b'')  # found recursively, any case
     assert check_dataset_cfgs(folder, phases=('train', )) != []
+    # classes named in the config: one subfolder each (MMPretrain asserts it)
+    named = copy.deepcopy(folder)
+    named['train_dataloader']['dataset']['metainfo'] = dict(classes=('cat', 'dog', 'bird'))
+    with pytest.raises(DatasetCheckError, match=r'train has 2 class subfolders but the dataset has 3 classes'):
+        check_dataset_cfgs(named, phases=('train', ))
+    unlabelled = copy.deepcopy(folder)
+    unlabelled['train_dataloader']['dataset'].update(with_label=False, extensions=('.jpg', ))
+    with pytest.raises(DatasetCheckError, match=r"no image files \(.jpg\) in it: "):
+        check_dataset_cfgs(unlabelled, phases=('train', ))
     with pytest.raises(DatasetCheckError, match=r'image directory not found: .*val \(val_dataloader\.dataset\.'
                                                 r'data_root \+ split\)'):
         check_dataset_cfgs(dict(val_dataloader=dict(dataset=dict(
             type='mmpretrain.ImageNet', data_root=str(tmp_path), split='val'))), phases=('val', ))
+    # ImageNet without an ann_file: MMPretrain needs its 1000 class folders, unless data_root/meta/{split}.txt
+    # lists the images (its standard layout: val/ holds the images flat)
+    imagenet = dict(train_dataloader=dict(dataset=dict(type='ImageNet', data_root=str(tmp_path), split='train')))
+    with pytest.raises(DatasetCheckError, match=r'train has 2 class subfolders but the dataset has 1000 classes'):
+        check_dataset_cfgs(imagenet, phases=('train', ))
+    (tmp_path / 'meta').mkdir()
+    (tmp_path / 'meta' / 'train.txt').write_text('dog/sub/a.PNG 1\n')
+    assert check_dataset_cfgs(imagenet, phases=('train', )) != []
     assert check_dataset_cfgs(dict(train_dataloader=dict(dataset=dict(
         type='CIFAR10', data_root=str(tmp_path), split='train'))), phases=('train', )) == []
 

@@ -74,7 +74,8 @@ echo "import _stvit_tv_cpu_fix" > "$site/_stvit_tv_cpu_fix.pth"
 # Direct export, not MMDeploy: mmdeploy 1.3.1 pins protobuf<=3.20.2 (onnx 1.23 / onnxruntime 1.32 need newer), calls
 # torch.onnx.export with torch 2.13's dynamo default and imports torch.onnx internals that are gone (see README).
 "${pip[@]}" "${con[@]}" -r "$req/deploy.txt"
-"$py" -c "import onnx, onnxruntime; print('[install] onnx', onnx.__version__, 'onnxruntime', onnxruntime.__version__)"
+"$py" -c "import onnx, onnxruntime, onnxscript
+print('[install] onnx', onnx.__version__, 'onnxruntime', onnxruntime.__version__, 'onnxscript', onnxscript.__version__)"
 # --- end ONNX export ---
 
 "${pip[@]}" "${con[@]}" --no-deps --no-build-isolation -e "$root"

@@ -5,11 +5,15 @@
 Any toolbox's config: the config's ``default_scope`` decides (mmdet detectors, mmseg segmentors). The additions to
 mmdet's script: ``import stvit_det`` (registers STViTR into every installed toolbox), allow-listing the classes
 mmengine stores in checkpoints for ``torch.load(weights_only=True)``, early checks of the config (its toolbox
-installed), the checkpoint and the test dataset that end with a one-line message; and for mmseg configs what
-mmseg's own ``tools/test.py`` does differently: ``--show-dir`` switches on its ``SegVisualizationHook`` (image,
-ground truth and prediction painted by ``SegLocalVisualizer``, PNGs under ``WORK_DIR/TIMESTAMP/SHOW_DIR``).
-``--out`` dumps the raw predictions (``DetDataSample`` / ``SegDataSample``) to a pickle for every toolbox.
-MMPretrain classifiers (``configs/stvit-r-cls``) run the same way. The checkpoint is checked before the
+installed), the checkpoint and the test dataset that end with a one-line message; and for mmseg / mmpretrain
+configs what their own ``tools/test.py`` does differently. ``--show-dir DIR`` paints every test image, each
+toolbox with its own hook and visualiser: detection under ``WORK_DIR/TIMESTAMP/DIR`` (mmdet's
+``DetVisualizationHook``); segmentation under ``DIR/vis_data/vis_image`` (mmseg's ``SegVisualizationHook``: image
+and ground truth | prediction by ``SegLocalVisualizer``; its ``interval``, 50 in mmseg's configs, set to 1 here);
+classification under ``DIR`` (mmpretrain's ``VisualizationHook``). A relative ``DIR`` of the last two is relative to
+the current directory, as in mmseg's and mmpretrain's tools.
+``--out`` dumps the raw predictions (``DetDataSample`` / ``SegDataSample`` / ``DataSample``) to a pickle for every
+toolbox. MMPretrain classifiers (``configs/stvit-r-cls``) run the same way. The checkpoint is checked before the
 Runner starts: an unreadable file, or a classifier head with another number of classes than the config's,
 ends with one line (``stvit_det.utils.ckpt_file``). What both tools share (launcher arguments, config loading, the
 early checks, the Runner) is in ``tools/_launch.py``.
@@ -40,8 +44,8 @@ def parse_args():
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir',
-        help='directory where painted images will be saved. If specified, it will be automatically saved to the '
-        'work_dir/timestamp/show_dir')
+        help='paint every test image into this directory (detection: under work_dir/timestamp/SHOW_DIR; '
+        'segmentation: SHOW_DIR/vis_data/vis_image; classification: SHOW_DIR)')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     add_launch_args(parser)
     parser.add_argument('--tta', action='store_true')
@@ -50,18 +54,37 @@ def parse_args():
     return args
 
 
-def trigger_seg_visualization_hook(cfg, args):
-    """mmseg's ``--show`` / ``--show-dir``: its ``SegVisualizationHook`` draws, the visualiser saves under the dir."""
+def _visualization_hook(cfg):
     hook = cfg.default_hooks.get('visualization')
     if hook is None:
         raise SystemExit('test.py: error: --show / --show-dir need `default_hooks.visualization` in the config')
+    return hook
+
+
+def trigger_seg_visualization_hook(cfg, args):
+    """mmseg's ``--show`` / ``--show-dir``: its ``SegVisualizationHook`` draws (every image: ``interval=1``), the
+    visualiser saves under the dir."""
+    hook = _visualization_hook(cfg)
     hook['draw'] = True
+    hook['interval'] = 1
     if args.show:
         hook['show'] = True
         hook['wait_time'] = args.wait_time
     if args.show_dir:
         cfg.visualizer['save_dir'] = args.show_dir
     return cfg
+
+
+def trigger_cls_visualization_hook(cfg, args):
+    """mmpretrain's ``--show`` / ``--show-dir`` (its ``tools/test.py`` with ``--interval 1``): its
+    ``VisualizationHook`` is switched on and writes every image to ``out_dir``."""
+    hook = _visualization_hook(cfg)
+    hook.update(enable=True, show=args.show, wait_time=args.wait_time, out_dir=args.show_dir, interval=1)
+    return cfg
+
+
+VISUALIZATION_TRIGGERS = {'mmdet': trigger_visualization_hook, 'mmseg': trigger_seg_visualization_hook,
+                          'mmpretrain': trigger_cls_visualization_hook}
 
 
 def main():
@@ -76,7 +99,7 @@ def main():
     cfg.load_from = args.checkpoint
 
     if args.show or args.show_dir:
-        cfg = trigger_seg_visualization_hook(cfg, args) if scope == 'mmseg' else trigger_visualization_hook(cfg, args)
+        cfg = VISUALIZATION_TRIGGERS.get(scope, trigger_visualization_hook)(cfg, args)
 
     if args.tta:
         if 'tta_model' not in cfg:

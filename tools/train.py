@@ -54,12 +54,12 @@ def main():
         cfg.optim_wrapper.loss_scale = 'dynamic'
 
     # enable automatically scaling LR
-    if args.auto_scale_lr:
-        if 'auto_scale_lr' in cfg and 'enable' in cfg.auto_scale_lr and 'base_batch_size' in cfg.auto_scale_lr:
-            cfg.auto_scale_lr.enable = True
+    if args.auto_scale_lr:  # mmengine scales the lr by (GPUs x batch per GPU) / base_batch_size
+        if isinstance(cfg.get('auto_scale_lr'), dict) and 'base_batch_size' in cfg.auto_scale_lr:
+            cfg.auto_scale_lr.enable = True  # MMPretrain's configs state the base batch without an `enable` key
         else:
-            raise RuntimeError('Can not find "auto_scale_lr" or "auto_scale_lr.enable" or '
-                               '"auto_scale_lr.base_batch_size" in your configuration file.')
+            raise SystemExit('train.py: error: --auto-scale-lr needs auto_scale_lr.base_batch_size in the config (the '
+                             'total batch its lr is set for), e.g. --cfg-options auto_scale_lr.base_batch_size=16')
 
     # resume is determined in this priority: resume from > auto_resume
     if args.resume == 'auto':

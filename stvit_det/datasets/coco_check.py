@@ -203,6 +203,43 @@ def _check_coco_dataset(coco: dict, dataset_cfg: dict, path: str, img_dir: Optio
                                     f'({what}), e.g. images[{gone[0]}] file_name {first!r}')
 
 
+#: MMPretrain's ``CustomDataset`` default ``extensions``
+PRETRAIN_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif')
+#: classes of MMPretrain's ``ImageNet`` when the config names none (its METAINFO)
+IMAGENET_CLASSES = 1000
+
+
+def _check_image_folder(path: str, dataset_cfg: dict, where: str) -> None:
+    """An MMPretrain image folder without an annotation file, as ``CustomDataset._find_samples`` reads it (one
+    subfolder per class with ``with_label``; images found recursively): raise what MMPretrain would only raise
+    from inside the Runner (an assertion, or a RuntimeError), naming the folder."""
+    entries = os.listdir(path)
+    if not entries:  # MMPretrain lists the folder itself: an empty one ends in an assertion
+        raise DatasetCheckError(f'image directory is empty: {path} ({where})')
+    extensions = tuple(e.lower() for e in dataset_cfg.get('extensions', PRETRAIN_EXTENSIONS))
+    with_label = dataset_cfg.get('with_label', True)
+    if with_label:
+        folders = sorted(e for e in entries if osp.isdir(osp.join(path, e)))
+        metainfo = dataset_cfg.get('metainfo') or {}
+        classes = dataset_cfg.get('classes') or (metainfo.get('classes') if isinstance(metainfo, dict) else None)
+        n = len(classes) if isinstance(classes, (list, tuple)) else (
+            IMAGENET_CLASSES if classes is None and str(dataset_cfg.get('type', '')).split('.')[-1] == 'ImageNet'
+            else None)
+        if n is not None and len(folders) != n:
+            raise DatasetCheckError(f'{path} has {len(folders)} class subfolders but the dataset has {n} classes '
+                                    f'({where}): MMPretrain reads one subfolder per class; name the classes in '
+                                    'the config (metainfo=dict(classes=...)) or give an ann_file')
+        roots = [osp.join(path, f) for f in folders]
+    else:
+        roots = [path]
+    for root in roots:
+        for _, _, files in os.walk(root):
+            if any(f.lower().endswith(extensions) for f in files):
+                return  # one is enough: MMPretrain lists them all when it builds the dataset
+    inside = 'its class subfolders' if with_label else 'it'
+    raise DatasetCheckError(f'no image files ({", ".join(extensions)}) in {inside}: {path} ({where})')
+
+
 def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[str] = None) -> List[str]:
     """Check one leaf dataset config: its ``ann_file`` (COCO JSON checked in full) and its image directories:
     ``data_prefix`` (a dict as in MMDetection and MMSegmentation, or MMPretrain's one folder) or, for MMPretrain's
@@ -237,18 +274,26 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[
         folders = {f'data_prefix.{key}': prefix for key, prefix in prefixes.items()}
     elif isinstance(prefixes, str):  # MMPretrain: one image folder
         folders = {'data_prefix': prefixes}
-    if (not prefixes and dataset_cfg.get('split') and root
-            and str(dataset_cfg.get('type', '')).split('.')[-1] in ('ImageNet', 'ImageNet21k')):
-        folders = {'data_root + split': dataset_cfg['split']}  # MMPretrain's ImageNet (other types lay out otherwise)
+    split = dataset_cfg.get('split')
+    imagenet = str(dataset_cfg.get('type', '')).split('.')[-1] in ('ImageNet', 'ImageNet21k')
+    if not prefixes and split and root and imagenet:
+        folders = {'data_root + split': split}  # MMPretrain's ImageNet (other types lay out otherwise)
+    # MMPretrain's ImageNet reads data_root/meta/{split}.txt as its ann_file when the config names none
+    listed = bool(ann_file) or bool(imagenet and split and isinstance(split, str)
+                                    and osp.isfile(_join(root, osp.join('meta', f'{split}.txt'))))
     for where, prefix in folders.items():
         if not isinstance(prefix, str) or not (prefix or root):
             continue
         path = _join(root, prefix)
         if not is_remote(path) and not osp.isdir(path):
             raise DatasetCheckError(f'image directory not found: {path} ({what}.{where})')
-        if where in ('data_prefix', 'data_root + split') and not ann_file and not is_remote(path) \
-                and not os.listdir(path):  # MMPretrain lists the folder itself: an empty one ends in an assertion
-            raise DatasetCheckError(f'image directory is empty: {path} ({what}.{where})')
+        if where in ('data_prefix', 'data_root + split') and not is_remote(path):
+            if listed:  # the images come from a list file: the folder only has to hold something
+                if not os.listdir(path):
+                    raise DatasetCheckError(f'image directory is empty: {path} ({what}.{where})')
+            else:  # ImageNet's 'test' split has no labels (MMPretrain sets with_label=False)
+                _check_image_folder(path, dict(dataset_cfg, with_label=False) if imagenet and split == 'test'
+                                    else dataset_cfg, f'{what}.{where}')
         checked.append(path)
     if coco is not None:
         img = prefixes.get('img') if isinstance(prefixes, dict) else None

@@ -27,7 +27,7 @@ import os
 import os.path as osp
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -222,11 +222,29 @@ def _orphan_label(dataset, data_list: Sequence[dict]) -> Optional[str]:
     return None
 
 
+def _pipeline_steps(pipeline: Any) -> Iterator[dict]:
+    """Every transform dict of a pipeline, also those nested in wrappers' ``transforms`` (``TestTimeAug`` holds a
+    list of lists; ``RandomApply`` / ``RandomChoice`` a list, or a list of lists)."""
+    for step in pipeline or []:
+        if isinstance(step, (list, tuple)):
+            yield from _pipeline_steps(step)
+        elif isinstance(step, dict):
+            yield step
+            yield from _pipeline_steps(step.get('transforms'))
+
+
+def _load_annotations(dataset_cfg: dict) -> Optional[dict]:
+    """The pipeline's ``LoadAnnotations`` step (searched through wrappers), None without one."""
+    for step in _pipeline_steps(dataset_cfg.get('pipeline')):
+        kind = step.get('type')
+        if getattr(kind, '__name__', str(kind)).split('.')[-1] == 'LoadAnnotations':
+            return step
+    return None
+
+
 def _decode_backend(dataset_cfg: dict) -> str:
-    for step in dataset_cfg.get('pipeline') or []:
-        if isinstance(step, dict) and step.get('type') in ('LoadAnnotations', 'mmseg.LoadAnnotations'):
-            return step.get('imdecode_backend', 'pillow')
-    return 'pillow'
+    step = _load_annotations(dataset_cfg)
+    return 'pillow' if step is None else step.get('imdecode_backend', 'pillow')
 
 
 def _ignore_index(cfg: Any) -> int:
@@ -282,6 +300,10 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
     register_all_modules(init_default_scope=False)
     cfg = copy.deepcopy(dict(dataset_cfg))
     cfg['lazy_init'] = True
+    cfg['serialize_data'] = False  # serialising an empty data list fails in numpy, before our message below
+    # read the pipeline before building: wrappers (mmcv's TestTimeAug) replace their nested dicts with transforms
+    backend = _decode_backend(cfg)
+    with_labels = _load_annotations(cfg) is not None
     with DefaultScope.overwrite_default_scope('mmseg'):
         dataset = DATASETS.build(cfg)
         dataset.full_init()
@@ -293,9 +315,6 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
             more = ', ...' if num_classes > 6 else ''
             raise SegDatasetError(f'{where} is {n}, but the {what} has {num_classes} classes ({classes}{more}): '
                                   f'set {where}={num_classes}, or the dataset\'s metainfo classes to the model\'s')
-    backend = _decode_backend(cfg)
-    with_labels = any(getattr(t.get('type'), '__name__', str(t.get('type', ''))).split('.')[-1] == 'LoadAnnotations'
-                      for t in cfg.get('pipeline') or [] if isinstance(t, dict))
     if not data_list:
         raise SegDatasetError(f'no images found in {dataset.data_prefix.get("img_path")} with suffix '
                               f'{dataset.img_suffix!r} ({what})')

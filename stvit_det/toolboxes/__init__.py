@@ -8,6 +8,7 @@ neither.
 """
 import importlib
 import importlib.util
+import warnings
 from typing import List
 
 #: toolbox package -> submodule of this package with a ``register()`` function
@@ -15,7 +16,12 @@ TOOLBOXES = {'mmseg': 'mmseg_glue', 'mmpretrain': 'mmpretrain_glue'}
 
 
 def register_toolboxes() -> List[str]:
-    """Register ``STViTR`` into every installed toolbox of :data:`TOOLBOXES`; returns the toolboxes reached."""
+    """Register ``STViTR`` into every installed toolbox of :data:`TOOLBOXES`; returns the toolboxes reached.
+
+    An installed but unusable toolbox (one that rejects the installed mmcv at import: mmseg's and mmpretrain's
+    ``__init__`` assert the versions) only warns: ``import stvit_det`` must keep working for detection, and a config
+    of that toolbox then stops with the import error (``toolboxes/scope.py``).
+    """
     reached = []
     for package, module in TOOLBOXES.items():
         if importlib.util.find_spec(package) is None:
@@ -23,7 +29,13 @@ def register_toolboxes() -> List[str]:
         if importlib.util.find_spec(f'{__name__}.{module}') is None:  # glue not written (yet) for this toolbox
             continue
         glue = importlib.import_module(f'{__name__}.{module}')
-        if getattr(glue, 'register', None) is not None:
+        if getattr(glue, 'register', None) is None:
+            continue
+        try:
             glue.register()
-            reached.append(package)
+        except (ImportError, AssertionError) as e:
+            warnings.warn(f'{package} is installed but cannot be imported ({type(e).__name__}: {e}); STViTR is not '
+                          f'registered for its configs')
+            continue
+        reached.append(package)
     return reached

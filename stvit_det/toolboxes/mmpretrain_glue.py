@@ -5,7 +5,7 @@ The class registered here IS ``stvit_det.models.STViTR`` (the object ``mmdet.reg
 subclass. For classification it returns the last stage only (``out_indices=(3, )``), through ``norm3``, which is
 where the final LayerNorm ``norm`` of an official STViT-R ImageNet checkpoint goes
 (``stvit_det.utils.ckpt_convert.imagenet_to_classifier``). Imported by ``stvit_det.toolboxes.register_toolboxes``
-only when mmpretrain is installed.
+only when mmpretrain is installed (which warns instead when mmpretrain fails to import).
 """
 
 
