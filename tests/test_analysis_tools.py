@@ -5,6 +5,7 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -133,6 +134,37 @@ def test_benchmark_training_step_with_profile():
     assert float(ours['stage 3 / recover'][7]) < float(ours['stage 3 / recover'][6])
     swin = [r for r in profile if r[0].startswith('mmdet::') and r[1] == 'backbone']
     assert any(r[5] == 'stage 3 / SwinBlock' for r in swin)
+
+
+def test_profile_stage_rows_include_patch_merging():
+    """A stage's row holds its patch merging in both backbones: mmdet's Swin merges inside the stage's forward,
+    STViT-R after it (each merging made to take 50 ms here, so that it dominates the stage)."""
+    import functools
+
+    from mmdet.models.backbones import SwinTransformer
+
+    from conftest import small_stvit
+
+    bench = _load_tool('benchmark')
+
+    def slow(forward, *args):
+        time.sleep(0.05)
+        return forward(*args)
+
+    for model in (small_stvit().eval(), SwinTransformer(embed_dims=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4))):
+        model.eval()
+        b = bench.Bench.__new__(bench.Bench)
+        b.net, b.inputs, b.mode, b.train = model, torch.randn(1, 3, 64, 64), 'backbone', False
+        b.device, b.dtype = 'cpu', None
+        profile = bench.Profile(model, 'cpu')
+        for stage in (getattr(model, 'layers', None) or model.stages)[:3]:
+            stage.downsample.forward = functools.partial(slow, stage.downsample.forward)
+        b.call(profile)
+        for i in (1, 2, 3):  # nested intervals: a stage's time holds its blocks' and its merging's
+            merging = profile.total[f'stage {i} / patch merging']
+            blocks = sum(t for k, t in profile.total.items()
+                         if k.startswith(f'stage {i} / ') and k.count(' / ') == 1 and k != f'stage {i} / patch merging')
+            assert merging >= 0.05 and profile.total[f'stage {i}'] >= blocks + merging, (type(model).__name__, i)
 
 
 def test_profile_counts_the_forward_once_and_stays_out_of_timed_calls():

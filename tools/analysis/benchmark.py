@@ -255,52 +255,62 @@ class Bench:
 
 
 class Profile:
-    """Forward time per backbone stage and block kind (and of the ``attn`` inside each kind), from hooks."""
+    """Forward time per backbone stage and block kind (and of the ``attn`` inside each kind), from hooks.
+
+    A stage's row includes its patch merging either way: mmdet's Swin merges inside the stage's forward, STViT-R
+    after it (``STViTStage.downsample_forward``), whose time is then added to the stage's row."""
 
     def __init__(self, backbone: torch.nn.Module, device: str) -> None:
         self.device = device
         self.active = False  # hooks record only while a profiled call's forward runs
         self.total: Dict[str, float] = {}  # insertion order = stem, stage 1, its block kinds, ...
         self.runs: Dict[str, int] = {}  # forward runs recorded per key
+        self.running: Dict[str, int] = {}  # forwards of each key under way (to tell inside from after a stage)
         self.calls = 0
         self.handles = []
-        for module, key in self._parts(backbone):
+        for module, key, stage in self._parts(backbone):
             self.total.setdefault(key, 0.0)
             self.runs.setdefault(key, 0)
-            self._hook(module, key)
+            self._hook(module, key, stage)
 
     @staticmethod
     def _parts(backbone):
+        """(module, key, the stage key its time also belongs to when it runs outside that stage's forward)."""
         stem = getattr(backbone, 'patch_embed', None)
         if stem is not None:
-            yield stem, 'stem'
+            yield stem, 'stem', None
         stages = getattr(backbone, 'layers', None) or getattr(backbone, 'stages', None) or []
         for i, stage in enumerate(stages):
-            yield stage, f'stage {i + 1}'
+            yield stage, f'stage {i + 1}', None
             blocks = getattr(stage, 'blocks', [])
             kinds = getattr(stage, 'pattern', None) or [type(b).__name__ for b in blocks]
             for kind, blk in zip(kinds, blocks):
-                yield blk, f'stage {i + 1} / {kind}'
+                yield blk, f'stage {i + 1} / {kind}', None
                 attn = getattr(blk, 'attn', None)
                 if attn is not None:
-                    yield attn, f'stage {i + 1} / {kind} / attention'
+                    yield attn, f'stage {i + 1} / {kind} / attention', None
             down = getattr(stage, 'downsample', None)
             if down is not None:
-                yield down, f'stage {i + 1} / patch merging'
+                yield down, f'stage {i + 1} / patch merging', f'stage {i + 1}'
 
-    def _hook(self, module: torch.nn.Module, key: str) -> None:
+    def _hook(self, module: torch.nn.Module, key: str, stage: Optional[str] = None) -> None:
         start = []
 
         def pre(mod, inp):
             if self.active:
                 _sync(self.device)
                 start.append(time.perf_counter())
+                self.running[key] = self.running.get(key, 0) + 1
 
         def post(mod, inp, out):
             if self.active and start:
                 _sync(self.device)
-                self.total[key] += time.perf_counter() - start.pop()
+                seconds = time.perf_counter() - start.pop()
+                self.total[key] += seconds
                 self.runs[key] += 1
+                self.running[key] -= 1
+                if stage is not None and not self.running.get(stage):  # merged after the stage's forward
+                    self.total[stage] += seconds
 
         self.handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
