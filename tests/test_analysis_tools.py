@@ -136,6 +136,33 @@ def test_benchmark_training_step_with_profile():
     assert any(r[5] == 'stage 3 / SwinBlock' for r in swin)
 
 
+def test_a_config_given_twice_is_measured_twice(monkeypatch):
+    """`benchmark.py A A` (the noise floor): two models, each timed, results by position; a failure names its fix."""
+    import types
+
+    bench = _load_tool('benchmark')
+    built = []
+
+    class FakeBench:
+        def __init__(self, config, *args):
+            if config == 'bn':
+                raise ValueError('Expected more than 1 value per channel when training, got input size [1, 512, 1, 1]')
+            built.append(self)
+            self.times, self.profile = [], None
+
+        def call(self, profile=None):
+            pass
+
+        def timed(self):
+            self.times.append(0.001 * len(built))
+
+    monkeypatch.setattr(bench, 'Bench', FakeBench)
+    args = types.SimpleNamespace(warmup=0, memory=False, repeats=2, profile=False, device='cpu')
+    results = bench.run_setting(['a', 'a', 'bn'], 'backbone', (64, 64), 1, 'fp32', args)
+    assert len(built) == 2 and [len(results[i]['times']) for i in (0, 1)] == [2, 2]
+    assert results[2]['error'].endswith('needs more than one value per channel: --batch-size 2')
+
+
 def test_profile_stage_rows_include_patch_merging():
     """A stage's row holds its patch merging in both backbones: mmdet's Swin merges inside the stage's forward,
     STViT-R after it (each merging made to take 50 ms here, so that it dominates the stage)."""
@@ -274,5 +301,9 @@ def test_window_kernels_tool_times_both_kernels_and_restores_the_rule(capsys, mo
     tool.main()
     assert swin_block.use_fused_window_attention is rule
     rows = _table(capsys.readouterr().out)
-    assert [r[1] for r in rows] == ['0', '1', '2', '3'] and [r[4] for r in rows] == ['12', '4', '1', '1']
+    assert [r[1] for r in rows] == ['1', '2', '3', '4'] and [r[4] for r in rows] == ['12', '4', '1', '1']
     assert all(float(r[7].split(' / ')[0]) > 0 for r in rows)
+    monkeypatch.setattr(sys, 'argv', ['window_kernels.py', '--shape', '0', '96'])
+    with pytest.raises(SystemExit):
+        tool.main()
+    assert '--repeats, --shape and --threads must be >= 1' in capsys.readouterr().err

@@ -103,17 +103,37 @@ def test_dist_train_two_processes(demo_root):
         assert optimizer_steps(ckpt) == {2}
         assert not any(k.startswith('module.') for k in ckpt['state_dict'])  # saved unwrapped from DDP
 
+        # without PYTHON: the scripts default to the environment tools/install.sh made (no `python` on PATH here)
+        bare = {k: v for k, v in env().items() if k != 'PYTHON'}
+        bare['PATH'] = '/usr/bin:/bin'
         proc = subprocess.run(
             ['bash', osp.join(TOOLS, 'dist_test.sh'), str(config), str(work_dir / 'iter_2.pth'), '2', '--work-dir',
              str(work_dir), '--cfg-options', 'test_dataloader.num_workers=0',
              'test_dataloader.persistent_workers=False'],
-            cwd=demo_root, env=dict(env(), PORT=str(free_port())), capture_output=True, text=True, timeout=300)
+            cwd=demo_root, env=dict(bare, PORT=str(free_port())), capture_output=True, text=True, timeout=300)
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-5000:]
         assert 'Distributed training: True' in log
         assert 'coco/bbox_mAP:' in log and 'coco/segm_mAP:' in log
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def test_slurm_train_passes_arguments_whole(tmp_path):
+    """tools/slurm_train.sh hands train.py's options to srun as given: an option with spaces stays one argument
+    (a stand-in `srun` on PATH prints its arguments, one per line)."""
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'srun').write_text('#!/bin/sh\nfor a in "$@"; do echo "[$a]"; done\n')
+    (fake / 'srun').chmod(0o755)
+    proc = subprocess.run(
+        ['bash', osp.join(TOOLS, 'slurm_train.sh'), 'part', 'job', 'cfg.py', 'work dir', '--cfg-options', 'a="x y"',
+         'b=1'], env=dict(env(), PATH=f'{fake}:/usr/bin:/bin', GPUS='2'), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.splitlines()
+    assert args[-6:] == ['[cfg.py]', '[--work-dir=work dir]', '[--launcher=slurm]', '[--cfg-options]', '[a="x y"]',
+                         '[b=1]']
+    assert args[args.index('[--kill-on-bad-exit=1]') + 1] == f'[{sys.executable}]'  # PYTHON from env()
 
 
 def test_resume_after_kill(demo_root):

@@ -3,7 +3,8 @@
 #
 #   bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [test.py options, e.g. --out results.pkl --cfg-options k=v]
 #
-# Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500), PYTHON (python).
+# Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500), PYTHON (default: the
+# environment of tools/install.sh, $STVIT_VENV or .venv, when it exists, else python).
 
 CONFIG=$1
 CHECKPOINT=$2
@@ -12,7 +13,12 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-PYTHON=${PYTHON:-python}
+# the repository's environment (tools/install.sh) unless PYTHON names another interpreter
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -z "${PYTHON:-}" ]; then
+    venv=${STVIT_VENV:-$root/.venv}
+    if [ -x "$venv/bin/python" ]; then PYTHON="$venv/bin/python"; else PYTHON=python; fi
+fi
 
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 "$PYTHON" -m torch.distributed.run \

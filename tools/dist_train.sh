@@ -4,7 +4,8 @@
 #   bash tools/dist_train.sh CONFIG NUM_PROCS [train.py options, e.g. --amp --resume --cfg-options k=v ...]
 #
 # One process per GPU. Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500),
-# PYTHON (python). Two nodes of 8 GPUs:
+# PYTHON (default: the environment of tools/install.sh, $STVIT_VENV or .venv, when it exists, else python).
+# Two nodes of 8 GPUs:
 #   node 0: NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 bash tools/dist_train.sh CONFIG 8
 #   node 1: NNODES=2 NODE_RANK=1 MASTER_ADDR=node0 bash tools/dist_train.sh CONFIG 8
 
@@ -14,7 +15,12 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-PYTHON=${PYTHON:-python}
+# the repository's environment (tools/install.sh) unless PYTHON names another interpreter
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -z "${PYTHON:-}" ]; then
+    venv=${STVIT_VENV:-$root/.venv}
+    if [ -x "$venv/bin/python" ]; then PYTHON="$venv/bin/python"; else PYTHON=python; fi
+fi
 
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 "$PYTHON" -m torch.distributed.run \

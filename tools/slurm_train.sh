@@ -4,8 +4,9 @@
 #   [GPUS=16] bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py options ...]
 #
 # Environment: GPUS (8, tasks in total), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS (extra srun options),
-# PYTHON (python). mmengine reads SLURM_PROCID / SLURM_NTASKS and takes the master address from the node list;
-# PORT sets MASTER_PORT (default 29500).
+# PYTHON (default: the environment of tools/install.sh, $STVIT_VENV or .venv, when it exists, else python).
+# mmengine reads SLURM_PROCID / SLURM_NTASKS and takes the master address from the node list; PORT sets
+# MASTER_PORT (default 29500).
 
 set -x
 
@@ -17,8 +18,13 @@ GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
-PYTHON=${PYTHON:-python}
-PY_ARGS=${@:5}
+# the repository's environment (tools/install.sh) unless PYTHON names another interpreter
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -z "${PYTHON:-}" ]; then
+    venv=${STVIT_VENV:-$root/.venv}
+    if [ -x "$venv/bin/python" ]; then PYTHON="$venv/bin/python"; else PYTHON=python; fi
+fi
+PY_ARGS=("${@:5}")  # an array: arguments with spaces stay whole
 
 if [ -n "$PORT" ]; then
     export MASTER_PORT=$PORT
@@ -33,4 +39,4 @@ srun -p "${PARTITION}" \
     --cpus-per-task="${CPUS_PER_TASK}" \
     --kill-on-bad-exit=1 \
     ${SRUN_ARGS} \
-    "$PYTHON" -u "$(dirname "$0")/train.py" "${CONFIG}" --work-dir="${WORK_DIR}" --launcher="slurm" ${PY_ARGS}
+    "$PYTHON" -u "$(dirname "$0")/train.py" "${CONFIG}" --work-dir="${WORK_DIR}" --launcher="slurm" "${PY_ARGS[@]}"

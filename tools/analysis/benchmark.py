@@ -330,30 +330,31 @@ class Profile:
         return out
 
 
-def run_setting(configs: List[str], mode: str, shape, batch_size: int, dtype_name: str, args) -> Dict[str, Dict]:
+def run_setting(configs: List[str], mode: str, shape, batch_size: int, dtype_name: str, args) -> Dict[int, Dict]:
     """Measure every config at one setting, timed calls interleaved; returns per config a dict with ``times``,
-    ``peak`` (bytes) and optional ``profile`` rows, or ``error``."""
-    benches: Dict[str, Bench] = {}
-    results: Dict[str, Dict] = {}
-    for c in configs:
+    ``peak`` (bytes) and optional ``profile`` rows, or ``error``; keyed by position in ``configs`` (a config given
+    twice, to see the noise floor, is measured twice)."""
+    benches: Dict[int, Bench] = {}
+    results: Dict[int, Dict] = {}
+    for i, c in enumerate(configs):
         try:
-            benches[c] = Bench(c, mode, shape, batch_size, dtype_name, args)
-            benches[c].call()  # first call outside the warm-up count: fail early, before any timing
+            benches[i] = Bench(c, mode, shape, batch_size, dtype_name, args)
+            benches[i].call()  # first call outside the warm-up count: fail early, before any timing
         except (RuntimeError, NotImplementedError, ValueError, TypeError, KeyError, AssertionError) as e:
-            benches.pop(c, None)
-            results[c] = dict(error=_one_line(e, c, mode))
+            benches.pop(i, None)
+            results[i] = dict(error=_one_line(e, c, mode))
     for _ in range(args.warmup):
         for b in benches.values():
             b.call()
-    for c, b in benches.items():
-        results[c] = dict(peak=None)
+    for i, b in benches.items():
+        results[i] = dict(peak=None)
         if not args.memory:
             continue
         if args.device == 'cpu' and uses_flex_attention(b.net):  # under the tracker it fails, and breaks its kernel
-            print(f"{short_name(c)} ({mode}): no CPU memory figure: attn_impl='flex' cannot run under the memory "
+            print(f"{short_name(configs[i])} ({mode}): no CPU memory figure: attn_impl='flex' cannot run under the memory "
                   'tracker', file=sys.stderr)
             continue
-        results[c]['peak'] = b.peak_bytes()
+        results[i]['peak'] = b.peak_bytes()
     order = list(benches.values())
     for r in range(args.repeats):
         for b in (order if r % 2 == 0 else order[::-1]):  # A B, B A, A B, ...
@@ -365,11 +366,11 @@ def run_setting(configs: List[str], mode: str, shape, batch_size: int, dtype_nam
             for b in (order if r % 2 == 0 else order[::-1]):
                 b.call(b.profile)
                 b.profile.calls += 1
-    for c, b in benches.items():
-        results[c]['times'] = b.times
+    for i, b in benches.items():
+        results[i]['times'] = b.times
         if b.profile is not None:
-            setting = [short_name(c), mode, f'{shape[0]}x{shape[1]}', str(batch_size), dtype_name]
-            results[c]['profile'] = b.profile.rows(setting)
+            setting = [short_name(configs[i]), mode, f'{shape[0]}x{shape[1]}', str(batch_size), dtype_name]
+            results[i]['profile'] = b.profile.rows(setting)
             b.profile.remove()
     del benches
     if args.device == 'cuda':
@@ -379,6 +380,8 @@ def run_setting(configs: List[str], mode: str, shape, batch_size: int, dtype_nam
 
 def _one_line(e: Exception, config: str, mode: str) -> str:
     message = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    if 'Expected more than 1 value per channel when training' in message:  # BatchNorm of a head (UperNet's)
+        message = 'BatchNorm in training needs more than one value per channel: --batch-size 2'
     print(f'{short_name(config)} ({mode}): {type(e).__name__}: {message}', file=sys.stderr)
     return f'{type(e).__name__}: {message[:80]}'
 
@@ -428,9 +431,9 @@ def main():
     rows, failed, profiles = [], False, []
     for st in settings:
         mode, (h, w), b, d = st
-        first = results[st][args.configs[0]]
-        for c in args.configs:
-            r = results[st][c]
+        first = results[st][0]
+        for i, c in enumerate(args.configs):
+            r = results[st][i]
             cells = [short_name(c), mode, f'{h}x{w}', str(b), d]
             if 'error' in r:
                 failed = True

@@ -28,11 +28,12 @@ from _common import print_table  # noqa: E402
 
 
 def stage_windows(shape, arch: str, window: int = 7):
-    """(stage, C, heads, padded H, padded W) of every stage for an input of ``shape`` (stride 4, then x2)."""
+    """(stage, C, heads, padded H, padded W) of every stage (numbered from 1, as in ``benchmark.py --profile``) for
+    an input of ``shape`` (stride 4, then x2)."""
     setting = ARCH_SETTINGS[arch]
     for i, heads in enumerate(setting['num_heads']):
         h, w = (math.ceil(s / 4 / 2**i) for s in shape)
-        yield i, setting['embed_dims'] * 2**i, heads, math.ceil(h / window) * window, math.ceil(w / window) * window
+        yield i + 1, setting['embed_dims'] * 2**i, heads, math.ceil(h / window) * window, math.ceil(w / window) * window
 
 
 def time_kernels(dim, heads, hp, wp, device, repeats, window=7):
@@ -70,8 +71,9 @@ def main():
     parser.add_argument('--repeats', type=int, default=12)
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     args = parser.parse_args()
-    if args.repeats < 1 or (args.threads is not None and args.threads < 1):
-        parser.error('--repeats and --threads must be >= 1')
+    if (args.repeats < 1 or (args.threads is not None and args.threads < 1)
+            or min((min(s) for s in args.shape or []), default=1) < 1):
+        parser.error('--repeats, --shape and --threads must be >= 1')
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device available')
     if args.threads:
