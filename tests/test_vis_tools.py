@@ -185,14 +185,22 @@ def test_vis_semantic_tokens_rejects_a_window_outside_the_grid(real_image, tmp_p
     (tmp_path / 'a_file').write_text('')
     for args, message in [((str(tmp_path / 'nope.png'), ), 'cannot read image'),
                           ((real_image, '--checkpoint', str(text)), 'notes.pth: not a readable PyTorch checkpoint'),
-                          ((real_image, '--windows', '1;1'), "--windows takes I,J pairs, got '1;1'")]:
+                          ((real_image, '--windows', '1;1'), "--windows takes I,J pairs, got '1;1'"),
+                          ((real_image, '--cfg-options', 'model.backbone.sparsify=False'),
+                           'error: the backbone has no sparsified stage'),
+                          ((real_image, '--scale', '0'), "argument --scale: '0' is not a positive integer")]:
         proc = run_tool(osp.join('tools', 'vis_semantic_tokens.py'), args[0], DEMO_CONFIG, '--out', str(out),
-                        '--scale', '64', *args[1:])
+                        *(['--scale', '64'] if '--scale' not in args else []), *args[1:])
         last = proc.stderr.strip().splitlines()[-1]
         assert proc.returncode != 0 and 'Traceback' not in proc.stderr and message in last, proc.stderr[-2000:]
     proc = run_tool(osp.join('tools', 'vis_semantic_tokens.py'), real_image, DEMO_CONFIG, '--out',
                     str(tmp_path / 'a_file' / 'vis.png'))
     assert proc.returncode != 0 and 'cannot write' in proc.stderr.strip().splitlines()[-1]
+    proc = run_tool(osp.join('tools', 'vis_semantic_tokens.py'), real_image, str(tmp_path / 'none.py'), '--out',
+                    str(out))
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f'vis_semantic_tokens.py: error: config file not found: {tmp_path}/none.py'
     assert not out.exists()
 
 
@@ -210,13 +218,15 @@ def test_image_demo_tool(real_image, demo_checkpoint, tmp_path):
 
 
 def test_image_demo_refuses_bad_input_in_one_line(real_image, demo_checkpoint, tmp_path):
-    """Before drawing anything: a missing image, a checkpoint of another model (mmengine would draw with random
-    heads), a config value the model refuses and an output that cannot be written, each in one line."""
+    """Before drawing anything: a missing image or a file that is not one, a checkpoint of another model (mmengine
+    would draw with random heads), a config value the model refuses, a segmentation config and an output that
+    cannot be written, each in one line."""
     out = tmp_path / 'demo.png'
     other = tmp_path / 'other.pth'
     sd = torch.load(demo_checkpoint, weights_only=True)['state_dict']
     torch.save({'state_dict': {k: v for k, v in sd.items() if not k.startswith('roi_head.')}}, other)
     (tmp_path / 'a_file').write_text('')
+    (tmp_path / 'notes.txt').write_text('not an image\n')
     cases = [
         ((str(tmp_path / 'nope.png'), DEMO_CONFIG, demo_checkpoint, '--out', str(out)), 'image not found'),
         ((real_image, DEMO_CONFIG, str(other), '--out', str(out)), r'.*other\.pth does not fit the model'),
@@ -224,6 +234,10 @@ def test_image_demo_refuses_bad_input_in_one_line(real_image, demo_checkpoint, t
           'model.backbone.pad_mask=partial'), "the config's model cannot be built: .*pad_mask must be one of"),
         ((real_image, DEMO_CONFIG, demo_checkpoint, '--out', str(tmp_path / 'a_file' / 'x.png')),
          'cannot write .*a_file/x.png'),
+        ((str(tmp_path / 'notes.txt'), DEMO_CONFIG, demo_checkpoint, '--out', str(out)),
+         r'cannot read image .*notes\.txt \(not an image file\?\)'),
+        ((real_image, osp.join('configs', 'stvit-r-seg', 'stvit-r-demo_upernet_1xb4-400_nuclei-224x224.py'),
+          demo_checkpoint, '--out', str(out)), ".*is an mmseg config \\(default_scope='mmseg'\\): this tool draws"),
     ]
     for args, message in cases:
         proc = run_tool(osp.join('tools', 'image_demo.py'), *args)

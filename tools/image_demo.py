@@ -14,13 +14,14 @@ import os.path as osp
 import sys
 
 import mmcv
+import torch
 from mmengine.config import DictAction
 
 import stvit_det  # noqa: F401  (registers STViTR)
 from mmdet.apis import inference_detector, init_detector
 from mmdet.evaluation import get_classes
 from mmdet.registry import DATASETS, VISUALIZERS
-from stvit_det.toolboxes.scope import ToolboxMissingError, load_config as load_toolbox_config
+from stvit_det.toolboxes.scope import ToolboxMissingError, config_scope, load_config as load_toolbox_config
 from stvit_det.utils import allow_checkpoint_globals
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -56,10 +57,24 @@ def main():
     for what, path in (('image', args.image), ('config file', args.config), ('checkpoint file', args.checkpoint)):
         if not osp.isfile(path):
             raise SystemExit(f'image_demo.py: error: {what} not found: {path}')
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit(f'image_demo.py: error: --device {args.device}: no CUDA device available (use cpu)')
+    try:
+        image = mmcv.imread(args.image, channel_order='bgr')  # None for a file that is not an image
+    except OSError as e:
+        raise SystemExit(f'image_demo.py: error: cannot read image {args.image}: {e}') from None
+    if image is None:
+        raise SystemExit(f'image_demo.py: error: cannot read image {args.image} (not an image file?)')
+    image = mmcv.bgr2rgb(image)  # (H, W, 3), RGB for the visualiser
     try:
         cfg = load_config(args.config, args.cfg_options)
     except ToolboxMissingError as e:
         raise SystemExit(f'image_demo.py: error: {e}') from None
+    scope = config_scope(cfg)
+    if scope != 'mmdet':
+        raise SystemExit(f"image_demo.py: error: {args.config} is an {scope} config (default_scope='{scope}'): this "
+                         'tool draws detections; paint segmentation or classification results with tools/test.py '
+                         'CONFIG CHECKPOINT --show-dir DIR')
     # one line, before anything runs, for a model the config cannot build, a checkpoint that does not fit it
     # (mmengine would only log the misfits and draw with random heads) and an output that cannot be written
     check_inputs('image_demo.py', cfg, phases=(), checkpoint=args.checkpoint, strict=True)
@@ -73,7 +88,6 @@ def main():
 
     visualizer = VISUALIZERS.build(cfg.visualizer)
     visualizer.dataset_meta = model.dataset_meta
-    image = mmcv.imread(args.image, channel_order='rgb')
     visualizer.add_datasample(
         'result', image, data_sample=result, draw_gt=False, show=False, out_file=args.out,
         pred_score_thr=args.score_thr)

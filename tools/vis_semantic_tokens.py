@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 import stvit_det  # noqa: E402,F401  (registers STViTR)
@@ -36,7 +36,9 @@ from mmdet.registry import MODELS  # noqa: E402
 from stvit_det.utils.attention_maps import (collect_attention, default_windows, peak_over_uniform,  # noqa: E402
                                             semantic_to_tokens, tokens_to_pixels, unit_maps)
 from stvit_det.utils.ckpt_file import read_checkpoint  # noqa: E402
+from stvit_det.toolboxes.scope import ToolboxMissingError, load_config, resolve_config_path  # noqa: E402
 from stvit_det.utils.paths import unwritable_reason  # noqa: E402
+from stvit_det.utils.values import positive_int  # noqa: E402
 
 WINDOW_COLOURS = ('#00e5ff', '#ff9100', '#76ff03', '#ff4081', '#ffff00', '#b388ff')
 TITLES = {
@@ -57,9 +59,9 @@ def parse_args():
     parser.add_argument('--windows', nargs='+', default=None, metavar='I,J',
                         help='windows (row,col of the 7x7 window grid of stage 3) to follow (default: up to 3 on '
                         'the diagonal)')
-    parser.add_argument('--scale', type=int, default=512, help='short side of the resized image in pixels')
+    parser.add_argument('--scale', type=positive_int, default=512, help='short side of the resized image in pixels')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--dpi', type=int, default=80)
+    parser.add_argument('--dpi', type=positive_int, default=80)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
     return parser.parse_args()
 
@@ -79,7 +81,11 @@ def build_backbone(cfg, checkpoint, device):
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     bb_cfg = copy.deepcopy(cfg.model.backbone)
     bb_cfg['init_cfg'] = None  # weights come from --checkpoint, never from the config
-    backbone = MODELS.build(bb_cfg)
+    try:
+        backbone = MODELS.build(bb_cfg)
+    except (KeyError, TypeError, ValueError) as e:  # an unknown type, an argument or value STViTR refuses
+        raise SystemExit(f"vis_semantic_tokens.py: error: the config's backbone cannot be built: "
+                         f'{type(e).__name__}: {e}') from None
     backbone.init_weights()
     if checkpoint:
         try:
@@ -202,13 +208,19 @@ def main():
     reason = unwritable_reason(args.out)
     if reason:
         raise SystemExit(f'vis_semantic_tokens.py: error: cannot write {args.out}: {reason}')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    if not osp.isfile(resolve_config_path(args.config)):
+        raise SystemExit(f'vis_semantic_tokens.py: error: config file not found: {args.config}')
+    try:
+        cfg = load_config(args.config, args.cfg_options)  # also mmdet:: paths
+    except ToolboxMissingError as e:
+        raise SystemExit(f'vis_semantic_tokens.py: error: {e}') from None
     torch.manual_seed(0)  # random weights (no --checkpoint) give the same picture every run
     image, x = load_image(args.image, cfg, args.scale)
     backbone = build_backbone(cfg, args.checkpoint, args.device)
-    geom, units = collect_attention(backbone, x.to(args.device))
+    try:
+        geom, units = collect_attention(backbone, x.to(args.device))
+    except ValueError as e:  # e.g. sparsify=False: no semantic tokens to draw
+        raise SystemExit(f'vis_semantic_tokens.py: error: {e}') from None
     windows = requested or default_windows(geom)
     for cell in windows:
         if not (0 <= cell[0] < geom.nh and 0 <= cell[1] < geom.nw):
