@@ -245,6 +245,24 @@ def test_per_config_overrides_measure_variants_side_by_side():
         get_flops.measure('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', args)
 
 
+def test_meta_count_follows_sliding_window_inference():
+    """A segmentor in slide mode (the Cityscapes config's documented option) is counted crop by crop on the meta
+    device, as its predict runs on the CPU: the same figure, larger than one whole-image pass."""
+    get_flops = _load_tool('get_flops')
+    narrow = {'model.backbone.embed_dims': 16, 'model.backbone.depths': [1, 1, 6, 1],
+              'model.backbone.num_heads': [1, 2, 4, 8], 'model.decode_head.in_channels': [16, 32, 64, 128],
+              'model.decode_head.channels': 32, 'model.auxiliary_head.in_channels': 64,
+              'model.auxiliary_head.channels': 16}
+    slide = {'model.test_cfg.mode': 'slide', 'model.test_cfg.crop_size': (128, 256), 'model.test_cfg.stride': (96, 192)}
+    config = 'configs/stvit-r-seg/stvit-r-s-in1k-pre_upernet_4xb2-80k_cityscapes-512x1024.py'
+    counts = {}
+    for name, options, device in (('whole', narrow, 'meta'), ('slide', {**narrow, **slide}, 'meta'),
+                                  ('slide-cpu', {**narrow, **slide}, 'cpu')):
+        args = get_flops.argparse.Namespace(cfg_options=options, device=device, shape=(256, 512), mode='detector')
+        counts[name] = get_flops.measure(config, args)['detector_gflops']
+    assert counts['slide'] == counts['slide-cpu'] > 1.5 * counts['whole']  # 3 x 3 crops of 128 x 256
+
+
 def test_missing_config_is_a_one_line_error():
     proc = subprocess.run([sys.executable, osp.join(TOOLS, 'get_flops.py'), 'configs/no_such_config.py'], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=300)

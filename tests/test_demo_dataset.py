@@ -130,8 +130,13 @@ def test_rebuild_is_skipped_unless_invalid_or_forced(dataset, tmp_path):
     fresh = str(tmp_path / 'demo')
     _, built = make_demo_dataset(fresh, seed=0)
     assert built
+    from stvit_det.datasets.demo_nuclei_seg import SEG_DIR, make_seg_demo_dataset
+    assert make_seg_demo_dataset(fresh, seed=0)[1] and osp.isdir(osp.join(fresh, SEG_DIR))
     _, built = make_demo_dataset(fresh, seed=1)
     assert built
+    # the label maps of the seed-0 views went with them (they would pass every check beside the new images)
+    assert not osp.exists(osp.join(fresh, SEG_DIR))
+    assert make_seg_demo_dataset(fresh, seed=1)[1]
     with open(ann_file_path(fresh, 'val'), 'w') as f:
         f.write('{"images": [')  # corrupt -> rebuilt
     _, built = make_demo_dataset(fresh, seed=1)
@@ -219,3 +224,16 @@ def test_semantic_label_maps_agree_with_the_instance_masks(dataset, split):
         assert all(area < MIN_FRAGMENT_AREA for area in stats[1:, cv2.CC_STAT_AREA]), img['file_name']
         label_total, mask_total = label_total + int(label.sum()), mask_total + int(instances.sum())
     assert mask_total >= 0.99 * label_total
+
+
+def test_tool_names_an_output_it_cannot_make(tmp_path, monkeypatch):
+    """tools/make_demo_dataset.py: --out under a file (or where it may not write) is one line, not a traceback."""
+    import runpy
+    import sys
+
+    (tmp_path / 'a_file').write_text('')
+    tool = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'make_demo_dataset.py')
+    monkeypatch.setattr(sys, 'argv', ['make_demo_dataset.py', '--out', str(tmp_path / 'a_file' / 'demo')])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(tool, run_name='__main__')
+    assert str(info.value.code).startswith('make_demo_dataset.py: error: [Errno 20] Not a directory')

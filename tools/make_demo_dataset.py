@@ -35,7 +35,7 @@ def main():
         if args.semantic:
             seg_info, seg_built = make_seg_demo_dataset(
                 args.out, force=args.force, seed=args.seed, val_quadrant=args.val_quadrant)
-    except (FileNotFoundError, FileExistsError) as e:
+    except OSError as e:  # a missing source file, files of another dataset, a file or no permission in --out's way
         sys.exit(f'make_demo_dataset.py: error: {e}')
     counts = info['counts']
     print(f'{"built" if built else "already built (use --force to rebuild)"}: {args.out}')

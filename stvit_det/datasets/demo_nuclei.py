@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import shutil
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -33,6 +34,9 @@ QUADRANTS = ('top-left', 'top-right', 'bottom-left', 'bottom-right')
 DIHEDRAL = ('rot0', 'rot90', 'rot180', 'rot270', 'flip-rot0', 'flip-rot90', 'flip-rot180', 'flip-rot270')
 SPLITS = ('train', 'val')
 BUILD_INFO = 'build_info.json'
+#: semantic label maps derived from this dataset's views (``demo_nuclei_seg.py``): removed whenever the views are
+#: rebuilt, so that maps of an earlier build (another seed or quadrant) never sit beside new images
+SEG_DIR = 'seg_maps'
 STARDIST_FILES = ('data/images/img2d.tif', 'data/images/mask2d.tif')
 
 
@@ -357,6 +361,7 @@ def make_demo_dataset(out_dir: str, force: bool = False, **settings_kwargs) -> T
     os.makedirs(out_dir, exist_ok=True)
     with open(info_path, 'w') as f:  # marks the folder as ours while it is built (no counts: not valid yet)
         json.dump({'settings': settings, 'complete': False}, f)
+    shutil.rmtree(osp.join(out_dir, SEG_DIR), ignore_errors=True)  # derived from the views about to be replaced
     image, labels = load_stardist_nuclei()
     train_mask = np.ones(labels.shape, dtype=bool)
     qy0, qx0, qy1, qx1 = quadrant_box(settings['val_quadrant'], labels.shape)

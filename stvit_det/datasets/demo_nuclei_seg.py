@@ -16,11 +16,10 @@ from typing import Tuple
 
 import numpy as np
 
-from .demo_nuclei import SPLITS, ann_file_path, apply_dihedral, load_stardist_nuclei, make_demo_dataset
+from .demo_nuclei import SEG_DIR, SPLITS, ann_file_path, apply_dihedral, load_stardist_nuclei, make_demo_dataset
 
 CLASSES = ('background', 'nucleus')
 PALETTE = ((0, 0, 0), (220, 20, 60))
-SEG_DIR = 'seg_maps'
 SEG_BUILD_INFO = osp.join(SEG_DIR, 'build_info.json')
 
 

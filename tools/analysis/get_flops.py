@@ -78,8 +78,19 @@ def _stages(module):
 
 def meta_predict(model: torch.nn.Module, inputs: torch.Tensor) -> None:
     """Everything ``predict`` multiplies, on meta tensors (see the module docstring): a two-stage detector module by
-    module at its fixed test load, any other model through its tensor-mode forward."""
+    module at its fixed test load, a segmentor in slide mode crop by crop (mmseg's window grid), any other model
+    through its tensor-mode forward."""
     roi_head = getattr(model, 'roi_head', None)
+    test_cfg = getattr(model, 'test_cfg', None) or {}
+    if roi_head is None and test_cfg.get('mode') == 'slide':  # mmseg's slide_inference: every crop of its grid
+        (h_stride, w_stride), (h_crop, w_crop) = test_cfg['stride'], test_cfg['crop_size']
+        h_img, w_img = inputs.shape[-2:]
+        for i in range(max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1):
+            for j in range(max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1):
+                y2, x2 = min(i * h_stride + h_crop, h_img), min(j * w_stride + w_crop, w_img)
+                y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+                model(inputs[:, :, y1:y2, x1:x2], mode='tensor')
+        return
     if roi_head is None or not hasattr(model, 'rpn_head'):
         model(inputs, mode='tensor')
         return
