@@ -134,6 +134,13 @@ def test_slurm_train_passes_arguments_whole(tmp_path):
     assert args[-6:] == ['[cfg.py]', '[--work-dir=work dir]', '[--launcher=slurm]', '[--cfg-options]', '[a="x y"]',
                          '[b=1]']
     assert args[args.index('[--kill-on-bad-exit=1]') + 1] == f'[{sys.executable}]'  # PYTHON from env()
+    # without PYTHON: the environment tools/install.sh made (tools/_python.sh)
+    bare = {k: v for k, v in env().items() if k != 'PYTHON'}
+    proc = subprocess.run(['bash', osp.join(TOOLS, 'slurm_train.sh'), 'part', 'job', 'cfg.py', 'w'],
+                          env=dict(bare, PATH=f'{fake}:/usr/bin:/bin'), capture_output=True, text=True, timeout=60)
+    venv = os.environ.get('STVIT_VENV') or osp.join(osp.dirname(TOOLS), '.venv')
+    args = proc.stdout.splitlines()
+    assert proc.returncode == 0 and args[args.index('[--kill-on-bad-exit=1]') + 1] == f'[{venv}/bin/python]'
 
 
 def test_resume_after_kill(demo_root):

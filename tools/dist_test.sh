@@ -13,12 +13,7 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-# the repository's environment (tools/install.sh) unless PYTHON names another interpreter
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ -z "${PYTHON:-}" ]; then
-    venv=${STVIT_VENV:-$root/.venv}
-    if [ -x "$venv/bin/python" ]; then PYTHON="$venv/bin/python"; else PYTHON=python; fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"  # PYTHON: the environment of tools/install.sh by default
 
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 "$PYTHON" -m torch.distributed.run \

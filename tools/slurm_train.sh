@@ -18,12 +18,7 @@ GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
-# the repository's environment (tools/install.sh) unless PYTHON names another interpreter
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ -z "${PYTHON:-}" ]; then
-    venv=${STVIT_VENV:-$root/.venv}
-    if [ -x "$venv/bin/python" ]; then PYTHON="$venv/bin/python"; else PYTHON=python; fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"  # PYTHON: the environment of tools/install.sh by default
 PY_ARGS=("${@:5}")  # an array: arguments with spaces stay whole
 
 if [ -n "$PORT" ]; then
