@@ -63,6 +63,22 @@ def test_out_indices_subset():
     assert not hasattr(model, 'norm0') and not hasattr(model, 'norm3')
 
 
+@pytest.mark.parametrize('out_indices', [(0, 1, 2), (2, ), (0, )])
+def test_out_indices_leave_no_parameter_without_a_gradient(out_indices):
+    """DDP's rule: every parameter that requires a gradient gets one. The stages after the last output (and its
+    patch merging) never run: they keep their checkpoint keys but require none, also after train()."""
+    model = randomize_(small_stvit(out_indices=out_indices)).train()
+    sum((o * torch.randn_like(o)).sum() for o in model(torch.randn(1, 3, 75, 90))).backward()
+    without = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert without == []
+    last = max(out_indices)
+    idle = {n for n, p in model.named_parameters() if not p.requires_grad}
+    unused = tuple(f'layers.{i}.' for i in range(last + 1, 4)) + (f'layers.{last}.downsample.', )
+    assert idle and all(n.startswith(unused) for n in idle)
+    assert set(model.state_dict()) == set(small_stvit(out_indices=(0, 1, 2, 3)).state_dict()) - {
+        f'norm{i}.{w}' for i in range(4) if i not in out_indices for w in ('weight', 'bias')}
+
+
 def test_every_parameter_gets_a_gradient():
     model = randomize_(small_stvit(drop_path_rate=0.1))
     model.train()
@@ -148,6 +164,7 @@ def test_norm_eval_keeps_stem_bn_in_eval():
     (dict(attn_impl='flash3'), 'attn_impl'),
     (dict(stem='vit'), 'stem'),
     (dict(out_indices=(0, 4)), 'out_indices'),
+    (dict(out_indices=(0, 0)), 'without repeats'),
     (dict(frozen_stages=5), 'frozen_stages'),
     (dict(num_heads=(5, 6, 12, 24)), 'heads'),
     (dict(regions=(5, 21, 27)), 'at least the window'),

@@ -137,7 +137,8 @@ class STViTR(BaseModule):
             FlexAttention with a block mask from the region table: the GPU path; forward only on the CPU) or
             ``'reference'`` (gathered, written-out softmax: the oracle). See ``layers/attention.py``; Swin blocks
             pick their kernel per device (``layers/swin_block.py``).
-        out_indices: stages whose outputs are returned.
+        out_indices: stages whose outputs are returned. Later stages (and the last one's patch merging) are not
+            run, and their parameters require no gradient (DDP refuses a parameter that requires one and gets none).
         frozen_stages: -1 none; 0 the stem; k >= 1 the stem and stages 0..k-1 (with their patch merging and
             output norms). Frozen parts stay in eval mode after ``train()``.
         norm_eval: keep the stem BatchNorms in eval mode while training.
@@ -228,8 +229,10 @@ class STViTR(BaseModule):
                              f'got {semantic_samples!r}')
         if len(regions) != 3 or not all(is_count(r) for r in regions):
             raise ValueError(f'regions needs 3 integer sides (generate, refine, recover), got {regions}')
-        if not isinstance(out_indices, Sequence) or not out_indices or any(i not in range(4) for i in out_indices):
-            raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3), got {out_indices!r}')
+        if (not isinstance(out_indices, Sequence) or not out_indices or any(i not in range(4) for i in out_indices)
+                or len(set(out_indices)) != len(out_indices)):
+            raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3) without repeats, got '
+                             f'{out_indices!r}')
         out_indices = tuple(out_indices)
         if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= 4):
             raise ValueError(f'frozen_stages must be an integer in [-1, 4], got {frozen_stages!r}')
@@ -314,9 +317,22 @@ class STViTR(BaseModule):
                 mods.append(getattr(self, f'norm{i}'))
         return mods
 
+    def _unused_modules(self) -> List[nn.Module]:
+        """What ``forward`` never runs: the stages after the last output index and that stage's patch merging. They
+        stay (checkpoint keys do not depend on ``out_indices``) but get no gradient, which DDP refuses for a
+        parameter that requires one."""
+        last = max(self.out_indices)
+        mods: List[nn.Module] = list(self.layers[last + 1:])
+        if self.layers[last].downsample is not None:
+            mods.append(self.layers[last].downsample)
+        return mods
+
     def _freeze_stages(self) -> None:
         for m in self._frozen_modules():
             m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+        for m in self._unused_modules():
             for p in m.parameters():
                 p.requires_grad = False
 
