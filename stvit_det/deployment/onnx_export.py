@@ -261,6 +261,11 @@ def compare(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> Di
     return dict(max_abs=max_abs, max_rel=max_rel)
 
 
+def as_numpy_list(out) -> List[np.ndarray]:
+    """A module's output (a tensor or a tuple / list of tensors) as the list of arrays ONNX Runtime returns."""
+    return [o.detach().numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
+
+
 def batch_mismatch(module: torch.nn.Module, session, example: torch.Tensor, input_name: str,
                    rtol: float = 1e-4) -> Optional[str]:
     """Why a graph exported with a dynamic batch does not reproduce ``module`` at batch 2 (None when it does).
@@ -275,7 +280,7 @@ def batch_mismatch(module: torch.nn.Module, session, example: torch.Tensor, inpu
     batch = torch.cat([example, second])  # (2, ...)
     with torch.inference_mode():
         out = module(batch)
-    reference = [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
+    reference = as_numpy_list(out)
     try:
         actual = run_session(session, {input_name: batch.numpy()})
         diff = compare(reference, actual)

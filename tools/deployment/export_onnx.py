@@ -26,7 +26,7 @@ from stvit_det.deployment import (PARTS, CheckpointMismatchError, ExportError, O
                                   batch_mismatch, build_detector, build_part, compare, export_onnx, load_session,
                                   median_latency_ms, preprocess_image, run_session)
 from stvit_det.deployment.equivalents import EXPORTABLE_REGION_ATTENTION, stand_in_modules
-from stvit_det.deployment.onnx_export import EXPORTERS
+from stvit_det.deployment.onnx_export import EXPORTERS, as_numpy_list
 from stvit_det.utils.values import positive_int
 
 
@@ -56,10 +56,6 @@ def parse_args(argv=None):
                         help='backbone parts: largest max relative difference accepted (else exit status 2)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
     return parser.parse_args(argv)
-
-
-def _as_list(out):
-    return [o.detach().numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
 
 
 def main(argv=None) -> int:
@@ -104,7 +100,7 @@ def main(argv=None) -> int:
             session = load_session(args.out, threads)
         feeds = {inputs[0]: image.numpy()}
         with torch.inference_mode():
-            reference = _as_list(module(image))
+            reference = as_numpy_list(module(image))
         actual = run_session(session, feeds)
     except (ValueError, FileNotFoundError, ExportError, OnnxLoadError, CheckpointMismatchError) as exc:
         print(f'error: {exc}', file=sys.stderr)
