@@ -15,26 +15,22 @@ def is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type`` of a count (threads, repeats, batch, a size): a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
-    return value
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse ``type`` of a count that may be 0 (warm-up calls)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer >= 0")
-    return value
+#: argparse ``type`` of a count (threads, repeats, batch, a size): a positive integer
+positive_int = _int_at_least(1, 'a positive integer')
+#: argparse ``type`` of a count that may be 0 (warm-up calls)
+non_negative_int = _int_at_least(0, 'an integer >= 0')
 
 
 __all__ = ['is_finite_number', 'is_count', 'positive_int', 'non_negative_int']
