@@ -169,6 +169,8 @@ def test_half_precision_autocast_is_finite(impl, dtype, with_cp):
     loss.backward()
     assert all(torch.isfinite(o).all() for o in outs)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # every stage in the autocast dtype, as mmdet's Swin: float32 layer scales once turned stage 3 float32
+    assert [o.dtype for o in outs] == [dtype] * len(outs)
     model.eval()  # compare in eval mode (the stem BN uses running statistics in both runs)
     with torch.no_grad():
         ref = model(x)
@@ -176,6 +178,22 @@ def test_half_precision_autocast_is_finite(impl, dtype, with_cp):
             half = model(x)
     for a, b in zip(half, ref):
         assert float((a.float() - b).abs().max() / b.abs().max()) < 0.05  # half precision stays close to fp32
+
+
+@pytest.mark.parametrize('cfg, size', [(dict(sparsifier='tokenlearner'), (75, 90)),
+                                       (dict(stage3_form='classification'), (224, 224))],
+                         ids=['tokenlearner', 'classification'])
+def test_other_stage3_forms_keep_the_autocast_dtype(cfg, size):
+    """The TokenLearner and classification forms keep the autocast dtype too, and their layer scales still get
+    float32 gradients."""
+    model = randomize_(small_stvit(**cfg)).train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(torch.randn(1, 3, *size))
+    assert [o.dtype for o in outs] == [torch.bfloat16] * len(outs)
+    sum(o.float().square().mean() for o in outs).backward()
+    scales = [(n, p) for n, p in model.named_parameters() if 'layer_scale' in n]
+    assert scales and all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0
+                          for _, p in scales)
 
 
 @pytest.mark.parametrize('impl', FAST)

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .semantic_tokens import SemanticBlockBase
+from .semantic_tokens import SemanticBlockBase, layer_scaled
 from .swin_block import SwinBlock
 from .window_ops import window_partition, window_reverse
 
@@ -123,7 +123,8 @@ class UnfoldSemanticGenerator(SemanticBlockBase):
         patches = F.unfold(x.permute(0, 3, 1, 2), k, stride=self.stride)  # (B, C*P, nW), channel-major rows
         patches = patches.view(B, C, k * k, nh * nw).permute(0, 3, 2, 1)  # (B, nW, P, C)
         context = self.norm1(torch.cat([s0, patches], dim=2))  # (B, nW, S + P, C)
-        sw = self.layer_scale_1 * self.attn(self.norm1(s0), context)  # (B, nW, S, C): no residual, no drop path
+        # no residual and no drop path here, as released
+        sw = layer_scaled(self.layer_scale_1, self.attn(self.norm1(s0), context))  # (B, nW, S, C)
         s = window_reverse(sw, ss, nh * ss, nw * ss)  # (B, Hs, Ws, C)
         return x, self.mlp_residual(s)
 
@@ -145,7 +146,7 @@ class GlobalSemanticRefiner(SemanticBlockBase):
         Hs, Ws = s.shape[1:3]
         t = s.reshape(B, 1, Hs * Ws, C)  # (B, 1, Ns, C)
         context = self.norm1(torch.cat([t, x.reshape(B, 1, H * W, C)], dim=2))  # (B, 1, Ns + N, C)
-        t = t + self.drop_path(self.layer_scale_1 * self.attn(self.norm1(t), context))
+        t = t + self.drop_path(layer_scaled(self.layer_scale_1, self.attn(self.norm1(t), context)))
         return x, self.mlp_residual(t.view(B, Hs, Ws, C))
 
 
@@ -164,7 +165,7 @@ class GlobalRecovery(SemanticBlockBase):
             raise ValueError('recovery needs the semantic tokens of its unit')
         t = x.reshape(B, 1, H * W, C)  # (B, 1, N, C)
         context = self.norm1(s.reshape(B, 1, -1, C))  # (B, 1, Ns, C)
-        t = t + self.drop_path(self.layer_scale_1 * self.attn(self.norm1(t), context))
+        t = t + self.drop_path(layer_scaled(self.layer_scale_1, self.attn(self.norm1(t), context)))
         return self.mlp_residual(t.view(B, H, W, C)), None
 
 

@@ -24,6 +24,13 @@ from .mlp import Mlp
 from .window_ops import PAD_MASK_MODES, pad_to_multiple, window_partition, window_reverse
 
 
+def layer_scaled(gamma: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """``gamma * branch`` in the branch's dtype: under autocast the float32 layer scale would otherwise promote
+    the bfloat16 / float16 branch, and through the residual every later token of the stage, to float32 (twice the
+    activation memory; mmdet's Swin, without layer scales, stays in the autocast dtype). Unchanged in float32."""
+    return gamma.to(branch.dtype) * branch
+
+
 class SemanticBlockBase(nn.Module):
     """Shared parts of the j=1..5 blocks: LN1 (for queries AND keys/values), q/kv attention, LN2, MLP, and layer
     scales ``layer_scale_1/2`` (init 1e-5) applied before stochastic depth, as in the released code."""
@@ -41,7 +48,7 @@ class SemanticBlockBase(nn.Module):
 
     def mlp_residual(self, t: torch.Tensor) -> torch.Tensor:
         """t + DropPath(g2 * MLP(LN2 t)) for tokens of any shape (B, ..., C)."""
-        return t + self.drop_path(self.layer_scale_2 * self.mlp(self.norm2(t)))
+        return t + self.drop_path(layer_scaled(self.layer_scale_2, self.mlp(self.norm2(t))))
 
     def region_attention(self, queries: torch.Tensor, src: torch.Tensor, unit: int, kernel: int,
                          valid_hw: Tuple[int, int], pad_mode: str, image_pads: Tuple[int, int]) -> torch.Tensor:
@@ -125,7 +132,7 @@ class SemanticTokenGenerator(SemanticBlockBase):
                                  f'{None if s is None else tuple(s.shape[1:3])}')
             sw = window_partition(s, ss)  # (B, nW, S, C)
         attn = self.region_attention(sw, xp, ws, self.region, (H, W), self.pad_mask, (Hp - H, Wp - W))
-        sw = sw + self.drop_path(self.layer_scale_1 * attn)  # (B, nW, S, C)
+        sw = sw + self.drop_path(layer_scaled(self.layer_scale_1, attn))  # (B, nW, S, C)
         s = window_reverse(sw, ss, Hs, Ws)  # (B, Hs, Ws, C)
         return x, self.mlp_residual(s)
 
@@ -155,7 +162,7 @@ class SemanticTokenBlock(SemanticBlockBase):
         else:
             t = s.reshape(B, 1, Hs * Ws, C)  # (B, 1, Ns, C)
         tn = self.norm1(t)
-        t = t + self.drop_path(self.layer_scale_1 * self.attn(tn, tn))
+        t = t + self.drop_path(layer_scaled(self.layer_scale_1, self.attn(tn, tn)))
         if self.scope == 'local':
             s = window_reverse(t, self.samples, Hs, Ws)  # (B, Hs, Ws, C)
         else:

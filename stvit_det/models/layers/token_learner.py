@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp
 
+from .semantic_tokens import layer_scaled
 from .window_ops import PAD_MASK_MODES, pad_to_multiple, region_index, window_partition, window_reverse
 
 
@@ -65,7 +66,7 @@ class TokenLearnerBlockBase(nn.Module):
 
     def mlp_residual(self, t: torch.Tensor) -> torch.Tensor:
         """t + DropPath(g2 * MLP(LN2 t)) for tokens of any shape (B, ..., C)."""
-        return t + self.drop_path(self.layer_scale_2 * self.mlp(self.norm2(t)))
+        return t + self.drop_path(layer_scaled(self.layer_scale_2, self.mlp(self.norm2(t))))
 
 
 class TokenLearner(TokenLearnerBlockBase):
@@ -183,7 +184,7 @@ class TokenFuser(TokenLearnerBlockBase):
         if self.record_attn:
             index, _, _ = region_index(Hs, Ws, ss, ss, x.device)  # (nW, S): each window's own grid cells
             self.last_attn = dict(weights=gates.detach().unsqueeze(2), index=index)  # (B, nW, 1, N, S), not normalised
-        xw = xw + self.drop_path(self.layer_scale_1 * (gates @ t))  # (B, nW, N, C)
+        xw = xw + self.drop_path(layer_scaled(self.layer_scale_1, gates @ t))  # (B, nW, N, C)
         x = window_reverse(xw, ws, Hp, Wp)[:, :H, :W]  # (B, H, W, C)
         return self.mlp_residual(x), None
 
