@@ -380,3 +380,36 @@ def test_model_the_config_cannot_build_and_unwritable_results(tmp_path):
     _assert_one_line_error(rc, err, 'cannot write', 'results.pkl')
     rc, err = _run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--work-dir', str(tmp_path / 'a_file' / 'wd'))
     _assert_one_line_error(rc, err, f'work dir {tmp_path}/a_file/wd: {tmp_path}/a_file is a file')
+
+
+def test_inference_pipeline_drops_annotation_loaders_in_every_spelling():
+    """The image demo and the ONNX export's --image path remove annotation loading from the test pipeline however
+    the config names the transform (plain, scoped, the class itself, panoptic); the rest stays in order."""
+    from mmdet.datasets.transforms import LoadAnnotations, LoadPanopticAnnotations
+
+    from stvit_det.datasets.pipelines import find_step, without_annotation_loading
+
+    load, resize, pack = dict(type='LoadImageFromFile'), dict(type='Resize', scale=(64, 64)), dict(type='PackDetInputs')
+    for loader in ('LoadAnnotations', 'mmdet.LoadAnnotations', LoadAnnotations, LoadPanopticAnnotations):
+        steps = [load, resize, dict(type=loader, with_bbox=True), pack]
+        assert without_annotation_loading(steps) == [load, resize, pack]
+    tta = [load, dict(type='TestTimeAug', transforms=[[resize], [dict(type='mmseg.LoadAnnotations')]])]
+    assert find_step(tta, 'LoadAnnotations') == dict(type='mmseg.LoadAnnotations')  # found inside wrappers
+    assert find_step(tta, 'RandomFlip') is None
+
+
+def test_output_probe_leaves_nothing_behind(tmp_path):
+    """The early check of an output path creates nothing that stays (a tool stopped by a later check leaves no
+    empty folders), and still finds what cannot be written."""
+    from stvit_det.utils.paths import make_parent_dir, unwritable_reason
+
+    out = tmp_path / 'a' / 'b' / 'result.pkl'
+    assert unwritable_reason(str(out)) is None
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / 'keep.txt').write_text('x')
+    assert unwritable_reason(str(tmp_path / 'keep.txt')) is None and (tmp_path / 'keep.txt').read_text() == 'x'
+    assert unwritable_reason(str(tmp_path / 'keep.txt' / 'inside.pkl'))  # a file where a folder must be
+    assert unwritable_reason(str(tmp_path)) == 'it is a directory'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['keep.txt']
+    make_parent_dir(str(out))
+    assert (tmp_path / 'a' / 'b').is_dir()

@@ -36,7 +36,7 @@ from stvit_det import STViTR
 from stvit_det.utils.ckpt_convert import (compare_state_dicts, convert_to_stvit, describe_mismatch,
                                           detector_2x_to_3x, drop_classifier_head, imagenet_to_classifier)
 from stvit_det.utils.ckpt_file import CheckpointError, class_order_error, head_classes_error, read_checkpoint
-from stvit_det.utils.paths import unwritable_reason
+from stvit_det.utils.paths import make_parent_dir, unwritable_reason
 
 
 def parse_args(argv=None):
@@ -148,7 +148,7 @@ def main(argv=None):
             sd, meta, report = convert_backbone(args)
     except CheckpointError as e:
         sys.exit(f'convert_ckpt: error: {e}')
-    os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
+    make_parent_dir(args.dst)
     torch.save(dict(state_dict=sd, meta=meta), args.dst)
     if args.detector or args.classifier:
         print(f'{args.src} -> {args.dst}: {len(sd)} tensors; {len(report["missing"])} missing, '

@@ -21,6 +21,7 @@ import stvit_det  # noqa: F401  (registers STViTR)
 from mmdet.apis import inference_detector, init_detector
 from mmdet.evaluation import get_classes
 from mmdet.registry import DATASETS, VISUALIZERS
+from stvit_det.datasets.pipelines import without_annotation_loading
 from stvit_det.toolboxes.scope import ToolboxMissingError, config_scope, load_config as load_toolbox_config
 from stvit_det.utils import allow_checkpoint_globals
 
@@ -45,10 +46,8 @@ def load_config(path, cfg_options=None):
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     cfg.model.backbone.init_cfg = None  # weights come from the checkpoint only
-    pipeline = cfg.test_dataloader.dataset.pipeline
-    cfg.test_dataloader.dataset.pipeline = [
-        t for t in pipeline if t['type'] not in ('LoadAnnotations', 'mmdet.LoadAnnotations')
-    ]  # inference has no labels
+    dataset = cfg.test_dataloader.dataset
+    dataset.pipeline = without_annotation_loading(dataset.pipeline)  # inference has no labels
     return cfg
 
 

@@ -37,7 +37,7 @@ from stvit_det.utils.attention_maps import (collect_attention, default_windows, 
                                             semantic_to_tokens, tokens_to_pixels, unit_maps)
 from stvit_det.utils.ckpt_file import read_checkpoint  # noqa: E402
 from stvit_det.toolboxes.scope import ToolboxMissingError, load_config, resolve_config_path  # noqa: E402
-from stvit_det.utils.paths import unwritable_reason  # noqa: E402
+from stvit_det.utils.paths import make_parent_dir, unwritable_reason  # noqa: E402
 from stvit_det.utils.values import positive_int  # noqa: E402
 
 WINDOW_COLOURS = ('#00e5ff', '#ff9100', '#76ff03', '#ff4081', '#ffff00', '#b388ff')
@@ -254,6 +254,7 @@ def main():
                  'scaled to their maximum per window', fontsize=9)
     fig.legend(handles=handles, loc='lower center', ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1 - 0.35 / fig.get_figheight()))
+    make_parent_dir(args.out)
     fig.savefig(args.out, dpi=args.dpi)
     print(f'wrote {args.out}: {len(units)} unit(s), windows {windows}')
 

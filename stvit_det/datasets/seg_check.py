@@ -27,11 +27,12 @@ import os
 import os.path as osp
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .coco_check import DatasetCheckError, iter_leaf_datasets
+from .pipelines import find_step
 
 #: changes whenever what a sample check accepts changes, so that older cache files are not trusted
 CHECK_VERSION = 1
@@ -222,24 +223,9 @@ def _orphan_label(dataset, data_list: Sequence[dict]) -> Optional[str]:
     return None
 
 
-def _pipeline_steps(pipeline: Any) -> Iterator[dict]:
-    """Every transform dict of a pipeline, also those nested in wrappers' ``transforms`` (``TestTimeAug`` holds a
-    list of lists; ``RandomApply`` / ``RandomChoice`` a list, or a list of lists)."""
-    for step in pipeline or []:
-        if isinstance(step, (list, tuple)):
-            yield from _pipeline_steps(step)
-        elif isinstance(step, dict):
-            yield step
-            yield from _pipeline_steps(step.get('transforms'))
-
-
 def _load_annotations(dataset_cfg: dict) -> Optional[dict]:
     """The pipeline's ``LoadAnnotations`` step (searched through wrappers), None without one."""
-    for step in _pipeline_steps(dataset_cfg.get('pipeline')):
-        kind = step.get('type')
-        if getattr(kind, '__name__', str(kind)).split('.')[-1] == 'LoadAnnotations':
-            return step
-    return None
+    return find_step(dataset_cfg.get('pipeline'), 'LoadAnnotations')
 
 
 def _decode_backend(dataset_cfg: dict) -> str:

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..utils.paths import unwritable_reason
+from ..utils.paths import make_parent_dir, unwritable_reason
 from .equivalents import ExportableOps, exportable_attention
 
 EXPORTERS = ('dynamo', 'torchscript')
@@ -137,6 +137,7 @@ def export_onnx(module: torch.nn.Module,
     if reason:
         raise ValueError(f'cannot write the ONNX file {path}: {reason}')
     module.eval()  # not `module = module.eval()`: mmdet's backbones override train() and return None
+    make_parent_dir(path)
     fd, log = tempfile.mkstemp(prefix='onnx_export_', suffix='.log')
     os.close(fd)
     try:

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..datasets.pipelines import without_annotation_loading
 from ..toolboxes.scope import drop_init_cfgs, resolve_config_path
 from .onnx_export import ExportError
 
@@ -186,9 +187,7 @@ def preprocess_image(detector: nn.Module, cfg, image_path: str) -> Tuple[torch.T
     if not osp.isfile(image_path):
         raise FileNotFoundError(f'image not found: {image_path}')
     try:
-        steps = [t for t in cfg.test_dataloader.dataset.pipeline
-                 if t['type'] not in ('LoadAnnotations', 'mmdet.LoadAnnotations')]
-        pipeline = Compose(steps)
+        pipeline = Compose(without_annotation_loading(cfg.test_dataloader.dataset.pipeline))
     except Exception as e:  # noqa: BLE001 - no test_dataloader; a transform of another toolbox (KeyError)
         raise ValueError(f'--image needs the test pipeline of an MMDetection config, and this config\'s cannot be '
                          f'built here ({type(e).__name__}: {_first_line(e)}); without --image the input is a '
