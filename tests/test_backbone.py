@@ -156,6 +156,46 @@ def test_norm_eval_keeps_stem_bn_in_eval():
     assert model.layers[0].training
 
 
+@pytest.mark.parametrize('convert', ['sync', 'sync_reverted'])
+def test_stem_trains_with_batch_statistics_after_sync_bn_conversion(convert):
+    """mmengine's ``sync_bn='torch'`` turns the stem's BatchNorm2d into SyncBatchNorm (and its
+    ``revert_sync_batchnorm`` into ``_BatchNormXd``): in train() the stem still uses batch statistics and updates
+    its running statistics, as with BatchNorm2d (it once took the eval-only folded path, silently)."""
+    import copy
+
+    from mmengine.model import revert_sync_batchnorm
+
+    torch.manual_seed(0)
+    plain = randomize_(small_stvit()).train()
+    other = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain))
+    if convert == 'sync_reverted':
+        other = revert_sync_batchnorm(other)
+    other.train()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in other.patch_embed.modules())
+    bn, bn_other = plain.patch_embed.proj[0].bn, other.patch_embed.proj[0].bn
+    before = bn_other.running_mean.clone()
+    x = torch.randn(2, 3, 64, 64) * 3 + 1
+    for a, b in zip(plain(x), other(x)):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(bn_other.running_mean, before)
+    torch.testing.assert_close(bn.running_mean, bn_other.running_mean)
+
+
+@pytest.mark.parametrize('impl', ['reference', 'sdpa', 'auto'])
+def test_training_after_an_inference_mode_forward(impl):
+    """A forward under torch.inference_mode() must not leave inference tensors in the shared geometry caches: a
+    training step at the same size afterwards (here on a fresh model) saves them for its backward."""
+    from stvit_det.deployment.equivalents import clear_model_caches
+
+    clear_model_caches()
+    x = torch.randn(1, 3, 64, 80)
+    with torch.inference_mode():
+        small_stvit(attn_impl=impl).eval()(x)
+    model = small_stvit(attn_impl=impl).train()
+    sum(o.square().mean() for o in model(x)).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize('kwargs,match', [
     (dict(depths=(2, 2, 8, 2)), 'multiple of 6'),
     (dict(depths=(2, 2, 0, 2)), r'depths must be 4 positive integers, got \(2, 2, 0, 2\)'),
@@ -205,7 +245,7 @@ def test_pretrained_path_is_an_init_cfg():
     assert model.init_cfg == dict(type='Pretrained', checkpoint='/weights/stvit-r-t.pth')
 
 
-@pytest.mark.parametrize('shape', [(3, 64, 64), (1, 4, 64, 64), (1, 1, 3, 64, 64)])
+@pytest.mark.parametrize('shape', [(3, 64, 64), (1, 4, 64, 64), (1, 1, 3, 64, 64), (0, 3, 64, 64), (1, 3, 0, 64)])
 def test_input_that_is_not_a_batch_of_rgb_images_fails_clearly(shape):
     with pytest.raises(ValueError, match=r'\(B, 3, H, W\), got a tensor of shape ' + re.escape(str(shape))):
         small_stvit()(torch.zeros(shape))

@@ -206,6 +206,19 @@ def test_pretrained_init_cfg_loads_from_a_path(tmp_path, monkeypatch):
         bad.init_weights()
 
 
+@pytest.mark.parametrize('init_cfg', [dict(type='pretrained', checkpoint='w.pth'), dict(type='Kaiming', layer='Linear'),
+                                      [dict(type='Pretrained', checkpoint='a.pth'), dict(type='Constant', val=1)],
+                                      [dict(type='Pretrained', checkpoint='a.pth')] * 2, 'w.pth'],
+                         ids=['lowercase', 'kaiming', 'extra', 'twice', 'str'])
+def test_init_cfg_other_than_one_pretrained_is_refused(init_cfg):
+    """An initialiser STViTR would ignore (it initialises itself) stops the build, naming it, instead of a run
+    that silently trains from random weights."""
+    with pytest.raises(ValueError, match="init_cfg is None or one dict\\(type='Pretrained'"):
+        STViTR(arch='tiny', init_cfg=init_cfg)
+    for fine in (None, dict(type='Pretrained', checkpoint=None), [dict(type='Pretrained', checkpoint='a.pth')]):
+        assert STViTR(embed_dims=8, depths=(1, 1, 6, 1), num_heads=(1, 1, 1, 1), init_cfg=fine).init_cfg == fine
+
+
 def test_backbone_init_checkpoint_is_checked_before_training(tmp_path):
     """What tools/train.py checks before its Runner: the file of the backbone's init_cfg=Pretrained is read and
     converted as loading would (on a bare backbone, nothing loaded): a good file gives the load report; a truncated

@@ -74,7 +74,7 @@ class ConvStem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, ceil(H/4), ceil(W/4), C)."""
         x = pad_to_multiple(x.permute(0, 2, 3, 1), 4).permute(0, 3, 1, 2)  # (B, 3, H', W'), H', W' multiples of 4
-        if any(m.training for m in self.proj.modules() if isinstance(m, nn.BatchNorm2d)):
+        if any(m.training for m in self.proj.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
             return self.proj(x).permute(0, 2, 3, 1)  # batch statistics (NCHW: its backward is faster on the CPU)
         x = x.contiguous(memory_format=torch.channels_last)
         inplace = not torch.is_grad_enabled()
@@ -145,7 +145,8 @@ class STViTR(BaseModule):
         with_cp: activation checkpointing of every block, stage 3 included.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads STViT-R weights (ImageNet or a detector's
             ``backbone.``) or converts Swin weights (official, timm or mmdet layout); missing and unexpected
-            keys are logged.
+            keys are logged. Nothing else: STViTR initialises itself (trunc-normal), and other initialisers
+            (``'Kaiming'``, a misspelt ``'pretrained'``) would be ignored, so they are refused.
         pretrained: deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` (a local file),
             which mmseg's ``EncoderDecoder`` passes on from ``model.pretrained``; a URL-like value (ResNet configs
             set ``'open-mmlab://resnet50_v1c'``: another backbone's weights, to download) is refused.
@@ -185,6 +186,11 @@ class STViTR(BaseModule):
             warnings.warn("STViTR: pretrained=PATH is deprecated, use init_cfg=dict(type='Pretrained', "
                           'checkpoint=PATH)')
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        entries = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+        others = [c for c in entries if not (isinstance(c, dict) and c.get('type') == 'Pretrained')]
+        if init_cfg is not None and (others or len(entries) != 1):
+            raise ValueError("STViTR's init_cfg is None or one dict(type='Pretrained', checkpoint=PATH) (its own "
+                             f'init is trunc-normal; another initialiser would be ignored), got {init_cfg!r}')
         super().__init__(init_cfg=init_cfg)
         if arch not in ARCH_SETTINGS:
             raise ValueError(f"arch must be one of {tuple(ARCH_SETTINGS)}, got '{arch}'")
@@ -294,8 +300,9 @@ class STViTR(BaseModule):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """(B, 3, H, W) -> one (B, C * 2**i, ceil(H / 2**(i+2)), ceil(W / 2**(i+2))) map per out index."""
-        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != 3):  # (traced shapes are fixed anyway)
-            raise ValueError(f'STViTR takes a batch of RGB images (B, 3, H, W), got a tensor of shape {tuple(x.shape)}')
+        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != 3 or x.numel() == 0):  # (traced: fixed)
+            raise ValueError(f'STViTR takes a non-empty batch of RGB images (B, 3, H, W), got a tensor of shape '
+                             f'{tuple(x.shape)}')
         x = self.patch_embed(x)  # (B, H/4, W/4, C)
         outs = []
         for i, layer in enumerate(self.layers[:max(self.out_indices) + 1]):

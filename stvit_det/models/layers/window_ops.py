@@ -24,8 +24,14 @@ OFFICIAL_MASK_VALUE = -1000.0
 def geometry_cache(fn):
     """``functools.lru_cache(maxsize=64)`` for the pure geometry helpers below (masks, indices, biases of a map
     size), bypassed while ``torch.compile`` traces: Dynamo would trace the wrapped function anyway, with a warning
-    that it ignores the cache. The cache itself is ``.cache`` (a ``functools`` cache wrapper)."""
-    cached = functools.lru_cache(maxsize=64)(fn)
+    that it ignores the cache. The cache itself is ``.cache`` (a ``functools`` cache wrapper).
+
+    Entries are built outside ``torch.inference_mode``: a cached inference tensor (an index, a mask) would make a
+    later training step at the same size fail ("Inference tensors cannot be saved for backward")."""
+    @functools.lru_cache(maxsize=64)
+    def cached(*args, **kwargs):
+        with torch.inference_mode(False):
+            return fn(*args, **kwargs)
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
