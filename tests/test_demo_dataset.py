@@ -168,6 +168,18 @@ def test_files_no_build_wrote_are_kept_unless_forced(tmp_path):
     assert built and (own / 'annotations' / 'instances_train.json').read_text() != '{"my": "annotations"}'
 
 
+def test_a_seg_maps_folder_no_build_wrote_is_kept_unless_forced(tmp_path):
+    """The build replaces its derived ``seg_maps/`` folder (the segmentation demo's label maps): one that no
+    build of ours wrote is the user's, and is refused like the other paths, not deleted."""
+    own = tmp_path / 'mine'
+    (own / 'seg_maps' / 'mine').mkdir(parents=True)
+    (own / 'seg_maps' / 'mine' / 'label_0001.png').write_bytes(b'precious')
+    with pytest.raises(FileExistsError, match=r'no build_info\.json .*seg_maps; choose another --out'):
+        make_demo_dataset(str(own), seed=0)
+    assert (own / 'seg_maps' / 'mine' / 'label_0001.png').read_bytes() == b'precious'
+    assert sorted(p.name for p in own.iterdir()) == ['seg_maps']
+
+
 @pytest.mark.parametrize('val_quadrant', range(4))
 def test_train_crops_cover_exactly_the_other_quadrants(val_quadrant):
     shape = (512, 512)

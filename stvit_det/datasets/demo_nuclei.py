@@ -331,7 +331,8 @@ def make_demo_dataset(out_dir: str, force: bool = False, **settings_kwargs) -> T
     (first marked incomplete, completed last, so an interrupted build is detected and redone).
 
     Args:
-        out_dir: output directory (created if needed; only the paths above are written or replaced).
+        out_dir: output directory (created if needed; only the paths above and ``seg_maps/``, derived from the
+            views by the segmentation demo, are written, replaced or removed).
         force: rebuild even if a valid dataset exists, and replace those paths even when no build of ours wrote
             them (without it, such files are refused with ``FileExistsError``).
         **settings_kwargs: see :func:`build_settings` (seed, val_quadrant, crop_size, stride, views_per_crop,
@@ -354,6 +355,8 @@ def make_demo_dataset(out_dir: str, force: bool = False, **settings_kwargs) -> T
         foreign = [p for p in (ann_file_path(out_dir, split) for split in SPLITS) if osp.exists(p)]
         foreign += [osp.join(out_dir, split, f) for split in SPLITS if osp.isdir(osp.join(out_dir, split))
                     for f in sorted(os.listdir(osp.join(out_dir, split))) if f.startswith(f'nuclei_{split}_')]
+        if osp.exists(osp.join(out_dir, SEG_DIR)):  # the segmentation demo's label maps, removed below
+            foreign.append(osp.join(out_dir, SEG_DIR))
         if foreign:
             raise FileExistsError(f'{out_dir} holds files this build would replace, and no {BUILD_INFO} of an earlier '
                                   f'build: {", ".join(foreign[:3])}{" ..." if len(foreign) > 3 else ""}; choose '
