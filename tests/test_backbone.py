@@ -156,6 +156,25 @@ def test_norm_eval_keeps_stem_bn_in_eval():
     assert model.layers[0].training
 
 
+def test_pretrained_prefix_without_its_dot_selects_as_mmengine(tmp_path):
+    """``prefix='backbone'`` means ``'backbone.'``, as mmengine's ``_load_checkpoint_with_prefix`` reads it."""
+    src = randomize_(small_stvit())
+    path = tmp_path / 'det.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in src.state_dict().items()}}, path)
+    for prefix in ('backbone', 'backbone.'):
+        model = small_stvit(init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix=prefix))
+        model.init_weights()
+        assert all(torch.equal(v, src.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize('sparsifier', ['stvit', 'tokenlearner'])
+def test_integer_layer_scale_init_builds_float_scales(sparsifier):
+    """``layer_scale_init=1`` (an integer, e.g. from --cfg-options) gives the same float32 scales as 1.0."""
+    model = small_stvit(layer_scale_init=1, sparsifier=sparsifier)
+    scales = [p for n, p in model.named_parameters() if 'layer_scale' in n]
+    assert scales and all(p.dtype == torch.float32 and bool((p == 1).all()) for p in scales)
+
+
 @pytest.mark.parametrize('convert', ['sync', 'sync_reverted'])
 def test_stem_trains_with_batch_statistics_after_sync_bn_conversion(convert):
     """mmengine's ``sync_bn='torch'`` turns the stem's BatchNorm2d into SyncBatchNorm (and its

@@ -55,12 +55,13 @@ def unwrap_state_dict(checkpoint: Mapping) -> 'OrderedDict[str, torch.Tensor]':
 
 
 def select_prefix(checkpoint: Mapping, prefix: str, source: str = 'checkpoint') -> 'OrderedDict[str, torch.Tensor]':
-    """The tensors of ``checkpoint`` under ``prefix`` (e.g. ``'teacher.backbone.'``), stripped of it, as mmengine's
-    ``load_checkpoint_with_prefix`` selects them.
+    """The tensors of ``checkpoint`` under ``prefix`` (e.g. ``'teacher.backbone.'``; a missing final dot is added),
+    stripped of it, as mmengine's ``_load_checkpoint_with_prefix`` selects them.
 
     Raises:
         ValueError: no key starts with ``prefix`` (names the checkpoint's top-level groups).
     """
+    prefix = prefix if prefix.endswith('.') else prefix + '.'
     sd = unwrap_state_dict(checkpoint)
     selected = OrderedDict((k[len(prefix):], v) for k, v in sd.items() if k.startswith(prefix))
     if not selected:

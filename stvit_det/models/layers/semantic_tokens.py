@@ -43,8 +43,8 @@ class SemanticBlockBase(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.layer_scale_1 = nn.Parameter(torch.full((dim, ), layer_scale_init))
-        self.layer_scale_2 = nn.Parameter(torch.full((dim, ), layer_scale_init))
+        self.layer_scale_1 = nn.Parameter(torch.full((dim, ), float(layer_scale_init)))
+        self.layer_scale_2 = nn.Parameter(torch.full((dim, ), float(layer_scale_init)))
 
     def mlp_residual(self, t: torch.Tensor) -> torch.Tensor:
         """t + DropPath(g2 * MLP(LN2 t)) for tokens of any shape (B, ..., C)."""

@@ -59,7 +59,7 @@ class TokenLearnerBlockBase(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
-        self.layer_scale_2 = nn.Parameter(torch.full((dim, ), layer_scale_init))
+        self.layer_scale_2 = nn.Parameter(torch.full((dim, ), float(layer_scale_init)))
         # set True to keep the last weights in the QKVAttention format (for tools/vis_semantic_tokens.py)
         self.record_attn = False
         self.last_attn: Optional[dict] = None
@@ -161,7 +161,7 @@ class TokenFuser(TokenLearnerBlockBase):
         self.token_norm2 = nn.LayerNorm(dim)
         self.norm1 = nn.LayerNorm(dim)
         self.gate = Mlp(dim, bottleneck, self.num_tokens, act_layer=nn.GELU)
-        self.layer_scale_1 = nn.Parameter(torch.full((dim, ), layer_scale_init))
+        self.layer_scale_1 = nn.Parameter(torch.full((dim, ), float(layer_scale_init)))
 
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
