@@ -413,3 +413,36 @@ def test_output_probe_leaves_nothing_behind(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['keep.txt']
     make_parent_dir(str(out))
     assert (tmp_path / 'a' / 'b').is_dir()
+
+
+def _tool_exit(monkeypatch, script, *args):
+    """Run a tool's ``__main__`` in this process (no interpreter start-up) and return its SystemExit message; any
+    other exception (a traceback for the user) fails the test."""
+    import runpy
+
+    monkeypatch.setattr(sys, 'argv', [script, *args])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(osp.join(ROOT, 'tools', script), run_name='__main__')
+    return str(info.value.code)
+
+
+def test_launch_options_that_cannot_work_stop_in_one_line(tmp_path, monkeypatch):
+    """Before the Runner: --cfg-options that cannot merge into the config (a key under a None or into a tuple),
+    mixed precision without a GPU, --tta without a tta_pipeline, a --show-dir that cannot be made."""
+    ckpt = _write(tmp_path / 'fake.pth', 'never loaded')
+    _write(tmp_path / 'a_file', '')
+    wd = ['--work-dir', str(tmp_path / 'wd')]
+    msg = _tool_exit(monkeypatch, 'train.py', DEMO_CONFIG, *wd, '--cfg-options',
+                     'model.backbone.init_cfg.checkpoint=/x.pth')
+    assert msg.startswith('train.py: error: --cfg-options model.backbone.init_cfg.checkpoint=/x.pth cannot be '
+                          'applied to this config: init_cfg=') and '\n' not in msg, msg
+    msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--cfg-options', 'model.backbone.depths.9=2')
+    assert msg.startswith('test.py: error: --cfg-options model.backbone.depths.9=2 cannot be applied'), msg
+    if not torch.cuda.is_available():
+        msg = _tool_exit(monkeypatch, 'train.py', DEMO_CONFIG, *wd, '--amp')
+        assert msg.startswith("train.py: error: mixed precision (--amp, or the config's AmpOptimWrapper) needs a GPU")
+    msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--tta', '--cfg-options', 'tta_model.type=x')
+    assert msg == 'test.py: error: --tta needs `tta_model` and `tta_pipeline` in the config', msg
+    msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--show-dir', str(tmp_path / 'a_file' / 'vis'))
+    assert msg == f'test.py: error: --show-dir {tmp_path}/a_file/vis: {tmp_path}/a_file is a file', msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file', 'fake.pth']

@@ -64,7 +64,12 @@ def load_tool_config(tool: str, args: argparse.Namespace) -> Config:
         raise SystemExit(f'{tool}: error: {e}') from None
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        try:
+            cfg.merge_from_dict(args.cfg_options)
+        except (TypeError, KeyError, ValueError, AttributeError) as e:  # e.g. a key under a None or a tuple
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SystemExit(f'{tool}: error: --cfg-options {" ".join(f"{k}={v}" for k, v in args.cfg_options.items())}'
+                             f' cannot be applied to this config: {first}') from None
     prepare_cpu_distributed(cfg, args.launcher)  # DDP over gloo when there is no GPU (mmengine assumes CUDA)
     # work_dir is determined in this priority: CLI > segment in file > filename
     if args.work_dir is not None:

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _launch import (add_launch_args, build_runner, check_inputs, check_output_file, load_tool_config,  # noqa: E402
                      set_local_rank)
 from stvit_det.toolboxes.scope import config_scope  # noqa: E402
+from stvit_det.utils.paths import uncreatable_dir_reason  # noqa: E402
 
 
 def parse_args():
@@ -101,8 +102,14 @@ def main():
     if args.show or args.show_dir:
         cfg = VISUALIZATION_TRIGGERS.get(scope, trigger_visualization_hook)(cfg, args)
 
+    if args.show_dir:  # detection paints under WORK_DIR/TIMESTAMP/DIR, the other toolboxes under DIR
+        where = osp.join(cfg.work_dir, args.show_dir) if scope == 'mmdet' else args.show_dir
+        reason = uncreatable_dir_reason(where)
+        if reason:
+            raise SystemExit(f'test.py: error: --show-dir {args.show_dir}: {reason}')
+
     if args.tta:
-        if 'tta_model' not in cfg:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
             raise SystemExit('test.py: error: --tta needs `tta_model` and `tta_pipeline` in the config')
         cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
         test_data_cfg = cfg.test_dataloader.dataset

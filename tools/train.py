@@ -16,6 +16,7 @@ import os
 import os.path as osp
 import sys
 
+from mmengine.device import get_device
 from mmengine.runner import find_latest_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +53,10 @@ def main():
     if args.amp is True:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
+    if str(cfg.get('optim_wrapper', {}).get('type', '')).endswith('AmpOptimWrapper') and get_device() == 'cpu':
+        raise SystemExit("train.py: error: mixed precision (--amp, or the config's AmpOptimWrapper) needs a GPU: "
+                         "mmengine's AmpOptimWrapper runs on cuda, npu, mlu or musa only; on the CPU train without "
+                         '--amp, with a config that is not *_amp-*')
 
     # enable automatically scaling LR
     if args.auto_scale_lr:  # mmengine scales the lr by (GPUs x batch per GPU) / base_batch_size
