@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import os.path as osp
+import re
 
 import numpy as np
 import pytest
@@ -367,6 +368,18 @@ def test_checkpoint_that_does_not_fit_names_the_tensors(tmp_path, demo_checkpoin
     msg = str(info.value)
     for name in ('backbone.norm0.weight (5,)', 'neck.fpn_convs.0.conv.bias', 'head.extra'):
         assert name in msg
+
+
+@pytest.mark.parametrize('option,value,message', [('--rtol', 'nan', 'a positive number'),
+                                                  ('--rtol', '-1e-4', 'a positive number'),
+                                                  ('--score-thr', '1.5', r'a number in \[0, 1\]')])
+def test_tolerances_out_of_range_are_refused_by_the_parser(capsys, option, value, message):
+    """A NaN or negative tolerance (every comparison then fails: exit 2, "does not reproduce PyTorch") or a score
+    threshold outside [0, 1] stops at the command line, naming the value."""
+    argv = ['cfg.py', '--shape', '64', '64', '--part', 'backbone', '--out', 'b.onnx', f'{option}={value}']
+    with pytest.raises(SystemExit):
+        _tool().parse_args(argv)
+    assert re.search(f"argument {option}: '{value}' is not {message}", capsys.readouterr().err)
 
 
 def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, demo_image):

@@ -33,4 +33,23 @@ positive_int = _int_at_least(1, 'a positive integer')
 non_negative_int = _int_at_least(0, 'an integer >= 0')
 
 
-__all__ = ['is_finite_number', 'is_count', 'positive_int', 'non_negative_int']
+
+def _float_in(low: float, high: float, low_open: bool, what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > low if low_open else value >= low) and value <= high):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}")
+        return value
+    return parse
+
+
+#: argparse ``type`` of a tolerance: a finite number > 0
+positive_float = _float_in(0.0, math.inf, True, 'a positive number')
+#: argparse ``type`` of a score threshold: a number in [0, 1]
+unit_float = _float_in(0.0, 1.0, False, 'a number in [0, 1]')
+
+
+__all__ = ['is_finite_number', 'is_count', 'positive_int', 'non_negative_int', 'positive_float', 'unit_float']

@@ -27,7 +27,7 @@ from stvit_det.deployment import (PARTS, CheckpointMismatchError, ExportError, O
                                   median_latency_ms, preprocess_image, run_session)
 from stvit_det.deployment.equivalents import EXPORTABLE_REGION_ATTENTION, stand_in_modules
 from stvit_det.deployment.onnx_export import EXPORTERS, as_numpy_list
-from stvit_det.utils.values import positive_int
+from stvit_det.utils.values import positive_float, positive_int, unit_float
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,8 +51,8 @@ def parse_args(argv=None):
     parser.add_argument('--static-batch', action='store_true', help='no dynamic batch dimension')
     parser.add_argument('--threads', type=positive_int, default=None, help='CPU threads for both runtimes')
     parser.add_argument('--repeats', type=positive_int, default=5, help='timed runs per runtime (median reported)')
-    parser.add_argument('--score-thr', type=float, default=0.3, help='detector: detections compared above this')
-    parser.add_argument('--rtol', type=float, default=1e-4,
+    parser.add_argument('--score-thr', type=unit_float, default=0.3, help='detector: detections compared above this')
+    parser.add_argument('--rtol', type=positive_float, default=1e-4,
                         help='backbone parts: largest max relative difference accepted (else exit status 2)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
     return parser.parse_args(argv)
