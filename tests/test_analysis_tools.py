@@ -325,3 +325,16 @@ def test_window_kernels_tool_times_both_kernels_and_restores_the_rule(capsys, mo
     with pytest.raises(SystemExit):
         tool.main()
     assert '--repeats, --shape and --threads must be >= 1' in capsys.readouterr().err
+
+
+def test_get_flops_forward_failure_is_one_line():
+    """A model that builds but refuses the input in its forward (the classification form of stage 3 fits only certain
+    input sizes): one line naming the config and the shape, no traceback."""
+    config = 'configs/stvit-r-cls/stvit-r-s-released_16xb64_in1k.py'
+    proc = subprocess.run([sys.executable, osp.join(TOOLS, 'get_flops.py'), config, '--shape', '64', '64', '--device',
+                           'meta', '--mode', 'backbone'], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f'error: {config}: the model cannot run on a 1x3x64x64 input: '), last
+    assert "stage3_form='classification'" in last and 'fits only stage-3 sides of 14 or 21 tokens' in last, last

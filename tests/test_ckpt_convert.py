@@ -328,3 +328,29 @@ def test_convert_ckpt_tool(tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1] == (
         f'convert_ckpt: error: cannot write {tmp_path}: it is a directory')
+
+
+@pytest.mark.parametrize('mode,config,message', [
+    ('--detector', 'configs/_base_/schedules/adamw-1x.py',
+     'configs/_base_/schedules/adamw-1x.py defines no `model` (a _base_ fragment?)'),
+    ('--detector', 'bad.py', "the model of {bad} cannot be built: arch must be one of ('tiny', 'small', 'base'), "
+     "got 'huge'"),
+    ('--classifier', 'bad.py', "the model of {bad} cannot be built: arch must be one of ('tiny', 'small', 'base'), "
+     "got 'huge'"),
+], ids=['detector-fragment', 'detector-bad-arch', 'classifier-bad-arch'])
+def test_convert_ckpt_config_without_a_buildable_model_is_one_line(tmp_path, mode, config, message):
+    """--detector / --classifier with a config whose model cannot be built: a _base_ fragment without `model`, or a
+    backbone value STViTR refuses (a config inheriting a shipped one): one line, no traceback, nothing written."""
+    src, dst = tmp_path / 'src.pth', tmp_path / 'out.pth'
+    head = {'head.fc.weight': torch.zeros(2, 1)} if mode == '--classifier' else {}
+    torch.save({'state_dict': {'backbone.x': torch.zeros(1), **head}}, src)
+    base = ('configs/stvit-r-cls/stvit-r-s-released_16xb64_in1k.py' if mode == '--classifier' else
+            'configs/stvit-r/mask-rcnn_stvit-r-demo_fpn_nuclei.py')
+    bad = tmp_path / 'bad.py'
+    bad.write_text(f"_base_ = '{os.path.join(ROOT, base)}'\nmodel = dict(backbone=dict(arch='huge'))\n")
+    config = str(bad) if config == 'bad.py' else config
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools/convert_ckpt.py'), mode, config, str(src),
+                        str(dst)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == 'convert_ckpt: error: ' + message.format(bad=bad)
+    assert not dst.exists()

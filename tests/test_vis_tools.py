@@ -204,6 +204,44 @@ def test_vis_semantic_tokens_rejects_a_window_outside_the_grid(real_image, tmp_p
     assert not out.exists()
 
 
+def test_vis_semantic_tokens_refuses_an_output_format_matplotlib_cannot_write(tmp_path):
+    """Before anything is read or computed (the image here does not even exist): the extension of --out must be a
+    format matplotlib writes; the message names them."""
+    out = tmp_path / 'v.txt'
+    proc = run_tool(osp.join('tools', 'vis_semantic_tokens.py'), str(tmp_path / 'nope.png'), DEMO_CONFIG, '--out',
+                    str(out))
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"vis_semantic_tokens.py: error: cannot write {out}: matplotlib cannot write '.txt' files "
+                           '(supported: '), last
+    assert all(f in last for f in ('pdf', 'png', 'svg')) and not out.exists()
+
+
+def test_vis_semantic_tokens_without_an_extension_writes_a_png(real_image, tmp_path):
+    """No extension: matplotlib's default format (png) is appended, as savefig does; the tool names that file."""
+    out = tmp_path / 'vis'
+    proc = run_tool(osp.join('tools', 'vis_semantic_tokens.py'), real_image, DEMO_CONFIG, '--out', str(out),
+                    '--scale', '64', '--dpi', '20')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f'wrote {out}.png:' in proc.stdout and not out.exists()
+    with Image.open(f'{out}.png') as im:
+        assert im.format == 'PNG'
+
+
+def test_vis_semantic_tokens_refuses_the_classification_form(real_image, tmp_path):
+    """The released ImageNet config has sparsify=True but stage3_form='classification' (unfold generation, global
+    refinement and recovery): the tool says that, not that the backbone is unsparsified."""
+    out = tmp_path / 'vis.png'
+    config = osp.join(ROOT, 'configs', 'stvit-r-cls', 'stvit-r-s-released_16xb64_in1k.py')
+    proc = run_tool(osp.join('tools', 'vis_semantic_tokens.py'), real_image, config, '--out', str(out), '--scale',
+                    '64')
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("vis_semantic_tokens.py: error: stage 3 of the backbone has the classification form "
+                           "(stage3_form='classification')"), last
+    assert "stage3_form='detection'" in last and 'sparsify' not in last and not out.exists()
+
+
 def test_image_demo_tool(real_image, demo_checkpoint, tmp_path):
     out = tmp_path / 'demo.png'
     proc = run_tool(
@@ -234,6 +272,8 @@ def test_image_demo_refuses_bad_input_in_one_line(real_image, demo_checkpoint, t
           'model.backbone.pad_mask=partial'), "the config's model cannot be built: .*pad_mask must be one of"),
         ((real_image, DEMO_CONFIG, demo_checkpoint, '--out', str(tmp_path / 'a_file' / 'x.png')),
          'cannot write .*a_file/x.png'),
+        ((real_image, DEMO_CONFIG, demo_checkpoint, '--out', str(tmp_path / 'result.txt')),
+         r'--out .*result\.txt: not an image file name OpenCV can write'),
         ((str(tmp_path / 'notes.txt'), DEMO_CONFIG, demo_checkpoint, '--out', str(out)),
          r'cannot read image .*notes\.txt \(not an image file\?\)'),
         ((real_image, osp.join('configs', 'stvit-r-seg', 'stvit-r-demo_upernet_1xb4-400_nuclei-224x224.py'),

@@ -68,7 +68,14 @@ def build_model(config: str):
         cfg = load_config(config)
     except ToolboxMissingError as e:
         raise CheckpointError(str(e)) from None
-    return build_bare_model(cfg), cfg
+    if 'model' not in cfg:
+        raise CheckpointError(f'{config} defines no `model` (a _base_ fragment?)')
+    try:
+        model = build_bare_model(cfg)
+    except (ValueError, TypeError, KeyError, AssertionError, AttributeError) as e:  # a value refused, an unknown type
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f'the model of {config} cannot be built: {first}') from None
+    return model, cfg
 
 
 def check_against_model(sd, model, source: str, allow_missing=()) -> dict:

@@ -13,6 +13,7 @@ import os
 import os.path as osp
 import sys
 
+import cv2
 import mmcv
 import torch
 from mmengine.config import DictAction
@@ -56,6 +57,9 @@ def main():
     for what, path in (('image', args.image), ('config file', args.config), ('checkpoint file', args.checkpoint)):
         if not osp.isfile(path):
             raise SystemExit(f'image_demo.py: error: {what} not found: {path}')
+    if not cv2.haveImageWriter(args.out):  # mmcv.imwrite (OpenCV) picks the format by the extension
+        raise SystemExit(f'image_demo.py: error: --out {args.out}: not an image file name OpenCV can write (use '
+                         '.png or .jpg)')
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         raise SystemExit(f'image_demo.py: error: --device {args.device}: no CUDA device available (use cpu)')
     try:

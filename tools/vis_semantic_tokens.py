@@ -22,6 +22,7 @@ import sys
 import matplotlib
 
 matplotlib.use('Agg')
+import matplotlib.figure  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import mmcv  # noqa: E402
 import numpy as np  # noqa: E402
@@ -55,7 +56,8 @@ def parse_args():
     parser.add_argument('image', help='image file')
     parser.add_argument('config', help='detector config with an STViTR backbone')
     parser.add_argument('--checkpoint', help='detector or backbone checkpoint (default: random weights)')
-    parser.add_argument('--out', required=True, help='output PNG')
+    parser.add_argument('--out', required=True, help='output image (PNG, or another format matplotlib '
+                        'writes, from the extension; none: .png is appended)')
     parser.add_argument('--windows', nargs='+', default=None, metavar='I,J',
                         help='windows (row,col of the 7x7 window grid of stage 3) to follow (default: up to 3 on '
                         'the diagonal)')
@@ -202,9 +204,24 @@ def draw_recovery_tokens(ax, image, geom, rec, windows):
                  fontsize=9)
 
 
+def output_path(out):
+    """The file ``savefig(out)`` writes: ``out`` if its extension is a format matplotlib writes; without an
+    extension, ``out`` + '.' + matplotlib's default format (png), which savefig appends; SystemExit otherwise."""
+    canvas = matplotlib.figure.Figure().canvas
+    ext = osp.splitext(out)[1][1:]
+    if not ext:
+        return out.rstrip('.') + '.' + canvas.get_default_filetype()
+    formats = canvas.get_supported_filetypes()
+    if ext.lower() not in formats:
+        raise SystemExit(f"vis_semantic_tokens.py: error: cannot write {out}: matplotlib cannot write '.{ext}' files "
+                         f"(supported: {', '.join(sorted(formats))})")
+    return out
+
+
 def main():
     args = parse_args()
     requested = parse_windows(args.windows) if args.windows else None
+    args.out = output_path(args.out)
     reason = unwritable_reason(args.out)
     if reason:
         raise SystemExit(f'vis_semantic_tokens.py: error: cannot write {args.out}: {reason}')

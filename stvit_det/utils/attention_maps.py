@@ -29,6 +29,9 @@ import torch.nn as nn
 SOURCE_KINDS = ('generate', 'learn', 'refine')
 #: block kinds whose queries are image tokens and keys semantic tokens
 RECOVERY_KINDS = ('recover', 'fuse')
+#: semantic blocks of STViTR(stage3_form='classification') (``layers/classification_form.py``): global or fixed-unfold
+#: attention, no key regions: not drawn here
+CLASSIFICATION_SEMANTIC_KINDS = ('cls-generate', 'cls-refine', 'cls-recover')
 Cell = Tuple[int, int]
 
 
@@ -95,10 +98,16 @@ def _recorder(block: nn.Module) -> Optional[nn.Module]:
 
 
 def sparse_stage(backbone: nn.Module) -> Tuple[int, nn.Module]:
-    """(index, stage) of the stage of ``backbone`` whose pattern holds semantic blocks; raises if there is none."""
-    for i, layer in enumerate(getattr(backbone, 'layers', [])):
+    """(index, stage) of the stage of ``backbone`` whose pattern holds semantic blocks of the detection form; raises
+    if there is none, naming the classification form (``stage3_form='classification'``) when stage 3 has it."""
+    layers = list(getattr(backbone, 'layers', []))
+    for i, layer in enumerate(layers):
         if any(k in SOURCE_KINDS + RECOVERY_KINDS for k in getattr(layer, 'pattern', ())):
             return i, layer
+    if any(k in CLASSIFICATION_SEMANTIC_KINDS for layer in layers for k in getattr(layer, 'pattern', ())):
+        raise ValueError("stage 3 of the backbone has the classification form (stage3_form='classification'): its "
+                         'unfold generation and global refinement and recovery have no windowed semantic-token maps '
+                         "to draw; build STViTR with stage3_form='detection' (the same parameters)")
     raise ValueError('the backbone has no sparsified stage (build STViTR with sparsify=True)')
 
 
@@ -318,8 +327,8 @@ def unit_maps(geom: StageGeometry, unit: Dict[str, AttentionRecord], windows: Se
 
 
 __all__ = [
-    'SOURCE_KINDS', 'RECOVERY_KINDS', 'StageGeometry', 'AttentionRecord', 'collect_attention', 'sparse_stage',
-    'scatter_to_grid', 'window_id', 'tokens_from_windows', 'semantic_to_tokens', 'tokens_to_pixels',
-    'window_source_map', 'peak_over_uniform', 'recovery_distributions', 'recovery_argmax_window',
+    'SOURCE_KINDS', 'RECOVERY_KINDS', 'CLASSIFICATION_SEMANTIC_KINDS', 'StageGeometry', 'AttentionRecord',
+    'collect_attention', 'sparse_stage', 'scatter_to_grid', 'window_id', 'tokens_from_windows', 'semantic_to_tokens',
+    'tokens_to_pixels', 'window_source_map', 'peak_over_uniform', 'recovery_distributions', 'recovery_argmax_window',
     'recovery_own_window_mass', 'recovery_token_map', 'default_windows', 'window_centre_token', 'unit_maps'
 ]

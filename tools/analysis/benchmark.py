@@ -351,8 +351,8 @@ def run_setting(configs: List[str], mode: str, shape, batch_size: int, dtype_nam
         if not args.memory:
             continue
         if args.device == 'cpu' and uses_flex_attention(b.net):  # under the tracker it fails, and breaks its kernel
-            print(f"{short_name(configs[i])} ({mode}): no CPU memory figure: attn_impl='flex' cannot run under the memory "
-                  'tracker', file=sys.stderr)
+            print(f"{short_name(configs[i])} ({mode}): no CPU memory figure: attn_impl='flex' cannot run under the "
+                  'memory tracker', file=sys.stderr)
             continue
         results[i]['peak'] = b.peak_bytes()
     order = list(benches.values())

@@ -124,13 +124,18 @@ def measure(config: str, args) -> Dict[str, float]:
                          "(query, key) pair (flex computes the 128x128 blocks of the latter that hold region keys)")
     inputs, samples = fake_batch(1, args.shape, args.device, scope=cfg.get('default_scope'))
     out = dict(backbone_params=num_params(model.backbone) / 1e6, detector_params=num_params(model) / 1e6)
-    if args.mode in ('backbone', 'both'):
-        out['backbone_gflops'] = count_macs(model.backbone, inputs) / 1e9
-    if args.mode in ('detector', 'both'):
-        if args.device == 'meta':
-            out['detector_gflops'] = count_macs(meta_predict, model, inputs) / 1e9
-        else:
-            out['detector_gflops'] = count_macs(model.predict, inputs, samples) / 1e9
+    try:
+        if args.mode in ('backbone', 'both'):
+            out['backbone_gflops'] = count_macs(model.backbone, inputs) / 1e9
+        if args.mode in ('detector', 'both'):
+            if args.device == 'meta':
+                out['detector_gflops'] = count_macs(meta_predict, model, inputs) / 1e9
+            else:
+                out['detector_gflops'] = count_macs(model.predict, inputs, samples) / 1e9
+    except (ValueError, RuntimeError) as e:  # an input size the model refuses (a clear ValueError), a shape clash
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f'error: {config}: the model cannot run on a 1x3x{args.shape[0]}x{args.shape[1]} input: '
+                         f'{first}') from None
     return out
 
 
