@@ -24,6 +24,7 @@ from stvit_det.toolboxes.scope import ToolboxMissingError, load_config
 from stvit_det.utils import allow_checkpoint_globals, prepare_cpu_distributed
 from stvit_det.utils.ckpt_file import (CheckpointError, check_backbone_init_checkpoint, check_checkpoint_for_config,
                                       model_tensor_shapes)
+from stvit_det.utils.errors import first_line
 from stvit_det.utils.paths import uncreatable_dir_reason, unwritable_reason
 
 
@@ -67,9 +68,8 @@ def load_tool_config(tool: str, args: argparse.Namespace) -> Config:
         try:
             cfg.merge_from_dict(args.cfg_options)
         except (TypeError, KeyError, ValueError, AttributeError) as e:  # e.g. a key under a None or a tuple
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SystemExit(f'{tool}: error: --cfg-options {" ".join(f"{k}={v}" for k, v in args.cfg_options.items())}'
-                             f' cannot be applied to this config: {first}') from None
+                             f' cannot be applied to this config: {first_line(e)}') from None
     prepare_cpu_distributed(cfg, args.launcher)  # DDP over gloo when there is no GPU (mmengine assumes CUDA)
     # work_dir is determined in this priority: CLI > segment in file > filename
     if args.work_dir is not None:
@@ -93,8 +93,7 @@ def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Opti
     try:
         shapes = model_tensor_shapes(cfg)  # built once, on the meta device
     except (ValueError, TypeError, KeyError, AssertionError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SystemExit(f'{tool}: error: the config\'s model cannot be built: {first}') from None
+        raise SystemExit(f'{tool}: error: the config\'s model cannot be built: {first_line(e)}') from None
     try:
         check_dataset_cfgs(cfg, phases=phases)
         check_seg_dataset_cfgs(cfg, phases=phases)

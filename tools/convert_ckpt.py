@@ -36,6 +36,7 @@ from stvit_det import STViTR
 from stvit_det.utils.ckpt_convert import (compare_state_dicts, convert_to_stvit, describe_mismatch,
                                           detector_2x_to_3x, drop_classifier_head, imagenet_to_classifier)
 from stvit_det.utils.ckpt_file import CheckpointError, class_order_error, head_classes_error, read_checkpoint
+from stvit_det.utils.errors import first_line
 from stvit_det.utils.paths import make_parent_dir, unwritable_reason
 
 
@@ -73,8 +74,7 @@ def build_model(config: str):
     try:
         model = build_bare_model(cfg)
     except (ValueError, TypeError, KeyError, AssertionError, AttributeError) as e:  # a value refused, an unknown type
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f'the model of {config} cannot be built: {first}') from None
+        raise CheckpointError(f'the model of {config} cannot be built: {first_line(e)}') from None
     return model, cfg
 
 

@@ -26,7 +26,7 @@ def unwritable_reason(path: str) -> Optional[str]:
         new_dirs.append(parent)
         parent = os.path.dirname(parent)
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        make_parent_dir(path)
         open(path, 'ab').close()
     except OSError as e:
         return e.strerror or str(e)

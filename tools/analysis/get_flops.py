@@ -47,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import build_model, fake_batch, load_config, print_table, short_name, uses_flex_attention  # noqa: E402
+from stvit_det.utils.errors import first_line  # noqa: E402
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -112,12 +113,12 @@ def measure(config: str, args) -> Dict[str, float]:
     try:
         model = build_model(cfg, args.device)
     except (ValueError, TypeError, KeyError, AssertionError) as e:  # a value the model refuses, an unknown type
-        raise SystemExit(f'error: {config}: the model cannot be built: {str(e).strip().splitlines()[0]}') from None
+        raise SystemExit(f'error: {config}: the model cannot be built: {first_line(e)}') from None
     except (RuntimeError, NotImplementedError) as e:
         if args.device != 'meta':
             raise
         raise SystemExit(f'error: {config}: this model cannot be built on the meta device (its construction reads '
-                         f'tensor values: {str(e).splitlines()[0]}); count it with --device cpu') from None
+                         f'tensor values: {first_line(e)}); count it with --device cpu') from None
     if uses_flex_attention(model):
         raise SystemExit(f"error: {config}: attn_impl='flex' cannot be counted (FlopCounterMode cannot run PyTorch's "
                          "FlexAttention); count attn_impl='reference' for the region arithmetic or 'dense' for every "
@@ -133,9 +134,8 @@ def measure(config: str, args) -> Dict[str, float]:
             else:
                 out['detector_gflops'] = count_macs(model.predict, inputs, samples) / 1e9
     except (ValueError, RuntimeError) as e:  # an input size the model refuses (a clear ValueError), a shape clash
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SystemExit(f'error: {config}: the model cannot run on a 1x3x{args.shape[0]}x{args.shape[1]} input: '
-                         f'{first}') from None
+                         f'{first_line(e)}') from None
     return out
 
 

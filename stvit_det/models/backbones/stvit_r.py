@@ -186,9 +186,8 @@ class STViTR(BaseModule):
             warnings.warn("STViTR: pretrained=PATH is deprecated, use init_cfg=dict(type='Pretrained', "
                           'checkpoint=PATH)')
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        entries = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-        others = [c for c in entries if not (isinstance(c, dict) and c.get('type') == 'Pretrained')]
-        if init_cfg is not None and (others or len(entries) != 1):
+        one = not isinstance(init_cfg, (list, tuple)) or len(init_cfg) == 1
+        if init_cfg is not None and not (one and pretrained_init(init_cfg)):
             raise ValueError("STViTR's init_cfg is None or one dict(type='Pretrained', checkpoint=PATH) (its own "
                              f'init is trunc-normal; another initialiser would be ignored), got {init_cfg!r}')
         super().__init__(init_cfg=init_cfg)
