@@ -13,7 +13,7 @@
 #     ops (RoIAlign / NMS, needed by Mask R-CNN), without debug info (5 min instead of 16 on 2 cores).
 #  3. The only torchvision on the index is a CUDA build; its compiled ops fail to load against CPU torch
 #     and `import torchvision` then dies registering fake kernels for `torchvision::nms` /
-#     `torchvision::roi_align` (schemas that never got defined). timm and mmengine's Runner import
+#     `torchvision::qnms` (schemas that never got defined). timm and mmengine's Runner import
 #     torchvision, so we install a tiny start-up hook (a .pth file in the venv) that defines those two
 #     operator schemas ONLY when torchvision's extension cannot be loaded. The package itself carries
 #     no such workaround; with a working torchvision the hook does nothing.
