@@ -200,6 +200,43 @@ def test_stem_trains_with_batch_statistics_after_sync_bn_conversion(convert):
     torch.testing.assert_close(bn.running_mean, bn_other.running_mean)
 
 
+def test_stem_trains_with_batch_statistics_after_mmcv_sync_bn_conversion(tmp_path):
+    """mmengine's ``sync_bn='mmcv'`` turns the stem's BatchNorm2d into ``mmcv.ops.SyncBatchNorm``, which is not a
+    torch ``_BatchNorm``: in train() the stem must still run its BatchNorms (batch statistics; mmcv's kernel needs a
+    GPU, so the test stops at the call), ``norm_eval`` must still put them in eval mode, and eval must fold them
+    with the same result (it once took the eval-only folded path in training, silently)."""
+    import copy
+
+    import torch.distributed as dist
+    from mmcv.ops import SyncBatchNorm
+    from mmengine.model import convert_sync_batchnorm
+
+    class BatchStatistics(Exception):
+        pass
+
+    def refuse(module, args):
+        raise BatchStatistics
+
+    torch.manual_seed(0)
+    plain = randomize_(small_stvit())
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/store', rank=0, world_size=1)
+    try:
+        model = convert_sync_batchnorm(copy.deepcopy(plain), implementation='mmcv')
+    finally:
+        dist.destroy_process_group()
+    bns = model.patch_embed.batch_norms
+    assert all(isinstance(bn, SyncBatchNorm) for bn in bns)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(model.eval()(x), plain.eval()(x))
+    handle = bns[0].register_forward_pre_hook(refuse)
+    with pytest.raises(BatchStatistics):
+        model.train()(x)
+    handle.remove()
+    model.norm_eval = True
+    model.train()
+    assert not any(bn.training for bn in bns) and model.layers[0].training
+
+
 @pytest.mark.parametrize('impl', ['reference', 'sdpa', 'auto'])
 def test_training_after_an_inference_mode_forward(impl):
     """A forward under torch.inference_mode() must not leave inference tensors in the shared geometry caches: a
@@ -243,6 +280,13 @@ def test_training_after_an_inference_mode_forward(impl):
     (dict(drop_path_rate='0.1'), r"drop_path_rate must be in \[0, 1\), got '0.1'"),
     (dict(frozen_stages=None), 'frozen_stages must be an integer in'),
     (dict(out_indices=3), 'out_indices must be a non-empty subset'),
+    (dict(out_indices=(0, 1.0)), r'out_indices must be a non-empty subset of \(0, 1, 2, 3\) without repeats, got '
+                                 r'\(0, 1.0\)'),
+    (dict(out_indices=(True, 2)), 'out_indices must be a non-empty subset'),
+    (dict(frozen_stages=True), 'frozen_stages must be an integer in'),
+    (dict(frozen_stages=1.0), 'frozen_stages must be an integer in'),
+    (dict(regions=14), r'regions needs 3 integer sides \(generate, refine, recover\), got 14'),
+    (dict(depths=2), 'depths and num_heads need 4 entries, got 2'),
     (dict(attn_impl='tiled', regions=(15, 21, 27)),
      r"attn_impl='tiled' .*regions\[0\] \(generation\) = 15 is not a multiple of window_size = 7 .*'auto'"),
     (dict(attn_impl='tiled', semantic_samples=2),

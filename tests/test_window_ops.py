@@ -42,6 +42,25 @@ def test_shift_mask_blocks_across_regions():
     assert set(mask.unique().tolist()) == {0.0, -100.0}
 
 
+def test_shift_masks_held_by_the_cache_stay_small_over_multiscale_training():
+    """The masks live in a process-wide cache: over the sizes of mmdet's multi-scale training (short side 480-800,
+    long side <= 1333, padded to 32) the cache must not keep hundreds of MB alive (64 entries held ~320 MB)."""
+    import weakref
+
+    shift_window_mask.cache.cache_clear()
+    masks, ceil = [], lambda a, b: -(-a // b)
+    for short in range(480, 801, 64):
+        for long in (round(short * 4 / 3), min(1333, round(short * 16 / 9))):
+            h, w = ceil(short, 32) * 8, ceil(long, 32) * 8  # stage-1 map of the padded image
+            for _ in range(3):  # stages 1-3 (stage 4 is one window here at most sizes)
+                masks.append(weakref.ref(shift_window_mask(ceil(h, 7) * 7, ceil(w, 7) * 7, 7, 3)))
+                h, w = ceil(h, 2), ceil(w, 2)
+    held = [m() for m in masks if m() is not None]
+    assert len(held) >= 3  # the last size's masks are still cached (inference at one size never rebuilds them)
+    assert sum(m.numel() * m.element_size() for m in held) < 64 * 2**20
+    shift_window_mask.cache.cache_clear()
+
+
 @pytest.mark.parametrize('unit,kernel,margin', [(7, 14, 3), (7, 21, 7), (3, 27, 12)])
 def test_region_index_matches_unfold_geometry(unit, kernel, margin):
     gh, gw = 4 * unit, 5 * unit

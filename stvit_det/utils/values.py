@@ -10,9 +10,19 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def is_int(value: Any) -> bool:
+    """An ``int`` that is not a bool (``True in range(4)`` holds, and ``(0, 1.0)`` compares equal to ``(0, 1)``)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def is_count(value: Any) -> bool:
     """A positive ``int`` (not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
+
+
+def is_sequence(value: Any, length: int) -> bool:
+    """A list or tuple of ``length`` entries (a config's ``regions=14`` or ``depths='2262'`` is not)."""
+    return isinstance(value, (list, tuple)) and len(value) == length
 
 
 def _int_at_least(minimum: int, what: str):
@@ -52,4 +62,4 @@ positive_float = _float_in(0.0, math.inf, True, 'a positive number')
 unit_float = _float_in(0.0, 1.0, False, 'a number in [0, 1]')
 
 
-__all__ = ['is_finite_number', 'is_count', 'positive_int', 'non_negative_int', 'positive_float', 'unit_float']
+__all__ = ['is_finite_number', 'is_int', 'is_count', 'is_sequence', 'positive_int', 'non_negative_int', 'positive_float', 'unit_float']

@@ -25,7 +25,7 @@ from ...utils.checkpoint_safety import allow_checkpoint_globals
 from ...utils.ckpt_convert import convert_to_stvit, filter_ignorable, select_prefix, summarise_keys
 from ...utils.ckpt_file import NO_CHECKPOINT, pretrained_init, read_checkpoint
 from ...utils.paths import is_remote
-from ...utils.values import is_count, is_finite_number
+from ...utils.values import is_count, is_finite_number, is_int, is_sequence
 from ..layers.attention import check_attn_impl
 from ..layers.classification_form import STAGE3_FORMS, classification_pattern, classification_swin_pattern
 from ..layers.stvit_stage import SPARSIFIER_UNITS, STViTStage, dumbbell_pattern, swin_pattern
@@ -71,10 +71,16 @@ class ConvStem(nn.Module):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (C_out, )
         return conv_bn.c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
 
+    @property
+    def batch_norms(self) -> Tuple[nn.Module, nn.Module]:
+        """The two BatchNorms, whatever their class: mmengine's ``sync_bn='mmcv'`` makes them
+        ``mmcv.ops.SyncBatchNorm``, which is not a torch ``_BatchNorm``."""
+        return self.proj[0].bn, self.proj[2].bn
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, ceil(H/4), ceil(W/4), C)."""
         x = pad_to_multiple(x.permute(0, 2, 3, 1), 4).permute(0, 3, 1, 2)  # (B, 3, H', W'), H', W' multiples of 4
-        if any(m.training for m in self.proj.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        if any(bn.training for bn in self.batch_norms):
             return self.proj(x).permute(0, 2, 3, 1)  # batch statistics (NCHW: its backward is faster on the CPU)
         x = x.contiguous(memory_format=torch.channels_last)
         inplace = not torch.is_grad_enabled()
@@ -195,11 +201,12 @@ class STViTR(BaseModule):
             raise ValueError(f"arch must be one of {tuple(ARCH_SETTINGS)}, got '{arch}'")
         setting = ARCH_SETTINGS[arch]
         embed_dims = setting['embed_dims'] if embed_dims is None else embed_dims
-        depths = tuple(setting['depths'] if depths is None else depths)
-        num_heads = tuple(setting['num_heads'] if num_heads is None else num_heads)
+        depths = setting['depths'] if depths is None else depths
+        num_heads = setting['num_heads'] if num_heads is None else num_heads
         drop_path_rate = setting['drop_path_rate'] if drop_path_rate is None else drop_path_rate
-        if len(depths) != 4 or len(num_heads) != 4:
-            raise ValueError(f'depths and num_heads need 4 entries, got {depths} and {num_heads}')
+        if not (is_sequence(depths, 4) and is_sequence(num_heads, 4)):
+            raise ValueError(f'depths and num_heads need 4 entries, got {depths!r} and {num_heads!r}')
+        depths, num_heads = tuple(depths), tuple(num_heads)
         if stem not in ('conv', 'patch'):
             raise ValueError(f"stem must be 'conv' or 'patch', got '{stem}'")
         if pad_mask not in PAD_MASK_MODES:
@@ -232,14 +239,14 @@ class STViTR(BaseModule):
         if not (is_count(semantic_samples) and semantic_samples <= window_size):
             raise ValueError(f'semantic_samples must be an integer in [1, window_size={window_size}], '
                              f'got {semantic_samples!r}')
-        if len(regions) != 3 or not all(is_count(r) for r in regions):
+        if not (is_sequence(regions, 3) and all(is_count(r) for r in regions)):
             raise ValueError(f'regions needs 3 integer sides (generate, refine, recover), got {regions}')
-        if (not isinstance(out_indices, Sequence) or not out_indices or any(i not in range(4) for i in out_indices)
-                or len(set(out_indices)) != len(out_indices)):
+        if (not isinstance(out_indices, Sequence) or not out_indices
+                or not all(is_int(i) and 0 <= i < 4 for i in out_indices) or len(set(out_indices)) != len(out_indices)):
             raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3) without repeats, got '
                              f'{out_indices!r}')
         out_indices = tuple(out_indices)
-        if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= 4):
+        if not (is_int(frozen_stages) and -1 <= frozen_stages <= 4):
             raise ValueError(f'frozen_stages must be an integer in [-1, 4], got {frozen_stages!r}')
         for i, h in enumerate(num_heads):
             if (embed_dims * 2**i) % h:
@@ -346,10 +353,9 @@ class STViTR(BaseModule):
         """Switch train/eval mode, keeping frozen parts (and the stem BNs if ``norm_eval``) in eval mode."""
         super().train(mode)
         self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.patch_embed.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        if mode and self.norm_eval and isinstance(self.patch_embed, ConvStem):
+            for bn in self.patch_embed.batch_norms:
+                bn.eval()
         return self
 
     # ---------------------------------------------------------------- weights

@@ -21,14 +21,18 @@ PAD_MASK_MODES = ('correct', 'official', 'none')
 OFFICIAL_MASK_VALUE = -1000.0
 
 
-def geometry_cache(fn):
-    """``functools.lru_cache(maxsize=64)`` for the pure geometry helpers below (masks, indices, biases of a map
+def geometry_cache(fn=None, *, maxsize: int = 64):
+    """``functools.lru_cache(maxsize)`` for the pure geometry helpers below (masks, indices, biases of a map
     size), bypassed while ``torch.compile`` traces: Dynamo would trace the wrapped function anyway, with a warning
-    that it ignores the cache. The cache itself is ``.cache`` (a ``functools`` cache wrapper).
+    that it ignores the cache. The cache itself is ``.cache`` (a ``functools`` cache wrapper). ``@geometry_cache``
+    or ``@geometry_cache(maxsize=N)`` for helpers whose entries are large.
 
     Entries are built outside ``torch.inference_mode``: a cached inference tensor (an index, a mask) would make a
     later training step at the same size fail ("Inference tensors cannot be saved for backward")."""
-    @functools.lru_cache(maxsize=64)
+    if fn is None:
+        return functools.partial(geometry_cache, maxsize=maxsize)
+
+    @functools.lru_cache(maxsize=maxsize)
     def cached(*args, **kwargs):
         with torch.inference_mode(False):
             return fn(*args, **kwargs)
@@ -95,7 +99,7 @@ def semantic_grid_size(H: int, W: int, window_size: int, samples: int) -> Tuple[
     return samples * math.ceil(H / window_size), samples * math.ceil(W / window_size)
 
 
-@geometry_cache
+@geometry_cache(maxsize=8)  # stage 1 alone is ~13 MB at 800x1333: 64 multi-scale sizes held ~320 MB for good
 def shift_window_mask(Hp: int, Wp: int, ws: int, shift: int, device: Optional[torch.device] = None) -> torch.Tensor:
     """Additive attention mask of Swin's shifted windows (0 inside a region, -100 across regions).
 
