@@ -27,8 +27,15 @@ class CocoAnnotationError(DatasetCheckError):
     """A COCO annotation file is missing, is not JSON, or is structurally invalid; the message names the file."""
 
 
-def _check_records(path: str, coco: dict, key: str, fields: Sequence[str]) -> set:
-    """Check that ``coco[key]`` is a list of dicts with ``fields`` and unique ids; return the ids."""
+def _is_id(value: Any) -> bool:
+    """An id pycocotools and mmdet can index by: an ``int`` (not a bool) or a ``str``."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _check_records(path: str, coco: dict, key: str, fields: Sequence[str], int_ids: bool = False) -> set:
+    """Check that ``coco[key]`` is a list of dicts with ``fields`` and unique ids (ints or strings: pycocotools
+    indexes by them; a list would stop it with ``unhashable type``); return the ids. ``int_ids``: strings refused
+    too."""
     ids = set()
     for index, record in enumerate(coco[key]):
         if not isinstance(record, dict):
@@ -36,25 +43,59 @@ def _check_records(path: str, coco: dict, key: str, fields: Sequence[str]) -> se
         missing = [f for f in fields if f not in record]
         if missing:
             raise CocoAnnotationError(f'{path}: {key}[{index}] lacks {", ".join(map(repr, missing))}')
-        if record['id'] in ids:
-            raise CocoAnnotationError(f'{path}: {key}[{index}] repeats id {record["id"]!r}')
-        ids.add(record['id'])
+        id_ = record['id']
+        if not _is_id(id_) or (int_ids and isinstance(id_, str)):
+            expected = ('an integer (COCO evaluation stores annotation ids as numbers)' if int_ids
+                        else 'an integer or a string')
+            raise CocoAnnotationError(f'{path}: {key}[{index}] has the id {id_!r} (a {type(id_).__name__}); '
+                                      f'expected {expected}')
+        if id_ in ids:
+            raise CocoAnnotationError(f'{path}: {key}[{index}] repeats id {id_!r}')
+        ids.add(id_)
     return ids
+
+
+def _check_image(where: str, image: dict) -> None:
+    """Fields mmdet reads from an image record: the size (compared with boxes, e.g. ``min(x1 + w, width)``) and the
+    file name (joined to the image directory)."""
+    for field in ('height', 'width'):
+        if not (is_finite_number(image[field]) and image[field] > 0):
+            raise CocoAnnotationError(f'{where} has the {field} {image[field]!r}; expected a positive number')
+    if not (isinstance(image['file_name'], str) and image['file_name']):
+        raise CocoAnnotationError(f'{where} has the file_name {image["file_name"]!r}; expected a non-empty string')
+
+
+def _polygon_problem(polygons: list, evaluated: bool) -> Optional[str]:
+    """Why a polygon segmentation would stop mmdet or pycocotools: a polygon that is not a list of numbers (both
+    fail), or, in a file COCOeval reads, a first polygon of fewer than 4 values (pycocotools' ``frPyObjects``
+    refuses it). Degenerate polygons (an odd count, fewer than 3 points) are otherwise let through, as mmdet's
+    ``LoadAnnotations`` drops them in training; refusing them would refuse files mmdet trains on. None when fine."""
+    for i, polygon in enumerate(polygons):
+        if not isinstance(polygon, list):
+            return f'polygon {i} is {polygon!r}, not a list of x, y numbers'
+        wrong = [v for v in polygon if not is_finite_number(v)]
+        if wrong:
+            return f'polygon {i} holds {wrong[0]!r}, not a number'
+    if evaluated and polygons and len(polygons[0]) < 4:
+        return (f'polygon 0 has {len(polygons[0])} values, which pycocotools cannot read in the evaluation '
+                '(x, y of 3 or more points expected)')
+    return None
 
 
 def check_coco_annotations(path: str, evaluated: bool = False) -> dict:
     """Load a COCO-format annotation file and check its structure.
 
     Checked: the file exists and is JSON; it is an object with the lists ``images`` (non-empty; each with ``id``,
-    ``file_name``, ``height``, ``width``), ``annotations`` and ``categories`` (each with ``id`` and ``name``); ids
-    are unique; every annotation has an ``image_id`` and a ``category_id`` that exist, a ``bbox`` of four finite
-    numbers with non-negative width and height and a numeric ``area`` (MMDetection's ``CocoDataset`` reads it);
-    a ``segmentation``, when present, is a polygon list or an RLE dict.
+    a non-empty ``file_name``, a positive ``height`` and ``width``), ``annotations`` and ``categories`` (each with
+    ``id`` and ``name``); ids are unique ints or strings; every annotation has an ``image_id`` and a
+    ``category_id`` that exist, a ``bbox`` of four finite numbers with non-negative width and height and a numeric
+    ``area`` (MMDetection's ``CocoDataset`` reads it); a ``segmentation``, when present, is an RLE dict or a list
+    of polygons, each a list of numbers (see :func:`_polygon_problem`).
 
     Args:
         path: the annotation file.
         evaluated: the file is the ground truth of a COCO evaluation: pycocotools' ``COCOeval`` also reads every
-            annotation's ``iscrowd``.
+            annotation's ``iscrowd``, and its ``id`` must be an int.
 
     Returns:
         the parsed annotation dict.
@@ -83,11 +124,17 @@ def check_coco_annotations(path: str, evaluated: bool = False) -> dict:
         raise CocoAnnotationError(f'{path}: "images" is empty')
 
     image_ids = _check_records(path, coco, 'images', ('id', 'file_name', 'height', 'width'))
+    for index, image in enumerate(coco['images']):
+        _check_image(f'{path}: images[{index}] (id {image["id"]!r})', image)
     category_ids = _check_records(path, coco, 'categories', ('id', 'name'))
     _check_records(path, coco, 'annotations', ('id', 'image_id', 'category_id', 'bbox', 'area')
-                   + (('iscrowd', ) if evaluated else ()))
+                   + (('iscrowd', ) if evaluated else ()), int_ids=evaluated)
     for index, ann in enumerate(coco['annotations']):
         where = f'{path}: annotations[{index}] (id {ann["id"]!r})'
+        for field in ('image_id', 'category_id'):
+            if not _is_id(ann[field]):
+                raise CocoAnnotationError(f'{where} has the {field} {ann[field]!r} (a {type(ann[field]).__name__}); '
+                                          'expected an integer or a string')
         if not is_finite_number(ann['area']):
             raise CocoAnnotationError(f'{where} has a non-numeric area {ann["area"]!r}')
         if ann['image_id'] not in image_ids:
@@ -103,6 +150,9 @@ def check_coco_annotations(path: str, evaluated: bool = False) -> dict:
                                                                    and 'size' in seg):
             raise CocoAnnotationError(f'{where} has a malformed segmentation; expected polygons or an RLE dict '
                                       'with "counts" and "size"')
+        problem = _polygon_problem(seg, evaluated) if isinstance(seg, list) else None
+        if problem:
+            raise CocoAnnotationError(f'{where} has a malformed segmentation: {problem}')
     return coco
 
 

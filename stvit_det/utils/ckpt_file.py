@@ -5,6 +5,7 @@ The conversions themselves are the pure functions of :mod:`stvit_det.utils.ckpt_
 """
 import os
 import pickle
+import warnings
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
@@ -20,6 +21,28 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
 
 
+def _unreadable_reason(path: str, exc: Exception) -> str:
+    """What is wrong with a file ``torch.load`` failed on, in words: torch's own message is ``EOFError`` for an
+    empty file and ``KeyError: 101`` (a byte of it) for a text file."""
+    with open(path, 'rb') as f:
+        head = f.read(512)
+    if not head:
+        return 'the file is empty'
+    if not head.startswith((b'PK', b'\x80')):  # neither a zip archive (torch.save) nor a pickle (legacy torch.save)
+        try:
+            head.decode('utf-8')
+        except UnicodeDecodeError:
+            return 'neither a zip archive nor a pickle, not a PyTorch checkpoint'
+        return 'a text file, not a PyTorch checkpoint'
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return 'the file ends early' if isinstance(exc, EOFError) else type(exc).__name__
+    first = lines[0]
+    if 'Weights only load failed' in first:  # torch's advice blurb: the unpickler's own reason is further on
+        first = next((line for line in lines if line.startswith('Unsupported')), 'not a pickle of tensors')
+    return f'{type(exc).__name__}: {first}'
+
+
 def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
     """``torch.load(path, weights_only=True)`` with one clear error for a missing, truncated or non-checkpoint file.
 
@@ -28,31 +51,35 @@ def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
         mmap: map the tensors instead of reading them (fast look-ups in large files).
 
     Raises:
-        CheckpointError: the file is missing, unreadable (truncated, not a PyTorch file), refused by the weights-only
-            unpickler, or holds no state dict.
+        CheckpointError: the file is missing or a directory, unreadable (empty, truncated, not a PyTorch file),
+            refused by the weights-only unpickler, or holds no state dict.
     """
     path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f'{path}: a directory, not a checkpoint file')
     if not os.path.isfile(path):
         raise CheckpointError(f'{path}: checkpoint file not found')
     allow_checkpoint_globals()
-    try:
+    # torch warns of a pickle protocol it may not read before it fails on a plain pickle: held back, so that our
+    # one-line error is all the user sees; shown as usual when the file loads
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
         try:
-            ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
-        except RuntimeError as e:
-            if not (mmap and 'mmap' in str(e)):
-                raise
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)  # a legacy (non-zip) file: read it all
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds (RuntimeError, UnpicklingError, IndexError...)
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        first = lines[0] if lines else type(e).__name__
-        if isinstance(e, pickle.UnpicklingError) and 'Unsupported global' in str(e):
-            which = next(line for line in lines if 'Unsupported global' in line)
-            raise CheckpointError(f'{path}: refused by the weights-only unpickler (it stores objects other than '
-                                  f'tensors and plain containers): {which}') from None
-        if 'Weights only load failed' in first:  # torch's advice blurb: the unpickler's own reason is further on
-            first = next((line for line in lines if line.startswith('Unsupported')), 'not a pickle of tensors')
-        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another kind of file): '
-                              f'{type(e).__name__}: {first}') from None
+            try:
+                ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+            except RuntimeError as e:
+                if not (mmap and 'mmap' in str(e)):
+                    raise
+                ckpt = torch.load(path, map_location='cpu', weights_only=True)  # a legacy (non-zip) file: read it all
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds (RuntimeError, UnpicklingError, IndexError...)
+            if isinstance(e, pickle.UnpicklingError) and 'Unsupported global' in str(e):
+                which = next(line.strip() for line in str(e).splitlines() if 'Unsupported global' in line)
+                raise CheckpointError(f'{path}: refused by the weights-only unpickler (it stores objects other than '
+                                      f'tensors and plain containers): {which}') from None
+            raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another kind of file): '
+                                  f'{_unreadable_reason(path, e)}') from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     try:
         unwrap_state_dict(ckpt)
     except TypeError as e:
@@ -141,7 +168,10 @@ def _bare(cfg: Mapping, model_cfg: Optional[Mapping] = None):
 
 
 def model_tensor_shapes(cfg: Mapping) -> Dict[str, Tuple[int, ...]]:
-    """Name -> shape of every tensor in the state dict of ``cfg.model`` (built by :func:`_bare`)."""
+    """Name -> shape of every tensor in the state dict of ``cfg.model`` (built by :func:`_bare`). As the bare build
+    drops every ``init_cfg``, an STViTR backbone's is checked first (:func:`check_backbone_init_cfg`): the Runner
+    builds the model with it."""
+    check_backbone_init_cfg(cfg)
     return {k: tuple(v.shape) for k, v in _bare(cfg).state_dict().items()}
 
 
@@ -156,11 +186,43 @@ def pretrained_init(init_cfg) -> Optional[Mapping]:
     return next((c for c in entries if isinstance(c, Mapping) and c.get('type') == 'Pretrained'), None)
 
 
+def _stvit_backbone(cfg: Mapping) -> Optional[Mapping]:
+    """The config's ``model.backbone`` when it is an STViTR, else None."""
+    backbone_cfg = (cfg.get('model') or {}).get('backbone')
+    if not isinstance(backbone_cfg, Mapping) or str(backbone_cfg.get('type', '')).split('.')[-1] != 'STViTR':
+        return None
+    return backbone_cfg
+
+
+def check_backbone_init_cfg(cfg: Mapping) -> None:
+    """Refuse, as STViTR's constructor does and in its words, an STViTR backbone's ``init_cfg`` that is neither None
+    nor one ``Pretrained`` dict. The early model builds drop every ``init_cfg`` (no file read), so without this the
+    Runner would be the first to see it, with a traceback. The usual cause: ``--cfg-options
+    "model.backbone.init_cfg={...}"``, which mmengine's DictAction splits at its commas into a list of strings.
+
+    Raises:
+        CheckpointError
+    """
+    backbone_cfg = _stvit_backbone(cfg)
+    init_cfg = None if backbone_cfg is None else backbone_cfg.get('init_cfg')
+    one = not isinstance(init_cfg, (list, tuple)) or len(init_cfg) == 1
+    if init_cfg is None or (one and pretrained_init(init_cfg)):
+        return
+    hint = ''
+    if isinstance(init_cfg, (list, tuple)) and all(isinstance(c, str) for c in init_cfg):
+        hint = ('; --cfg-options splits a {...} value at its commas: give the keys one by one, '
+                'model.backbone.init_cfg.type=Pretrained model.backbone.init_cfg.checkpoint=PATH')
+    raise CheckpointError("model.backbone.init_cfg: STViTR's init_cfg is None or one dict(type='Pretrained', "
+                          'checkpoint=PATH) (its own init is trunc-normal; another initialiser would be ignored), '
+                          f'got {init_cfg!r}{hint}')
+
+
 def check_backbone_init_checkpoint(cfg: Mapping) -> Optional[Dict[str, list]]:
     """Fail early, with one message, on the file of an STViTR backbone's ``init_cfg=dict(type='Pretrained',
     checkpoint=PATH)`` (ImageNet or detector weights to fine-tune from) that cannot be read or does not fit the
     backbone: the same conversion and checks as loading it (:meth:`STViTR.check_pretrained`), on a bare backbone,
-    before the Runner builds anything. Other backbones, remote paths and configs without such a file: None.
+    before the Runner builds anything; an ``init_cfg`` of another form is refused (:func:`check_backbone_init_cfg`).
+    Other backbones, remote paths and configs without such a file: None.
 
     Returns:
         the load report (``missing``, ``unexpected``, ...) or None.
@@ -168,8 +230,9 @@ def check_backbone_init_checkpoint(cfg: Mapping) -> Optional[Dict[str, list]]:
     Raises:
         CheckpointError
     """
-    backbone_cfg = (cfg.get('model') or {}).get('backbone')
-    if not isinstance(backbone_cfg, Mapping) or str(backbone_cfg.get('type', '')).split('.')[-1] != 'STViTR':
+    check_backbone_init_cfg(cfg)
+    backbone_cfg = _stvit_backbone(cfg)
+    if backbone_cfg is None:
         return None
     init = pretrained_init(backbone_cfg.get('init_cfg'))
     if init is None:
@@ -259,5 +322,5 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
 
 
 __all__ = ['CheckpointError', 'read_checkpoint', 'runner_state_dict', 'head_classes_error', 'dataset_classes',
-           'class_order_error', 'model_tensor_shapes', 'pretrained_init', 'check_backbone_init_checkpoint',
-           'check_checkpoint_for_config']
+           'class_order_error', 'model_tensor_shapes', 'pretrained_init', 'check_backbone_init_cfg',
+           'check_backbone_init_checkpoint', 'check_checkpoint_for_config']

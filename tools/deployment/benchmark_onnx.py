@@ -8,8 +8,9 @@ and mmdet's Swin can be compared in the runtime a deployment uses). Each file ge
 its own static shape (a dynamic batch dimension takes ``--batch``). As in ``tools/analysis/benchmark.py``, the
 machines are shared and noisy: the files run in turn (A B A B ...) after the warm-up calls, and the table gives
 min / median of the timed calls and speed-up = first file's time / this file's (by min / by median).
-Nothing here knows about models; bad input (a missing or unloadable file, an input that is not float or has a
-dynamic dimension other than the batch) ends with one ``error:`` line.
+Nothing here knows about models; bad input (a missing or unloadable file, a graph without inputs, an input that is
+not float or has a dynamic dimension other than the batch, a graph that fails when run) ends with one ``error:``
+line naming the file.
 """
 import argparse
 import os
@@ -23,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from _common import print_table  # noqa: E402
 from stvit_det.deployment import OnnxInputError, OnnxLoadError, load_session  # noqa: E402
 from stvit_det.deployment.onnx_export import graph_inputs  # noqa: E402
+from stvit_det.utils.errors import first_line  # noqa: E402
 from stvit_det.utils.values import non_negative_int, positive_int  # noqa: E402
 
 
@@ -32,34 +34,57 @@ def parse_args(argv=None):
     parser.add_argument('--batch', type=positive_int, default=1, help='size of a dynamic batch dimension')
     parser.add_argument('--threads', type=positive_int, default=None,
                         help='intra-op threads (default: torch\'s count)')
-    parser.add_argument('--warmup', type=non_negative_int, default=1, help='untimed calls per file first')
+    parser.add_argument('--warmup', type=non_negative_int, default=1,
+                        help='untimed calls per file first (each file is run once anyway, to check that it runs)')
     parser.add_argument('--repeats', type=positive_int, default=5, help='timed calls per file')
     return parser.parse_args(argv)
 
 
-def random_feeds(session, batch: int, seed: int = 0) -> dict:
+class OnnxRunError(RuntimeError):
+    """ONNX Runtime loaded a file but cannot run it (e.g. a Reshape to a shape of another size)."""
+
+
+def random_feeds(session, batch: int, path: str, seed: int = 0) -> dict:
     """A seeded standard-normal float32 input of the graph's shape; the batch dimension may be dynamic."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for name, shape, dtype in graph_inputs(session):
         if dtype != 'tensor(float)':
-            raise OnnxInputError(f"input '{name}' is {dtype}: only float inputs get random data")
+            raise OnnxInputError(f"{path}: input '{name}' is {dtype}: only float inputs get random data")
         dims = [d if isinstance(d, int) else batch if i == 0 else None for i, d in enumerate(shape)]
         if None in dims:
-            raise OnnxInputError(f"input '{name}' has the shape {shape}: only the batch dimension may be dynamic")
+            raise OnnxInputError(f"{path}: input '{name}' has the shape {shape}: only the batch dimension may be "
+                                 'dynamic')
         feeds[name] = rng.standard_normal(dims, dtype=np.float32)
+    if not feeds:  # a graph of constants: nothing that depends on an input to time
+        raise OnnxInputError(f'{path}: the graph has no inputs: there is nothing to give random data to')
     return feeds
+
+
+def first_run(session, feed: dict, path: str) -> None:
+    """One untimed call, so that a graph ONNX Runtime loads but cannot run ends in one line naming the file before
+    any timing, instead of ONNX Runtime's traceback (and its own log line of the failing node: fatal only here)."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    try:
+        session.run(None, feed, options)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail / RuntimeException / InvalidArgument
+        raise OnnxRunError(f'ONNX Runtime cannot run {path}: {first_line(exc)}') from None
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         sessions = [load_session(f, args.threads) for f in args.files]
-        feeds = [random_feeds(s, args.batch) for s in sessions]
-    except (OnnxLoadError, OnnxInputError) as exc:
+        feeds = [random_feeds(s, args.batch, f) for s, f in zip(sessions, args.files)]
+        for session, feed, path in zip(sessions, feeds, args.files):
+            first_run(session, feed, path)
+    except (OnnxLoadError, OnnxInputError, OnnxRunError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    for _ in range(args.warmup):
+    for _ in range(args.warmup - 1):  # the first call above was one
         for session, feed in zip(sessions, feeds):
             session.run(None, feed)
     times = [[] for _ in sessions]
