@@ -395,7 +395,7 @@ def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, d
     cases = [
         ([DEMO_CONFIG, *shape, '--part', 'head'],
          "unknown part 'head': choose one of backbone, backbone+neck, detector"),
-        ([DEMO_CONFIG, str(tmp_path / 'none.pth'), *shape, '--part', 'backbone'], 'checkpoint not found'),
+        ([DEMO_CONFIG, str(tmp_path / 'none.pth'), *shape, '--part', 'backbone'], 'checkpoint file not found'),
         ([DEMO_CONFIG, *shape, '--part', 'detector', '--image', demo_image],
          'preprocesses to (448, 448), not --shape 224 224'),
         ([str(tmp_path / 'none.py'), *shape, '--part', 'backbone'], 'config file not found'),

@@ -11,16 +11,17 @@ No model logic lives here: the networks come from the configs, through the regis
 import argparse
 import os
 import os.path as osp
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
+import torch
 from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import stvit_det  # noqa: F401  (registers STViTR)
 from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs, check_seg_dataset_cfgs
-from stvit_det.toolboxes.scope import ToolboxMissingError, load_config
+from stvit_det.toolboxes.scope import CfgOptionsAction, ConfigError, apply_cfg_options, load_config
 from stvit_det.utils import allow_checkpoint_globals, prepare_cpu_distributed
 from stvit_det.utils.ckpt_file import (CheckpointError, check_backbone_init_checkpoint, check_checkpoint_for_config,
                                       model_tensor_shapes)
@@ -33,7 +34,7 @@ def add_launch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
+        action=CfgOptionsAction,
         help='override some settings in the used config, the key-value pair in xxx=yyy format will be merged into '
         'config file. If the value to be overwritten is a list, it should be like key="[a,b]" or key=a,b It also '
         'allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" Note that the quotation marks are necessary and '
@@ -52,25 +53,21 @@ def load_tool_config(tool: str, args: argparse.Namespace) -> Config:
     """The config of ``args.config`` with the command line applied, as the toolboxes' tools build it.
 
     Also allow-lists the classes mmengine stores in checkpoints for ``torch.load(weights_only=True)`` and raises
-    dynamo's cache limit (mmdet's tools do). Ends with ``TOOL: error: ...`` for a missing config file or a
-    config whose toolbox (e.g. mmseg) is not installed.
+    dynamo's cache limit (mmdet's tools do). Ends with ``TOOL: error: ...`` for a missing config file, one that
+    does not execute or defines no model, a config whose toolbox (e.g. mmseg) is not installed, ``--cfg-options``
+    that cannot be merged, a ``--launcher`` that cannot start here and a work dir that cannot be made.
     """
     if not osp.isfile(args.config):
         raise SystemExit(f'{tool}: error: config file not found: {args.config}')
     allow_checkpoint_globals()
     setup_cache_size_limit_of_dynamo()  # fewer repeated compilations
     try:
-        cfg = load_config(args.config)
-    except ToolboxMissingError as e:
+        cfg = load_config(args.config, need_model=True)
+        cfg.launcher = args.launcher
+        apply_cfg_options(cfg, args.cfg_options)  # after the launcher, as mmdet's tools do
+    except ConfigError as e:
         raise SystemExit(f'{tool}: error: {e}') from None
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        try:
-            cfg.merge_from_dict(args.cfg_options)
-        except (TypeError, KeyError, ValueError, AttributeError) as e:  # e.g. a key under a None or a tuple
-            raise SystemExit(f'{tool}: error: --cfg-options {" ".join(f"{k}={v}" for k, v in args.cfg_options.items())}'
-                             f' cannot be applied to this config: {first_line(e)}') from None
-    prepare_cpu_distributed(cfg, args.launcher)  # DDP over gloo when there is no GPU (mmengine assumes CUDA)
+    prepare_cpu_distributed(cfg, args.launcher, tool)  # DDP over gloo when there is no GPU (mmengine assumes CUDA)
     # work_dir is determined in this priority: CLI > segment in file > filename
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -95,10 +92,10 @@ def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Opti
     except (ValueError, TypeError, KeyError, AssertionError) as e:
         raise SystemExit(f'{tool}: error: the config\'s model cannot be built: {first_line(e)}') from None
     try:
+        if 'train' in phases:  # first: a COCO config without its ImageNet weights says so before the data
+            check_backbone_init_checkpoint(cfg)
         check_dataset_cfgs(cfg, phases=phases)
         check_seg_dataset_cfgs(cfg, phases=phases)
-        if 'train' in phases:
-            check_backbone_init_checkpoint(cfg)
         if checkpoint:
             check_checkpoint_for_config(cfg, checkpoint, strict=tool == 'test.py' if strict is None else strict,
                                         shapes=shapes)
@@ -106,11 +103,28 @@ def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Opti
         raise SystemExit(f'{tool}: error: {e}') from None
 
 
-def check_output_file(tool: str, path: Optional[str]) -> None:
-    """One line for an output file that cannot be written, before the work that fills it."""
-    reason = unwritable_reason(path) if path else None
+def check_output_file(tool: str, path: Optional[str], inputs: Optional[Mapping[str, Optional[str]]] = None) -> None:
+    """One line for an output file that cannot be written, or is the same file as one of the tool's ``inputs``
+    (``{'checkpoint': CKPT, ...}``: the output would replace it), before the work that fills it."""
+    reason = unwritable_reason(path, inputs) if path else None
     if reason:
         raise SystemExit(f'{tool}: error: cannot write {path}: {reason}')
+
+
+def check_device(tool: str, device: str) -> None:
+    """One line for a ``--device`` that torch does not know (``tpu``) or this machine lacks (``cuda`` without a
+    CUDA device, ``cuda:3`` of two), instead of a traceback from the first tensor moved there."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:  # torch lists its 20 device types
+        raise SystemExit(f'{tool}: error: --device {device}: not a device name; use cpu or cuda[:N]') from None
+    if parsed.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise SystemExit(f'{tool}: error: --device {device}: no CUDA device available (use cpu)')
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise SystemExit(f'{tool}: error: --device {device}: there are {torch.cuda.device_count()} CUDA devices')
+    elif parsed.type != 'cpu':
+        raise SystemExit(f'{tool}: error: --device {device}: this tool runs on cpu or cuda[:N]')
 
 
 def build_runner(cfg: Config) -> Runner:

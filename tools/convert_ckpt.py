@@ -37,7 +37,7 @@ from stvit_det.utils.ckpt_convert import (compare_state_dicts, convert_to_stvit,
                                           detector_2x_to_3x, drop_classifier_head, imagenet_to_classifier)
 from stvit_det.utils.ckpt_file import CheckpointError, class_order_error, head_classes_error, read_checkpoint
 from stvit_det.utils.errors import first_line
-from stvit_det.utils.paths import make_parent_dir, unwritable_reason
+from stvit_det.utils.paths import atomic_output, unwritable_reason
 
 
 def parse_args(argv=None):
@@ -61,16 +61,14 @@ def parse_args(argv=None):
 def build_model(config: str):
     """The model of CONFIG (random weights, nothing loaded) and the config, in the config's default scope. Only its
     tensor names and shapes are used; cached per config path within a process (the tests call :func:`main` often)."""
-    from stvit_det.toolboxes.scope import ToolboxMissingError, build_bare_model, load_config
+    from stvit_det.toolboxes.scope import ConfigError, build_bare_model, load_config
 
     if not os.path.isfile(config):
         raise CheckpointError(f'config file not found: {config}')
     try:
-        cfg = load_config(config)
-    except ToolboxMissingError as e:
+        cfg = load_config(config, need_model=True)
+    except ConfigError as e:  # not Python, no model, its toolbox missing
         raise CheckpointError(str(e)) from None
-    if 'model' not in cfg:
-        raise CheckpointError(f'{config} defines no `model` (a _base_ fragment?)')
     try:
         model = build_bare_model(cfg)
     except (ValueError, TypeError, KeyError, AssertionError, AttributeError) as e:  # a value refused, an unknown type
@@ -143,7 +141,8 @@ def convert_backbone(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    reason = unwritable_reason(args.dst)
+    reason = unwritable_reason(args.dst, inputs={'source checkpoint': args.src,
+                                                 'config': args.detector or args.classifier})
     if reason:
         sys.exit(f'convert_ckpt: error: cannot write {args.dst}: {reason}')
     try:
@@ -155,8 +154,11 @@ def main(argv=None):
             sd, meta, report = convert_backbone(args)
     except CheckpointError as e:
         sys.exit(f'convert_ckpt: error: {e}')
-    make_parent_dir(args.dst)
-    torch.save(dict(state_dict=sd, meta=meta), args.dst)
+    try:
+        with atomic_output(args.dst) as part:  # an interrupted save leaves an existing dst as it was
+            torch.save(dict(state_dict=sd, meta=meta), part)
+    except OSError as e:  # a full disk
+        sys.exit(f'convert_ckpt: error: cannot write {args.dst}: {e.strerror or e}')
     if args.detector or args.classifier:
         print(f'{args.src} -> {args.dst}: {len(sd)} tensors; {len(report["missing"])} missing, '
               f'{len(report["unexpected"])} unexpected, {len(report["mismatched"])} reshaped against '

@@ -15,19 +15,17 @@ import sys
 
 import cv2
 import mmcv
-import torch
-from mmengine.config import DictAction
 
 import stvit_det  # noqa: F401  (registers STViTR)
 from mmdet.apis import inference_detector, init_detector
 from mmdet.evaluation import get_classes
 from mmdet.registry import DATASETS, VISUALIZERS
 from stvit_det.datasets.pipelines import without_annotation_loading
-from stvit_det.toolboxes.scope import ToolboxMissingError, config_scope, load_config as load_toolbox_config
+from stvit_det.toolboxes.scope import CfgOptionsAction, ConfigError, config_scope, load_config as load_toolbox_config
 from stvit_det.utils import allow_checkpoint_globals
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _launch import check_inputs, check_output_file  # noqa: E402
+from _launch import check_device, check_inputs, check_output_file  # noqa: E402
 
 
 def parse_args():
@@ -38,14 +36,12 @@ def parse_args():
     parser.add_argument('--out', required=True, help='output image (PNG / JPG)')
     parser.add_argument('--score-thr', type=float, default=0.3, help='draw detections scoring at least this')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda:0'")
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, help='override config settings')
     return parser.parse_args()
 
 
 def load_config(path, cfg_options=None):
-    cfg = load_toolbox_config(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = load_toolbox_config(path, cfg_options, need_model=True)
     cfg.model.backbone.init_cfg = None  # weights come from the checkpoint only
     dataset = cfg.test_dataloader.dataset
     dataset.pipeline = without_annotation_loading(dataset.pipeline)  # inference has no labels
@@ -60,8 +56,10 @@ def main():
     if not cv2.haveImageWriter(args.out):  # mmcv.imwrite (OpenCV) picks the format by the extension
         raise SystemExit(f'image_demo.py: error: --out {args.out}: not an image file name OpenCV can write (use '
                          '.png or .jpg)')
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit(f'image_demo.py: error: --device {args.device}: no CUDA device available (use cpu)')
+    # before anything is read: the drawing must not replace the image, config or checkpoint it comes from
+    check_output_file('image_demo.py', args.out, inputs={'image': args.image, 'config': args.config,
+                                                         'checkpoint': args.checkpoint})
+    check_device('image_demo.py', args.device)
     try:
         image = mmcv.imread(args.image, channel_order='bgr')  # None for a file that is not an image
     except OSError as e:
@@ -71,17 +69,16 @@ def main():
     image = mmcv.bgr2rgb(image)  # (H, W, 3), RGB for the visualiser
     try:
         cfg = load_config(args.config, args.cfg_options)
-    except ToolboxMissingError as e:
+    except ConfigError as e:
         raise SystemExit(f'image_demo.py: error: {e}') from None
     scope = config_scope(cfg)
     if scope != 'mmdet':
         raise SystemExit(f"image_demo.py: error: {args.config} is an {scope} config (default_scope='{scope}'): this "
                          'tool draws detections; paint segmentation or classification results with tools/test.py '
                          'CONFIG CHECKPOINT --show-dir DIR')
-    # one line, before anything runs, for a model the config cannot build, a checkpoint that does not fit it
-    # (mmengine would only log the misfits and draw with random heads) and an output that cannot be written
+    # one line, before anything runs, for a model the config cannot build and a checkpoint that does not fit it
+    # (mmengine would only log the misfits and draw with random heads)
     check_inputs('image_demo.py', cfg, phases=(), checkpoint=args.checkpoint, strict=True)
-    check_output_file('image_demo.py', args.out)
     allow_checkpoint_globals()  # Runner checkpoints under torch.load(weights_only=True)
     model = init_detector(cfg, args.checkpoint, device=args.device)
     test_meta = DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo

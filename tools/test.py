@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _launch import (add_launch_args, build_runner, check_inputs, check_output_file, load_tool_config,  # noqa: E402
                      set_local_rank)
 from stvit_det.toolboxes.scope import config_scope  # noqa: E402
-from stvit_det.utils.paths import uncreatable_dir_reason  # noqa: E402
+from stvit_det.utils.paths import missing_file_error, uncreatable_dir_reason  # noqa: E402
 
 
 def parse_args():
@@ -90,11 +90,13 @@ VISUALIZATION_TRIGGERS = {'mmdet': trigger_visualization_hook, 'mmseg': trigger_
 
 def main():
     args = parse_args()
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'test.py: error: checkpoint file not found: {args.checkpoint}')
+    missing = missing_file_error('checkpoint', args.checkpoint)
+    if missing:
+        raise SystemExit(f'test.py: error: {missing}')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise SystemExit(f'test.py: error: --out must be a .pkl or .pickle file, got {args.out}')
-    check_output_file('test.py', args.out)  # the results are written after the whole evaluation
+    # the results are written after the whole evaluation, and must not replace what it reads
+    check_output_file('test.py', args.out, inputs={'config': args.config, 'checkpoint': args.checkpoint})
     cfg = load_tool_config('test.py', args)
     scope = config_scope(cfg)
     cfg.load_from = args.checkpoint

@@ -13,7 +13,6 @@ arguments, config loading, the early checks, the Runner) is in ``tools/_launch.p
 """
 import argparse
 import os
-import os.path as osp
 import sys
 
 from mmengine.device import get_device
@@ -21,6 +20,7 @@ from mmengine.runner import find_latest_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _launch import add_launch_args, build_runner, check_inputs, load_tool_config, set_local_rank  # noqa: E402
+from stvit_det.utils.paths import missing_file_error  # noqa: E402
 
 
 def parse_args():
@@ -45,8 +45,9 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if args.resume not in (None, 'auto') and not osp.isfile(args.resume):
-        raise SystemExit(f'train.py: error: checkpoint file not found: {args.resume}')
+    missing = missing_file_error('checkpoint', args.resume) if args.resume not in (None, 'auto') else None
+    if missing:
+        raise SystemExit(f'train.py: error: {missing}')
     cfg = load_tool_config('train.py', args)
 
     # enable automatic-mixed-precision training

@@ -16,6 +16,7 @@ from a detector or backbone checkpoint (``STViTR.load_pretrained``). The image i
 """
 import argparse
 import copy
+import os
 import os.path as osp
 import sys
 
@@ -29,7 +30,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 import stvit_det  # noqa: E402,F401  (registers STViTR)
@@ -37,9 +37,12 @@ from mmdet.registry import MODELS  # noqa: E402
 from stvit_det.utils.attention_maps import (collect_attention, default_windows, peak_over_uniform,  # noqa: E402
                                             semantic_to_tokens, tokens_to_pixels, unit_maps)
 from stvit_det.utils.ckpt_file import read_checkpoint  # noqa: E402
-from stvit_det.toolboxes.scope import ToolboxMissingError, load_config, resolve_config_path  # noqa: E402
-from stvit_det.utils.paths import make_parent_dir, unwritable_reason  # noqa: E402
+from stvit_det.toolboxes.scope import CfgOptionsAction, ConfigError, load_config, resolve_config_path  # noqa: E402
+from stvit_det.utils.paths import make_parent_dir  # noqa: E402
 from stvit_det.utils.values import positive_int  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _launch import check_device, check_output_file  # noqa: E402
 
 WINDOW_COLOURS = ('#00e5ff', '#ff9100', '#76ff03', '#ff4081', '#ffff00', '#b388ff')
 TITLES = {
@@ -64,7 +67,7 @@ def parse_args():
     parser.add_argument('--scale', type=positive_int, default=512, help='short side of the resized image in pixels')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--dpi', type=positive_int, default=80)
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, help='override config settings')
     return parser.parse_args()
 
 
@@ -222,14 +225,14 @@ def main():
     args = parse_args()
     requested = parse_windows(args.windows) if args.windows else None
     args.out = output_path(args.out)
-    reason = unwritable_reason(args.out)
-    if reason:
-        raise SystemExit(f'vis_semantic_tokens.py: error: cannot write {args.out}: {reason}')
-    if not osp.isfile(resolve_config_path(args.config)):
-        raise SystemExit(f'vis_semantic_tokens.py: error: config file not found: {args.config}')
+    check_output_file('vis_semantic_tokens.py', args.out, inputs={'image': args.image, 'config': args.config,
+                                                                  'checkpoint': args.checkpoint})
+    check_device('vis_semantic_tokens.py', args.device)
     try:
-        cfg = load_config(args.config, args.cfg_options)  # also mmdet:: paths
-    except ToolboxMissingError as e:
+        if not osp.isfile(resolve_config_path(args.config)):
+            raise SystemExit(f'vis_semantic_tokens.py: error: config file not found: {args.config}')
+        cfg = load_config(args.config, args.cfg_options, need_model=True)  # also mmdet:: paths
+    except ConfigError as e:
         raise SystemExit(f'vis_semantic_tokens.py: error: {e}') from None
     torch.manual_seed(0)  # random weights (no --checkpoint) give the same picture every run
     image, x = load_image(args.image, cfg, args.scale)

@@ -20,7 +20,9 @@ import torch
 import torch.nn as nn
 
 from ..datasets.pipelines import without_annotation_loading
-from ..toolboxes.scope import drop_init_cfgs, resolve_config_path
+from ..toolboxes.scope import ConfigError, drop_init_cfgs, load_config, resolve_config_path
+from ..utils.errors import error_summary
+from ..utils.paths import missing_file_error
 from .onnx_export import ExportError
 
 PARTS = ('backbone', 'backbone+neck', 'detector')
@@ -66,8 +68,9 @@ def load_exact(model: nn.Module, path: str) -> None:
     """
     from ..utils.ckpt_file import CheckpointError, read_checkpoint
 
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path}')
+    missing = missing_file_error('checkpoint', path)
+    if missing:
+        raise FileNotFoundError(missing)
     try:
         checkpoint = read_checkpoint(path)
     except CheckpointError as e:
@@ -98,24 +101,18 @@ def build_detector(config: str, checkpoint: Optional[str] = None, cfg_options: O
     Returns:
         (detector, Config).
     """
-    from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
     import stvit_det  # noqa: F401  (registers STViTR)
 
-    full = resolve_config_path(config)
-    if not osp.isfile(full):
-        raise FileNotFoundError(f'config file not found: {config}')
     try:
-        cfg = Config.fromfile(full)
-    except Exception as e:  # noqa: BLE001 - SyntaxError, NameError, ImportError... from executing the config
-        raise ValueError(f'{config}: not a readable config: {type(e).__name__}: {_first_line(e)}') from None
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if 'model' not in cfg:
-        raise ValueError(f'{config} defines no `model`')
+        if not osp.isfile(resolve_config_path(config)):
+            raise FileNotFoundError(f'config file not found: {config}')
+        cfg = load_config(config, cfg_options, need_model=True)
+    except ConfigError as e:  # not Python, no model, options that do not merge, its toolbox missing
+        raise ValueError(str(e)) from None
     register_all_modules(init_default_scope=True)
     model_cfg = copy.deepcopy(cfg.model)
     drop_init_cfgs(model_cfg)
@@ -167,9 +164,9 @@ def build_part(detector: nn.Module, part: str, shape: Tuple[int, int],
         return TwoStageExport(detector, shape, img_shape), ['image'], ['boxes', 'scores', 'labels', 'masks'], False
     except ExportError:  # a detector component the export does not express: already named
         raise
-    except RuntimeError as e:  # e.g. a neck whose in_channels do not fit the backbone's outputs
+    except (RuntimeError, AssertionError) as e:  # a neck whose in_channels do not fit the backbone's outputs
         raise ValueError(f'the {part} does not run on a (1, 3, {shape[0]}, {shape[1]}) input: '
-                         f'{type(e).__name__}: {_first_line(e)}') from None
+                         f'{error_summary(e)}') from None
 
 
 def preprocess_image(detector: nn.Module, cfg, image_path: str) -> Tuple[torch.Tensor, object]:

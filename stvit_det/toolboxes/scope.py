@@ -4,16 +4,22 @@ A config says its toolbox through ``default_scope`` (``'mmdet'``, ``'mmseg'``, `
 inherits the toolbox's own configs (``_base_ = 'mmseg::...'``). The tools (``tools/train.py``, ``tools/test.py``,
 ``tools/analysis``) load every config through :func:`load_config`, so a segmentation config used where
 MMSegmentation is missing stops with one line naming the config, the toolbox and how to install it, instead of
-mmengine's "mmsegmentation is not installed" from inside its base resolution, or a registry miss later on.
+mmengine's "mmsegmentation is not installed" from inside its base resolution, or a registry miss later on. The
+other ways a config cannot be used end the same way, as a :class:`ConfigError` the tools print in one line: a file
+that does not execute (a syntax error), no ``model`` where a tool needs one, ``--cfg-options`` that cannot be parsed
+(:class:`CfgOptionsAction`, at the command line) or merged (:func:`apply_cfg_options`).
 """
+import argparse
 import contextlib
 import copy
 import importlib
 import importlib.util
 import os.path as osp
-from typing import Optional
+from typing import Any, Optional, Tuple
 
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
+
+from ..utils.errors import first_line
 
 #: scope -> (import name, distribution, toolbox name, requirement file that installs it)
 TOOLBOX_PACKAGES = {
@@ -24,7 +30,11 @@ TOOLBOX_PACKAGES = {
 DEFAULT_SCOPE = 'mmdet'
 
 
-class ToolboxMissingError(RuntimeError):
+class ConfigError(RuntimeError):
+    """A config that cannot be used; the message names the file or the options and the reason, in one line."""
+
+
+class ToolboxMissingError(ConfigError):
     """A config needs an OpenMMLab toolbox that is not installed (or cannot be imported)."""
 
 
@@ -75,26 +85,82 @@ def resolve_config_path(path: str) -> str:
     return osp.join(osp.dirname(toolbox.__file__), '.mim', 'configs', rel)
 
 
-def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+def load_config(path: str, cfg_options: Optional[dict] = None, need_model: bool = False) -> Config:
     """``Config.fromfile(path)`` plus ``cfg_options``, with a clear error when the config's toolbox is missing.
     ``path`` may also name a toolbox's own config, e.g. ``'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py'``.
 
     Raises:
         ToolboxMissingError: when ``path`` inherits ``<scope>::`` configs of a toolbox that is not installed (or
             fails to import), or its ``default_scope`` names one.
+        ConfigError: naming ``path`` when executing it fails (a syntax error, a name it does not define, a missing
+            ``_base_`` file), when it defines no ``model`` and ``need_model``, or naming the ``cfg_options`` that
+            cannot be merged into it.
     """
+    full = resolve_config_path(path)
     try:
-        cfg = Config.fromfile(resolve_config_path(path))
-    except ModuleNotFoundError as e:  # mmengine: "mmsegmentation is not installed, please install ..."
-        for scope, (module, dist, _, _) in TOOLBOX_PACKAGES.items():
-            if f'{dist} is not installed' in str(e) or getattr(e, 'name', None) == module:
-                raise _missing(path, scope, f'inherits `{scope}::` configs') from None
-        raise
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        cfg = Config.fromfile(full)
+    except Exception as e:  # noqa: BLE001 - executing a config raises anything: SyntaxError, NameError, ImportError
+        if isinstance(e, ModuleNotFoundError):  # mmengine: "mmsegmentation is not installed, please install ..."
+            for scope, (module, dist, _, _) in TOOLBOX_PACKAGES.items():
+                if f'{dist} is not installed' in str(e) or getattr(e, 'name', None) == module:
+                    raise _missing(path, scope, f'inherits `{scope}::` configs') from None
+        why = f'{e.msg} (line {e.lineno})' if isinstance(e, SyntaxError) and e.lineno else first_line(e)
+        raise ConfigError(f'{path}: not a readable config: {type(e).__name__}: {why}') from None
+    apply_cfg_options(cfg, cfg_options)
+    if need_model and 'model' not in cfg:
+        raise ConfigError(f'{path} defines no `model` (a _base_ fragment?)')
     scope = config_scope(cfg)
     import_toolbox(scope, path, f"has default_scope='{scope}'")
     return cfg
+
+
+def apply_cfg_options(cfg: Config, cfg_options: Optional[dict]) -> None:
+    """Merge ``--cfg-options`` into ``cfg`` (in place).
+
+    Raises:
+        ConfigError: naming the options when they cannot be merged (a key under a None, an index into a tuple).
+    """
+    if not cfg_options:
+        return
+    try:
+        cfg.merge_from_dict(cfg_options)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as e:
+        shown = ' '.join(f'{k}={v}' for k, v in cfg_options.items())
+        raise ConfigError(f'--cfg-options {shown} cannot be applied to this config: {first_line(e)}') from None
+
+
+def parse_cfg_option(item: str) -> Tuple[str, Any]:
+    """``'a.b=[1,2]'`` -> ``('a.b', [1, 2])``, the value parsed as mmengine's ``DictAction`` parses it.
+
+    Raises:
+        ValueError: naming ``item`` when it is not ``key=value`` or its brackets do not balance (where mmengine
+            raises a bare ValueError or AssertionError).
+    """
+    key, sep, value = item.partition('=')
+    if not sep or not key:
+        raise ValueError(f"must be key=value, got '{item}'")
+    try:
+        return key, DictAction._parse_iterable(value)
+    except (AssertionError, ValueError) as e:  # mmengine asserts balanced brackets
+        raise ValueError(f"cannot parse '{item}': {first_line(e)}") from None
+    except RecursionError:  # mmengine recurses for ever on a call such as dict(a=1,b=2)
+        raise ValueError(f"cannot parse '{item}' (mmengine's parser recursed without end: a call such as dict(...)? "
+                         'give nested keys one by one, a.b=1 a.c=2)') from None
+
+
+class CfgOptionsAction(DictAction):
+    """mmengine's ``DictAction`` (``--cfg-options k=v ...``) whose malformed items end as the parser's one-line
+    ``error: argument --cfg-options: ...`` instead of a traceback from inside argparse."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        options = copy.copy(getattr(namespace, self.dest, None) or {})
+        for item in values or ():
+            try:
+                key, value = parse_cfg_option(item)
+            except ValueError as e:
+                raise argparse.ArgumentError(self, str(e)) from None
+            options[key] = value
+        setattr(namespace, self.dest, options)
 
 
 def config_scope(cfg: Config) -> str:

@@ -8,6 +8,7 @@ only ("SyncBatchNorm expected input tensor to be on GPU", torch 2.13), so the co
 heads of the Cascade and UperNet configs) become ``BN`` with per-process statistics, and a ``sync_bn`` conversion
 is dropped; the change is printed. With CUDA it does nothing.
 """
+import os
 from typing import Any, List
 
 import torch
@@ -15,17 +16,29 @@ import torch.distributed as dist
 from mmengine.config import Config
 
 
-def prepare_cpu_distributed(cfg: Config, launcher: str) -> bool:
+#: what torchrun sets for every process it starts, and ``--launcher pytorch`` (env:// initialisation) reads
+TORCHRUN_ENV = ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+def prepare_cpu_distributed(cfg: Config, launcher: str, tool: str = 'train.py') -> bool:
     """Make ``cfg`` run with ``launcher`` on CPU processes; returns True when it changed anything.
 
     Raises:
-        SystemExit: for a CPU run with a launcher other than ``pytorch`` (torchrun) or ``none``.
+        SystemExit: ``TOOL: error: ...`` for ``--launcher pytorch`` in a process torchrun did not start (on GPUs
+            too: the process group would fail on the missing ``RANK``), and for a CPU run with a launcher other
+            than ``pytorch`` (torchrun) or ``none``.
     """
+    script = 'tools/dist_test.sh CONFIG CHECKPOINT' if tool == 'test.py' else 'tools/dist_train.sh CONFIG'
+    missing = [name for name in TORCHRUN_ENV if name not in os.environ] if launcher == 'pytorch' else []
+    if missing:
+        raise SystemExit(f'{tool}: error: --launcher pytorch needs the environment torchrun gives each process it '
+                         f'starts ({", ".join(missing)} not set): run through torchrun, e.g. bash {script} '
+                         'NUM_PROCS, or drop --launcher')
     if launcher == 'none' or torch.cuda.is_available():
         return False
     if launcher != 'pytorch':
-        raise SystemExit(f"launcher '{launcher}' needs CUDA devices here; on CPU use torchrun (--launcher pytorch, "
-                         'tools/dist_train.sh)')
+        raise SystemExit(f"{tool}: error: launcher '{launcher}' needs CUDA devices here; on CPU use torchrun "
+                         f'(--launcher pytorch, bash {script} NUM_PROCS)')
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
     where = sync_bn_to_bn(cfg.get('model'))
     if cfg.get('sync_bn'):

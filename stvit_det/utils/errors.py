@@ -1,11 +1,36 @@
 """One-line error messages of the tools."""
+import os
+import sys
+import traceback
+
+
+def raised_at(exc: BaseException) -> str:
+    """``file:line`` of the frame that raised ``exc`` ('' when it carries no traceback), the file shortened to its
+    import path (``mmdet/models/necks/fpn.py:171``): all a bare ``assert`` in a library tells."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ''
+    path = os.path.abspath(frames[-1].filename)
+    roots = [os.path.join(os.path.abspath(p), '') for p in sys.path if p]
+    root = max((r for r in roots if path.startswith(r)), key=len, default='')
+    return f'{path[len(root):]}:{frames[-1].lineno}'
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type name when the message is empty: what a tool's
-    one-line ``error:`` quotes of an error raised by a library (a config merge, a model build, a forward)."""
+    """The first line of an exception's message: what a tool's one-line ``error:`` quotes of an error raised by a
+    library (a config merge, a model build, a forward). An empty message (a bare ``assert``) gives the type and where
+    it was raised instead, e.g. ``AssertionError (raised at mmdet/models/necks/fpn.py:171)``."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if text:
+        return text.splitlines()[0]
+    where = raised_at(exc)
+    return f'{type(exc).__name__} (raised at {where})' if where else type(exc).__name__
 
 
-__all__ = ['first_line']
+def error_summary(exc: BaseException) -> str:
+    """``Type: first line`` of an exception; for an empty message :func:`first_line`'s type and place."""
+    text = str(exc).strip()
+    return f'{type(exc).__name__}: {text.splitlines()[0]}' if text else first_line(exc)
+
+
+__all__ = ['first_line', 'error_summary', 'raised_at']

@@ -1,7 +1,9 @@
 """Output paths checked before the work that fills them (a result written after minutes of evaluation must not
-fail on a typo in its path)."""
+fail on a typo in its path, nor replace a file the tool read)."""
+import contextlib
 import os
-from typing import Optional
+import tempfile
+from typing import Iterator, List, Mapping, Optional
 
 
 def is_remote(path) -> bool:
@@ -10,32 +12,71 @@ def is_remote(path) -> bool:
     return '://' in str(path)
 
 
-def unwritable_reason(path: str) -> Optional[str]:
-    """Why a file cannot be written at ``path`` (None when it can).
+def missing_file_error(what: str, path: str) -> Optional[str]:
+    """``'{what} file not found: PATH'``, or ``'{what} PATH is a directory, not a file'`` (a folder given for a
+    checkpoint is not a missing file); None when ``path`` is a file."""
+    if os.path.isfile(path):
+        return None
+    return f'{what} {path} is a directory, not a file' if os.path.isdir(path) else f'{what} file not found: {path}'
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name one existing file, however spelt (relative, through a link, a hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # either does not exist: nothing there to lose
+        return False
+
+
+def input_clash_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]]) -> Optional[str]:
+    """Why writing ``path`` would destroy one of the tool's ``inputs`` (``{'checkpoint': CKPT, ...}``: what each
+    is -> its path; None values skipped), or None: an output is never allowed to replace what the tool reads."""
+    for what, source in (inputs or {}).items():
+        if source and not is_remote(source) and same_file(path, source):
+            return f'it is the same file as the {what} {source}'
+    return None
+
+
+@contextlib.contextmanager
+def _removing_new_folders(folder: str) -> Iterator[List[str]]:
+    """Yield the folders of ``folder``'s chain that do not exist yet (deepest first); on exit remove those of them
+    that exist and are empty, so that a probe leaves nothing behind."""
+    new_dirs = []
+    folder = os.path.abspath(folder)
+    while not os.path.exists(folder):
+        new_dirs.append(folder)
+        folder = os.path.dirname(folder)
+    try:
+        yield new_dirs
+    finally:
+        for d in new_dirs:
+            if os.path.isdir(d) and not os.listdir(d):
+                os.rmdir(d)
+
+
+def unwritable_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]] = None) -> Optional[str]:
+    """Why a file cannot be written at ``path`` (None when it can), or why it must not be: it is the same file as
+    one of the tool's ``inputs`` (see :func:`input_clash_reason`).
 
     Probed the way the tools will write it: the parent folders are created and the file is opened for appending
     (nothing in an existing file changes); a file and folders that did not exist are removed again, so that a
     tool stopped by a later check leaves nothing behind.
     """
+    clash = input_clash_reason(path, inputs)
+    if clash:
+        return clash
     if os.path.isdir(path):
         return 'it is a directory'
     existed = os.path.exists(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    new_dirs = []  # the folders this probe creates, deepest first
-    while not os.path.exists(parent):
-        new_dirs.append(parent)
-        parent = os.path.dirname(parent)
-    try:
-        make_parent_dir(path)
-        open(path, 'ab').close()
-    except OSError as e:
-        return e.strerror or str(e)
-    finally:
-        if not existed and os.path.isfile(path):
-            os.remove(path)
-        for folder in new_dirs:
-            if os.path.isdir(folder) and not os.listdir(folder):
-                os.rmdir(folder)
+    with _removing_new_folders(os.path.dirname(os.path.abspath(path))):
+        try:
+            make_parent_dir(path)
+            open(path, 'ab').close()
+        except OSError as e:
+            return e.strerror or str(e)
+        finally:
+            if not existed and os.path.isfile(path):
+                os.remove(path)
     return None
 
 
@@ -45,17 +86,55 @@ def make_parent_dir(path: str) -> None:
 
 
 def uncreatable_dir_reason(path: str) -> Optional[str]:
-    """Why a folder cannot be made at ``path`` (None when it exists or can be made), creating nothing: its nearest
-    existing ancestor must be a writable folder."""
+    """Why a folder cannot be made at ``path``, or nothing written into it (None when it can).
+
+    Probed by doing it, as :func:`unwritable_reason` does: the folder is created and a file made and removed inside
+    it; what did not exist is removed again. (``os.access`` says yes to root for any folder, ``/proc`` too.)
+    """
     path = os.path.abspath(path)
-    if os.path.isdir(path):
-        return None if os.access(path, os.W_OK) else 'the folder is not writable'
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        return f'{parent} is a file'
-    return None if os.access(parent, os.W_OK) else f'{parent} is not writable'
+    with _removing_new_folders(path) as new_dirs:
+        existing = os.path.dirname(new_dirs[-1]) if new_dirs else path
+        if not os.path.isdir(existing):
+            return f'{existing} is a file'
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            return f'cannot create {e.filename or path}: {e.strerror or e}'
+        try:
+            fd, probe = tempfile.mkstemp(dir=path, prefix='.write_probe_')
+            os.close(fd)
+            os.remove(probe)
+        except OSError as e:
+            return f'{path} is not writable: {e.strerror or e}'
+    return None
 
 
-__all__ = ['is_remote', 'unwritable_reason', 'make_parent_dir', 'uncreatable_dir_reason']
+def _new_file_mode(path: str) -> int:
+    """The permission bits ``open(path, 'w')`` would leave: those of the file it replaces, else 0o666 less umask."""
+    if os.path.isfile(path):
+        return os.stat(path).st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """Yield a temporary file name in ``path``'s folder to write to; it replaces ``path`` (``os.replace``) when the
+    block ends, and is removed when the block raises: an interrupted write (a full disk, Ctrl-C) leaves an existing
+    ``path`` as it was instead of truncated."""
+    make_parent_dir(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f'.{os.path.basename(path)}.',
+                               suffix='.part')
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, _new_file_mode(path))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+__all__ = ['is_remote', 'missing_file_error', 'same_file', 'input_clash_reason', 'unwritable_reason', 'make_parent_dir',
+           'uncreatable_dir_reason', 'atomic_output']

@@ -18,12 +18,13 @@ import os.path as osp
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import DefaultScope
 
 import stvit_det  # noqa: F401  (registers STViTR)
-from stvit_det.toolboxes.scope import DEFAULT_SCOPE, ToolboxMissingError, build_bare_model, resolve_config_path
+from stvit_det.toolboxes.scope import (DEFAULT_SCOPE, ConfigError, build_bare_model, parse_cfg_option,
+                                       resolve_config_path)
 from stvit_det.toolboxes.scope import load_config as _load_toolbox_config
 
 
@@ -32,28 +33,26 @@ def split_overrides(spec: str) -> Tuple[str, dict]:
     path, *items = spec.split('@')
     overrides = {}
     for item in items:
-        key, sep, value = item.partition('=')
-        if not sep or not key:
-            raise SystemExit(f"error: '{spec}': each override after '@' must be key=value, got '{item}'")
-        overrides[key] = DictAction._parse_iterable(value)
+        try:
+            key, value = parse_cfg_option(item)
+        except ValueError as e:
+            raise SystemExit(f"error: '{spec}': an override after '@' {e}") from None
+        overrides[key] = value
     return path, overrides
 
 
 def load_config(spec: str, cfg_options: Optional[dict] = None) -> Config:
     """Load ``spec`` (a path, ``mmdet::`` / ``mmseg::`` path, optionally with ``@key=value`` overrides), then
-    ``cfg_options``, then the spec's own overrides."""
+    ``cfg_options``, then the spec's own overrides. One ``error:`` line for a config that is missing, does not
+    execute or defines no model, and for options that cannot be merged."""
     path, overrides = split_overrides(spec)
     cfg_options = {**(cfg_options or {}), **overrides} or None
     try:
-        full = resolve_config_path(path)
-        if not osp.isfile(full):
+        if not osp.isfile(resolve_config_path(path)):
             raise SystemExit(f'error: config file not found: {path}')
-        cfg = _load_toolbox_config(full, cfg_options)
-    except ToolboxMissingError as e:
+        return _load_toolbox_config(path, cfg_options, need_model=True)
+    except ConfigError as e:
         raise SystemExit(f'error: {e}') from None
-    if 'model' not in cfg:
-        raise SystemExit(f'error: {path} defines no `model` (a _base_ fragment?)')
-    return cfg
 
 
 def _zero_score_thresholds(node) -> None:

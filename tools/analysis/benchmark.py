@@ -64,12 +64,13 @@ from contextlib import nullcontext
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from mmengine.config import DictAction
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import build_model, fake_batch, load_config, print_table, short_name, uses_flex_attention  # noqa: E402
+from stvit_det.toolboxes.scope import CfgOptionsAction  # noqa: E402
+from stvit_det.utils.errors import error_summary  # noqa: E402
 
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -379,11 +380,13 @@ def run_setting(configs: List[str], mode: str, shape, batch_size: int, dtype_nam
 
 
 def _one_line(e: Exception, config: str, mode: str) -> str:
-    message = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    if 'Expected more than 1 value per channel when training' in message:  # BatchNorm of a head (UperNet's)
-        message = 'BatchNorm in training needs more than one value per channel: --batch-size 2'
-    print(f'{short_name(config)} ({mode}): {type(e).__name__}: {message}', file=sys.stderr)
-    return f'{type(e).__name__}: {message[:80]}'
+    """``Type: message`` of a failure for stderr, shortened for its table cell; a bare ``assert`` of a library
+    (no message) says where it was raised."""
+    summary = error_summary(e)
+    if 'Expected more than 1 value per channel when training' in summary:  # BatchNorm of a head (UperNet's)
+        summary = f'{type(e).__name__}: BatchNorm in training needs more than one value per channel: --batch-size 2'
+    print(f'{short_name(config)} ({mode}): {summary}', file=sys.stderr)
+    return summary[:len(type(e).__name__) + 2 + 80]  # the type and up to 80 characters of the message
 
 
 def parse_args():
@@ -406,7 +409,7 @@ def parse_args():
     parser.add_argument('--profile', action='store_true', help='time per stage and block kind of every backbone')
     parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory call')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction, help='override settings of every config, key=value')
+        '--cfg-options', nargs='+', action=CfgOptionsAction, help='override settings of every config, key=value')
     args = parser.parse_args()
     args.shape = [tuple(s) for s in (args.shape or [(800, 1216)])]
     if args.device == 'cuda' and not torch.cuda.is_available():

@@ -42,11 +42,11 @@ import sys
 from typing import Dict
 
 import torch
-from mmengine.config import DictAction
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import build_model, fake_batch, load_config, print_table, short_name, uses_flex_attention  # noqa: E402
+from stvit_det.toolboxes.scope import CfgOptionsAction  # noqa: E402
 from stvit_det.utils.errors import first_line  # noqa: E402
 
 
@@ -133,7 +133,7 @@ def measure(config: str, args) -> Dict[str, float]:
                 out['detector_gflops'] = count_macs(meta_predict, model, inputs) / 1e9
             else:
                 out['detector_gflops'] = count_macs(model.predict, inputs, samples) / 1e9
-    except (ValueError, RuntimeError) as e:  # an input size the model refuses (a clear ValueError), a shape clash
+    except (ValueError, RuntimeError, AssertionError) as e:  # a size the model refuses, a shape clash, mmdet's asserts
         raise SystemExit(f'error: {config}: the model cannot run on a 1x3x{args.shape[0]}x{args.shape[1]} input: '
                          f'{first_line(e)}') from None
     return out
@@ -150,7 +150,7 @@ def parse_args():
                         help='counts do not depend on it; meta: no arithmetic, seconds, RoI heads at their fixed test '
                         'load')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction, help='override settings of every config, key=value')
+        '--cfg-options', nargs='+', action=CfgOptionsAction, help='override settings of every config, key=value')
     args = parser.parse_args()
     if min(args.shape) < 1:
         parser.error(f'--shape H W must be positive, got {args.shape[0]} {args.shape[1]}')

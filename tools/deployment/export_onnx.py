@@ -20,13 +20,14 @@ import argparse
 import sys
 
 import torch
-from mmengine.config import DictAction
 
 from stvit_det.deployment import (PARTS, CheckpointMismatchError, ExportError, OnnxInputError, OnnxLoadError,
                                   batch_mismatch, build_detector, build_part, compare, export_onnx, load_session,
                                   median_latency_ms, preprocess_image, run_session)
 from stvit_det.deployment.equivalents import EXPORTABLE_REGION_ATTENTION, stand_in_modules
 from stvit_det.deployment.onnx_export import EXPORTERS, as_numpy_list
+from stvit_det.toolboxes.scope import CfgOptionsAction
+from stvit_det.utils.paths import unwritable_reason
 from stvit_det.utils.values import positive_float, positive_int, unit_float
 
 
@@ -54,7 +55,7 @@ def parse_args(argv=None):
     parser.add_argument('--score-thr', type=unit_float, default=0.3, help='detector: detections compared above this')
     parser.add_argument('--rtol', type=positive_float, default=1e-4,
                         help='backbone parts: largest max relative difference accepted (else exit status 2)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, help='override config settings')
     return parser.parse_args(argv)
 
 
@@ -64,6 +65,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     try:
+        # before any work: the export must not replace the config, checkpoint or image it comes from
+        reason = unwritable_reason(args.out, inputs={'config': args.config, 'checkpoint': args.checkpoint,
+                                                     'image': args.image})
+        if reason:
+            raise ValueError(f'cannot write the ONNX file {args.out}: {reason}')
         if args.part not in PARTS:
             raise ValueError(f"unknown part '{args.part}': choose one of {', '.join(PARTS)}")
         if args.part == 'detector' and args.exporter == 'dynamo':

@@ -1,0 +1,268 @@
+"""Bad input to the tools ends in one ``error:`` line naming the problem, with nothing the user had lost: an output
+that is the same file as an input, a config that is not Python or has no model, ``--cfg-options`` that cannot be
+parsed or merged, ``--launcher pytorch`` outside torchrun, a device this machine has not, a forward that fails an
+assertion, a work dir that cannot be made (also as root), and the order of the training checks.
+
+Every tool runs in this process (its ``__main__`` through runpy) and stops before building or running a model,
+except the forward-failure cases, which run the narrow demo config at 64 x 64.
+"""
+import hashlib
+import os
+import os.path as osp
+import runpy
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO_CONFIG = osp.join(ROOT, 'configs', 'stvit-r', 'mask-rcnn_stvit-r-demo_fpn_nuclei.py')
+COCO_T = osp.join(ROOT, 'configs', 'stvit-r', 'mask-rcnn_stvit-r-t_fpn_1x_coco.py')
+FRAGMENT = osp.join(ROOT, 'configs', '_base_', 'datasets', 'nuclei-demo.py')  # defines no model
+NO_FPN_INPUTS = 'model.backbone.out_indices=[0,1]'  # the FPN expects 4 maps: an assertion in its forward
+
+
+def _run(monkeypatch, capsys, script, *args):
+    """Run ``tools/SCRIPT`` as ``__main__`` in this process: (exit status, last line of its error output). Any
+    exception other than SystemExit (a traceback for the user) fails the test."""
+    monkeypatch.setattr(sys, 'argv', [osp.basename(script), *args])
+    capsys.readouterr()
+    code = 0
+    try:
+        runpy.run_path(osp.join(ROOT, 'tools', script), run_name='__main__')
+    except SystemExit as e:
+        code = e.code or 0
+    err = capsys.readouterr().err
+    if isinstance(code, str):
+        err, code = err + code + '\n', 1
+    assert 'Traceback' not in err, err
+    lines = err.strip().splitlines()
+    return code, lines[-1] if lines else ''
+
+
+def _assert_error(result, prefix, *fragments):
+    code, last = result
+    assert code != 0 and last.startswith(prefix), last
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+def _md5(path):
+    return hashlib.md5(open(path, 'rb').read()).hexdigest()
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A tiny image, a file posing as a checkpoint and a config inheriting the demo one, with their md5 sums."""
+    photo, ckpt, config = str(tmp_path / 'photo.png'), str(tmp_path / 'ck.pth'), str(tmp_path / 'cfg.py')
+    cv2.imwrite(photo, np.random.RandomState(0).randint(0, 255, (32, 32, 3), dtype=np.uint8))
+    torch.save({'state_dict': {'backbone.x': torch.zeros(1)}}, ckpt)  # a detector's, for convert_ckpt
+    with open(config, 'w') as f:
+        f.write(f'_base_ = {DEMO_CONFIG!r}\n')
+    return dict(photo=photo, ckpt=ckpt, config=config, md5={p: _md5(p) for p in (photo, ckpt, config)})
+
+
+def _unchanged(scratch):
+    return all(_md5(p) == digest for p, digest in scratch['md5'].items())
+
+
+# ---------------------------------------------------------------------------------------------- 1. outputs
+def test_an_output_that_is_an_input_is_refused(monkeypatch, capsys, scratch, tmp_path):
+    photo, ckpt, config = scratch['photo'], scratch['ckpt'], scratch['config']
+    pkl = str(tmp_path / 'ck.pkl')  # test.py writes .pkl only: a checkpoint named so
+    os.link(ckpt, pkl)  # another name of the same file
+    cases = [
+        ('convert_ckpt.py', (ckpt, ckpt, '--detector', config), 'convert_ckpt: error: ', ckpt),
+        ('convert_ckpt.py', (ckpt, config, '--detector', config), 'convert_ckpt: error: ', config),
+        ('deployment/export_onnx.py', (config, ckpt, '--shape', '32', '32', '--part', 'backbone', '--out', ckpt),
+         'error: ', ckpt),
+        ('deployment/export_onnx.py', (config, '--shape', '32', '32', '--part', 'backbone', '--out', config),
+         'error: ', config),
+        ('image_demo.py', (photo, config, ckpt, '--out', photo), 'image_demo.py: error: ', photo),
+        ('vis_semantic_tokens.py', (photo, config, '--out', photo), 'vis_semantic_tokens.py: error: ', photo),
+        ('test.py', (config, ckpt, '--out', pkl, '--work-dir', str(tmp_path / 'wd')), 'test.py: error: ', ckpt),
+    ]
+    for script, args, prefix, source in cases:
+        out = args[args.index('--out') + 1] if '--out' in args else args[1]
+        _assert_error(_run(monkeypatch, capsys, script, *args), prefix, 'cannot write', out,
+                      'is the same file as the', source)
+        assert _unchanged(scratch), script
+    assert sorted(os.listdir(tmp_path)) == ['cfg.py', 'ck.pkl', 'ck.pth', 'photo.png']
+
+
+def test_convert_ckpt_saves_atomically(monkeypatch, capsys, tmp_path):
+    """An interrupted save leaves an existing output as it was (and no temporary file); a finished one replaces
+    it (overwriting an output that is no input stays allowed)."""
+    tool = runpy.run_path(osp.join(ROOT, 'tools', 'convert_ckpt.py'))
+    src, dst = str(tmp_path / 'swin.pth'), str(tmp_path / 'out.pth')
+    torch.save({'w': torch.zeros(1)}, src)
+    torch.save({'old': torch.ones(1)}, dst)
+    before = _md5(dst)
+    report = dict(layout='swin', missing=[], unexpected=[], dropped=[], split_qkv=0)
+    monkeypatch.setitem(tool['main'].__globals__, 'convert_backbone',
+                        lambda args: ({'x': torch.zeros(3)}, {}, report))
+    real_save = torch.save
+
+    def interrupted(obj, f, *a, **kw):
+        with open(f, 'wb') as fh:
+            fh.write(b'PK\x03\x04 half a zip')
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(torch, 'save', interrupted)
+    with pytest.raises(SystemExit) as info:
+        tool['main']([src, dst])
+    assert str(info.value.code) == f'convert_ckpt: error: cannot write {dst}: No space left on device'
+    assert _md5(dst) == before and sorted(os.listdir(tmp_path)) == ['out.pth', 'swin.pth']
+    monkeypatch.setattr(torch, 'save', real_save)
+    tool['main']([src, dst])
+    assert torch.equal(torch.load(dst, weights_only=True)['state_dict']['x'], torch.zeros(3))
+    assert sorted(os.listdir(tmp_path)) == ['out.pth', 'swin.pth']
+
+
+# ---------------------------------------------------------------------------------------------- 2., 3. configs
+@pytest.mark.parametrize('kind', ['syntax', 'no-model'])
+def test_a_config_that_is_not_python_or_has_no_model(monkeypatch, capsys, scratch, tmp_path, kind):
+    if kind == 'syntax':
+        config = str(tmp_path / 'broken.py')
+        with open(config, 'w') as f:
+            f.write('model = dict(type=\n')
+        message = f'{config}: not a readable config: SyntaxError'
+    else:
+        config, message = FRAGMENT, f'{FRAGMENT} defines no `model`'
+    photo, ckpt, wd = scratch['photo'], scratch['ckpt'], str(tmp_path / 'wd')
+    cases = [('train.py', (config, '--work-dir', wd), 'train.py: error: '),
+             ('test.py', (config, ckpt, '--work-dir', wd), 'test.py: error: '),
+             ('image_demo.py', (photo, config, ckpt, '--out', str(tmp_path / 'o.png')), 'image_demo.py: error: '),
+             ('vis_semantic_tokens.py', (photo, config, '--out', str(tmp_path / 'o.png')),
+              'vis_semantic_tokens.py: error: '),
+             ('analysis/get_flops.py', (config, '--shape', '32', '32'), 'error: '),
+             ('analysis/benchmark.py', (config, '--shape', '32', '32', '--device', 'cpu'), 'error: '),
+             ('convert_ckpt.py', (ckpt, str(tmp_path / 'o.pth'), '--detector', config), 'convert_ckpt: error: ')]
+    if kind == 'syntax':
+        cases.append(('deployment/export_onnx.py', (config, '--shape', '32', '32', '--part', 'backbone', '--out',
+                                                    str(tmp_path / 'o.onnx')), 'error: '))
+    for script, args, prefix in cases:
+        _assert_error(_run(monkeypatch, capsys, script, *args), prefix, message)
+    assert not any(osp.exists(tmp_path / name) for name in ('wd', 'o.png', 'o.pth', 'o.onnx'))
+
+
+# ---------------------------------------------------------------------------------------------- 4., 5. options
+@pytest.mark.parametrize('option,message', [('model.backbone.depths=[1,1', 'Imbalanced brackets'),
+                                            ('noequals', "must be key=value, got 'noequals'"),
+                                            ('model.backbone.init_cfg=dict(type=Pretrained,checkpoint=x)',
+                                             'give nested keys one by one')])
+def test_cfg_options_that_cannot_be_parsed(monkeypatch, capsys, scratch, tmp_path, option, message):
+    photo, ckpt, out = scratch['photo'], scratch['ckpt'], str(tmp_path / 'o.png')
+    cases = [('train.py', (DEMO_CONFIG, ), 'train.py: error: '),
+             ('test.py', (DEMO_CONFIG, ckpt), 'test.py: error: '),
+             ('image_demo.py', (photo, DEMO_CONFIG, ckpt, '--out', out), 'image_demo.py: error: '),
+             ('vis_semantic_tokens.py', (photo, DEMO_CONFIG, '--out', out), 'vis_semantic_tokens.py: error: '),
+             ('analysis/get_flops.py', (DEMO_CONFIG, ), 'get_flops.py: error: '),
+             ('analysis/benchmark.py', (DEMO_CONFIG, ), 'benchmark.py: error: '),
+             ('deployment/export_onnx.py', (DEMO_CONFIG, '--shape', '32', '32', '--part', 'backbone', '--out',
+                                            out), 'error: ')]
+    for script, args, prefix in cases:
+        _assert_error(_run(monkeypatch, capsys, script, *args, '--cfg-options', option), prefix,
+                      'argument --cfg-options', message)
+    # the same after '@' of get_flops / benchmark
+    _assert_error(_run(monkeypatch, capsys, 'analysis/get_flops.py', f'{DEMO_CONFIG}@{option}', '--shape', '32',
+                       '32'), 'error: ', message)
+    assert not osp.exists(out)
+
+
+def test_cfg_options_that_cannot_be_merged(monkeypatch, capsys, scratch, tmp_path):
+    photo, ckpt, out = scratch['photo'], scratch['ckpt'], str(tmp_path / 'o.png')
+    bad = ('--cfg-options', 'model.backbone.depths.9=2')
+    cases = [('image_demo.py', (photo, DEMO_CONFIG, ckpt, '--out', out, *bad), 'image_demo.py: error: '),
+             ('vis_semantic_tokens.py', (photo, DEMO_CONFIG, '--out', out, *bad), 'vis_semantic_tokens.py: error: '),
+             ('analysis/get_flops.py', (DEMO_CONFIG, '--shape', '32', '32', *bad), 'error: '),
+             ('analysis/get_flops.py', (f'{DEMO_CONFIG}@model.backbone.depths.9=2', '--shape', '32', '32'), 'error: '),
+             ('deployment/export_onnx.py', (DEMO_CONFIG, '--shape', '32', '32', '--part', 'backbone', '--out', out,
+                                            *bad), 'error: ')]
+    for script, args, prefix in cases:
+        _assert_error(_run(monkeypatch, capsys, script, *args), prefix,
+                      '--cfg-options model.backbone.depths.9=2 cannot be applied to this config')
+    assert not osp.exists(out)
+
+
+# ---------------------------------------------------------------------------------------------- 6., 7. launch
+def test_launcher_pytorch_outside_torchrun(monkeypatch, capsys, tmp_path):
+    for var in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', 'LOCAL_RANK'):
+        monkeypatch.delenv(var, raising=False)
+    _assert_error(_run(monkeypatch, capsys, 'train.py', DEMO_CONFIG, '--launcher', 'pytorch', '--work-dir',
+                       str(tmp_path / 'wd')), 'train.py: error: --launcher pytorch', 'torchrun',
+                  'tools/dist_train.sh')
+    if not torch.cuda.is_available():
+        _assert_error(_run(monkeypatch, capsys, 'train.py', DEMO_CONFIG, '--launcher', 'slurm', '--work-dir',
+                           str(tmp_path / 'wd')), "train.py: error: launcher 'slurm' needs CUDA devices")
+    assert not osp.exists(tmp_path / 'wd')
+
+
+def test_devices_that_do_not_exist(monkeypatch, capsys, scratch, tmp_path):
+    photo, ckpt, out = scratch['photo'], scratch['ckpt'], str(tmp_path / 'o.png')
+    tools = [('image_demo.py', (photo, DEMO_CONFIG, ckpt, '--out', out)),
+             ('vis_semantic_tokens.py', (photo, DEMO_CONFIG, '--out', out))]
+    for script, args in tools:
+        _assert_error(_run(monkeypatch, capsys, script, *args, '--device', 'tpu'), f'{script}: error: --device tpu')
+        if not torch.cuda.is_available():
+            _assert_error(_run(monkeypatch, capsys, script, *args, '--device', 'cuda'),
+                          f'{script}: error: --device cuda: no CUDA device available')
+    assert not osp.exists(out)
+
+
+# ---------------------------------------------------------------------------------------------- 8. forwards
+def test_a_forward_failing_an_assertion_names_where(monkeypatch, capsys, tmp_path):
+    """mmdet's FPN asserts (no message) that it gets as many maps as its in_channels: the error says the
+    exception and where it was raised, not an empty string."""
+    where = 'AssertionError (raised at mmdet/models/necks/fpn.py:'
+    _assert_error(_run(monkeypatch, capsys, 'analysis/get_flops.py', DEMO_CONFIG, '--shape', '64', '64', '--mode',
+                       'detector', '--device', 'meta', '--cfg-options', NO_FPN_INPUTS), 'error: ', where)
+    out = str(tmp_path / 'x.onnx')
+    _assert_error(_run(monkeypatch, capsys, 'deployment/export_onnx.py', DEMO_CONFIG, '--shape', '64', '64',
+                       '--part', 'backbone+neck', '--out', out, '--cfg-options', NO_FPN_INPUTS), 'error: ',
+                  'the backbone+neck does not run on a (1, 3, 64, 64) input: ' + where)
+    assert not osp.exists(out)
+    monkeypatch.setattr(sys, 'argv', ['benchmark.py', DEMO_CONFIG, '--shape', '64', '64', '--mode', 'detector',
+                                      '--warmup', '0', '--repeats', '1', '--device', 'cpu', '--no-memory',
+                                      '--cfg-options', NO_FPN_INPUTS])
+    with pytest.raises(SystemExit):
+        runpy.run_path(osp.join(ROOT, 'tools', 'analysis', 'benchmark.py'), run_name='__main__')
+    row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('| mask-rcnn')]
+    assert len(row) == 1 and where in row[0], row
+
+
+# ---------------------------------------------------------------------------------------------- 9., 10. train
+def test_work_dir_is_probed_by_creating_it(monkeypatch, capsys, tmp_path):
+    """os.access says yes to root (CI) for any folder, /proc too: the probe creates, then removes what it made."""
+    from stvit_det.utils import paths
+
+    monkeypatch.setattr(paths.os, 'access', lambda *args, **kwargs: True)  # what root is told
+    _assert_error(_run(monkeypatch, capsys, 'train.py', DEMO_CONFIG, '--work-dir', '/proc/wd'),
+                  'train.py: error: work dir /proc/wd: ')
+    assert paths.uncreatable_dir_reason('/proc') is not None  # an existing folder nothing can be written into
+    assert paths.uncreatable_dir_reason(str(tmp_path / 'a' / 'b')) is None and os.listdir(tmp_path) == []
+    assert paths.uncreatable_dir_reason(str(tmp_path)) is None and os.listdir(tmp_path) == []
+
+
+def test_training_checks_the_backbone_checkpoint_before_the_data(monkeypatch, capsys, tmp_path):
+    """The COCO config without data and without ImageNet weights: the missing weights are named first, as the
+    README says."""
+    data = [f'{p}_dataloader.dataset.data_root={tmp_path}/coco/' for p in ('train', 'val', 'test')]
+    _assert_error(_run(monkeypatch, capsys, 'train.py', COCO_T, '--work-dir', str(tmp_path / 'wd'), '--cfg-options',
+                       *data), "train.py: error: model.backbone.init_cfg is type='Pretrained' without a checkpoint "
+                  'path')
+    assert not osp.exists(tmp_path / 'wd')
+
+
+def test_a_folder_given_as_the_checkpoint_is_named_as_a_folder(monkeypatch, capsys, tmp_path):
+    """A directory is not a missing file: test.py, train.py --resume and the ONNX exporter say which it is."""
+    folder = str(tmp_path / 'work_dirs')
+    os.makedirs(folder)
+    expected = f'checkpoint {folder} is a directory, not a file'
+    _assert_error(_run(monkeypatch, capsys, 'test.py', DEMO_CONFIG, folder), 'test.py: error:', expected)
+    _assert_error(_run(monkeypatch, capsys, 'train.py', DEMO_CONFIG, '--resume', folder, '--work-dir',
+                       str(tmp_path / 'wd')), 'train.py: error:', expected)
+    _assert_error(_run(monkeypatch, capsys, 'deployment/export_onnx.py', DEMO_CONFIG, folder, '--shape', '64', '64',
+                       '--part', 'backbone', '--out', str(tmp_path / 'b.onnx')), 'error:', expected)
