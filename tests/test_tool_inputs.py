@@ -148,6 +148,13 @@ def test_a_config_that_is_not_python_or_has_no_model(monkeypatch, capsys, scratc
     assert not any(osp.exists(tmp_path / name) for name in ('wd', 'o.png', 'o.pth', 'o.onnx'))
 
 
+def test_image_demo_with_a_config_without_a_test_dataset(monkeypatch, capsys, scratch, tmp_path):
+    """A model-only file (``_base_/models``) has no test pipeline or class names for the demo to take."""
+    model_only = osp.join(ROOT, 'configs', '_base_', 'models', 'mask-rcnn_stvit-r-t_fpn.py')
+    _assert_error(_run(monkeypatch, capsys, 'image_demo.py', scratch['photo'], model_only, scratch['ckpt'], '--out',
+                       str(tmp_path / 'o.png')), 'image_demo.py: error: ', 'defines no test_dataloader.dataset')
+
+
 # ---------------------------------------------------------------------------------------------- 4., 5. options
 @pytest.mark.parametrize('option,message', [('model.backbone.depths=[1,1', 'Imbalanced brackets'),
                                             ('noequals', "must be key=value, got 'noequals'"),

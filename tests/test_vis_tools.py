@@ -285,3 +285,18 @@ def test_image_demo_refuses_bad_input_in_one_line(real_image, demo_checkpoint, t
         assert proc.returncode != 0 and re.search('image_demo.py: error: ' + message, lines[-1]), proc.stderr[-2000:]
         assert not any('Traceback' in line for line in lines), proc.stderr[-2000:]
     assert not out.exists()
+
+
+def test_a_backbone_that_is_not_stvitr_is_named():
+    """mmdet's Swin (or any other backbone) has no semantic tokens: the error names its class, not a switch of
+    STViTR it does not have."""
+    from mmdet.models.backbones import SwinTransformer
+
+    from stvit_det import STViTR
+    from stvit_det.utils.attention_maps import sparse_stage
+
+    swin = SwinTransformer(embed_dims=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    with pytest.raises(ValueError, match='the backbone is a SwinTransformer, not STViTR'):
+        sparse_stage(swin)
+    with pytest.raises(ValueError, match=r'build STViTR with sparsify=True'):
+        sparse_stage(STViTR(embed_dims=8, depths=(1, 1, 6, 1), num_heads=(1, 1, 1, 1), sparsify=False))

@@ -42,7 +42,11 @@ def parse_args():
 
 def load_config(path, cfg_options=None):
     cfg = load_toolbox_config(path, cfg_options, need_model=True)
-    cfg.model.backbone.init_cfg = None  # weights come from the checkpoint only
+    if 'dataset' not in (cfg.get('test_dataloader') or {}):  # e.g. a _base_/models file
+        raise ConfigError(f'{path} defines no test_dataloader.dataset (the demo takes its test pipeline and class '
+                          'names)')
+    if 'backbone' in cfg.model:
+        cfg.model.backbone.init_cfg = None  # weights come from the checkpoint only
     dataset = cfg.test_dataloader.dataset
     dataset.pipeline = without_annotation_loading(dataset.pipeline)  # inference has no labels
     return cfg

@@ -108,6 +108,8 @@ def sparse_stage(backbone: nn.Module) -> Tuple[int, nn.Module]:
         raise ValueError("stage 3 of the backbone has the classification form (stage3_form='classification'): its "
                          'unfold generation and global refinement and recovery have no windowed semantic-token maps '
                          "to draw; build STViTR with stage3_form='detection' (the same parameters)")
+    if type(backbone).__name__ != 'STViTR':
+        raise ValueError(f'the backbone is a {type(backbone).__name__}, not STViTR: it has no semantic tokens to draw')
     raise ValueError('the backbone has no sparsified stage (build STViTR with sparsify=True)')
 
 
