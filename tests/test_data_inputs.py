@@ -91,18 +91,42 @@ def test_coco_forms_mmdet_and_pycocotools_accept_pass(tmp_path):
 
 def test_degenerate_polygons_pass_unless_pycocotools_evaluation_cannot_read_them(tmp_path):
     """mmdet's LoadAnnotations drops polygons with an odd count or fewer than 3 points, so a training file may hold
-    them; only COCOeval's ground truth must not start with one of fewer than 4 values (frPyObjects refuses it)."""
+    them; only the ground truth of a segm COCOeval must not start with one of fewer than 4 values, nor hold an empty
+    polygon list (frPyObjects refuses both; a bbox evaluation never converts them)."""
     path = _coco(tmp_path, _ann(segmentation=[[0, 0, 2]]))
     check_coco_annotations(path)
+    check_coco_annotations(path, evaluated=True)
     with pytest.raises(CocoAnnotationError, match=r"annotations\[0\] \(id 1\) has a malformed segmentation: "
                                                   r"polygon 0 has 3 values, which pycocotools cannot read"):
-        check_coco_annotations(path, evaluated=True)
+        check_coco_annotations(path, evaluated=True, segm_evaluated=True)
+    empty = _coco(tmp_path, _ann(segmentation=[]), 'empty.json')
+    with pytest.raises(CocoAnnotationError, match=r"no polygon, which pycocotools cannot read in the segm"):
+        check_coco_annotations(empty, evaluated=True, segm_evaluated=True)
     later = _coco(tmp_path, _ann(segmentation=[[0, 0, 2, 0, 2, 3], [0, 0, 2], [0, 0, 2, 0, 2, 3, 1]]), 'later.json')
-    check_coco_annotations(later, evaluated=True)
+    check_coco_annotations(later, evaluated=True, segm_evaluated=True)
     from pycocotools.mask import frPyObjects
     frPyObjects([[0, 0, 2, 0, 2, 3], [0, 0, 2], [0, 0, 2, 0, 2, 3, 1]], 8, 8)  # what COCOeval does with it
-    with pytest.raises(Exception):
-        frPyObjects([[0, 0, 2]], 8, 8)
+    for unreadable in ([[0, 0, 2]], []):
+        with pytest.raises(Exception):
+            frPyObjects(unreadable, 8, 8)
+
+
+def test_the_evaluator_metric_decides_whether_polygons_must_convert(tmp_path):
+    """From a config: CocoMetric's default metric is bbox (polygons never converted), a segm metric converts them."""
+    from stvit_det.datasets import check_dataset_cfgs
+
+    path = _coco(tmp_path, _ann(segmentation=[[0, 0, 2]]))
+    (tmp_path / 'a.png').write_bytes(b'')
+    loader = dict(dataset=dict(type='CocoDataset', ann_file=path, data_prefix=dict(img=str(tmp_path)),
+                               metainfo=dict(classes=('nucleus', ))))
+    for metric, refused in ((None, False), ('bbox', False), (['bbox', 'segm'], True), ('segm', True)):
+        cfg = dict(default_scope='mmdet', test_dataloader=loader, test_evaluator=dict(
+            type='CocoMetric', ann_file=path, **({} if metric is None else dict(metric=metric))))
+        if refused:
+            with pytest.raises(CocoAnnotationError, match='polygon 0 has 3 values'):
+                check_dataset_cfgs(cfg, phases=('test', ))
+        else:
+            assert ('test_evaluator', path) in check_dataset_cfgs(cfg, phases=('test', ))
 
 
 # ------------------------------------------------------------------------------------------ checkpoint files
@@ -235,3 +259,18 @@ def test_benchmark_onnx_graphs_that_cannot_be_timed(tmp_path, capfd):
     assert capfd.readouterr().err == (f'error: {no_input}: the graph has no inputs: there is nothing to give '
                                        'random data to\n')
     assert tool.main([good, '--warmup', '0', '--repeats', '1', '--threads', '1']) == 0
+
+
+def test_a_checkpoint_the_user_may_not_read(tmp_path, monkeypatch):
+    """torch.load's PermissionError (no read permission; root, as in CI, is never refused, hence the stand-in) is
+    reported as such, not re-raised by the look at the file's first bytes."""
+    path = tmp_path / 'locked.pth'
+    path.write_bytes(b'PK\x03\x04')
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, 'Permission denied', str(path))
+
+    monkeypatch.setattr(torch, 'load', refused)
+    monkeypatch.setattr('builtins.open', refused)
+    with pytest.raises(CheckpointError, match=r'locked\.pth: cannot read the file: Permission denied$'):
+        read_checkpoint(str(path))

@@ -120,6 +120,30 @@ def test_convert_ckpt_saves_atomically(monkeypatch, capsys, tmp_path):
     assert torch.equal(torch.load(dst, weights_only=True)['state_dict']['x'], torch.zeros(3))
     assert sorted(os.listdir(tmp_path)) == ['out.pth', 'swin.pth']
 
+    def full_disk(obj, f, *a, **kw):  # what torch 2.13 raises when the disk fills up (checked with /dev/full)
+        raise RuntimeError('[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0')
+
+    monkeypatch.setattr(torch, 'save', full_disk)
+    before = _md5(dst)
+    with pytest.raises(SystemExit) as info:
+        tool['main']([src, dst])
+    assert str(info.value.code).startswith(f'convert_ckpt: error: cannot write {dst}: [enforce fail')
+    assert _md5(dst) == before and sorted(os.listdir(tmp_path)) == ['out.pth', 'swin.pth']
+
+
+def test_atomic_output_through_a_link_replaces_its_target(tmp_path):
+    """A link to a checkpoint stays a link: the file it points to gets the new content, as a plain write would."""
+    from stvit_det.utils.paths import atomic_output
+
+    target, link = tmp_path / 'real.pth', tmp_path / 'latest.pth'
+    target.write_bytes(b'old')
+    link.symlink_to(target)
+    with atomic_output(str(link)) as part:
+        with open(part, 'wb') as f:
+            f.write(b'new')
+    assert link.is_symlink() and target.read_bytes() == b'new'
+    assert sorted(os.listdir(tmp_path)) == ['latest.pth', 'real.pth']
+
 
 # ---------------------------------------------------------------------------------------------- 2., 3. configs
 @pytest.mark.parametrize('kind', ['syntax', 'no-model'])
@@ -159,7 +183,7 @@ def test_image_demo_with_a_config_without_a_test_dataset(monkeypatch, capsys, sc
 @pytest.mark.parametrize('option,message', [('model.backbone.depths=[1,1', 'Imbalanced brackets'),
                                             ('noequals', "must be key=value, got 'noequals'"),
                                             ('model.backbone.init_cfg=dict(type=Pretrained,checkpoint=x)',
-                                             'give nested keys one by one')])
+                                             'give dict keys one by one')])
 def test_cfg_options_that_cannot_be_parsed(monkeypatch, capsys, scratch, tmp_path, option, message):
     photo, ckpt, out = scratch['photo'], scratch['ckpt'], str(tmp_path / 'o.png')
     cases = [('train.py', (DEMO_CONFIG, ), 'train.py: error: '),
@@ -185,7 +209,6 @@ def test_cfg_options_that_cannot_be_merged(monkeypatch, capsys, scratch, tmp_pat
     cases = [('image_demo.py', (photo, DEMO_CONFIG, ckpt, '--out', out, *bad), 'image_demo.py: error: '),
              ('vis_semantic_tokens.py', (photo, DEMO_CONFIG, '--out', out, *bad), 'vis_semantic_tokens.py: error: '),
              ('analysis/get_flops.py', (DEMO_CONFIG, '--shape', '32', '32', *bad), 'error: '),
-             ('analysis/get_flops.py', (f'{DEMO_CONFIG}@model.backbone.depths.9=2', '--shape', '32', '32'), 'error: '),
              ('deployment/export_onnx.py', (DEMO_CONFIG, '--shape', '32', '32', '--part', 'backbone', '--out', out,
                                             *bad), 'error: ')]
     for script, args, prefix in cases:
@@ -242,7 +265,8 @@ def test_a_forward_failing_an_assertion_names_where(monkeypatch, capsys, tmp_pat
 
 # ---------------------------------------------------------------------------------------------- 9., 10. train
 def test_work_dir_is_probed_by_creating_it(monkeypatch, capsys, tmp_path):
-    """os.access says yes to root (CI) for any folder, /proc too: the probe creates, then removes what it made."""
+    """os.access says yes to root (CI) for any folder, /proc too: the probe writes a file into the nearest existing
+    folder and removes it, creating no folder (the ranks of a distributed run probe the same work dir at once)."""
     from stvit_det.utils import paths
 
     monkeypatch.setattr(paths.os, 'access', lambda *args, **kwargs: True)  # what root is told
@@ -251,6 +275,28 @@ def test_work_dir_is_probed_by_creating_it(monkeypatch, capsys, tmp_path):
     assert paths.uncreatable_dir_reason('/proc') is not None  # an existing folder nothing can be written into
     assert paths.uncreatable_dir_reason(str(tmp_path / 'a' / 'b')) is None and os.listdir(tmp_path) == []
     assert paths.uncreatable_dir_reason(str(tmp_path)) is None and os.listdir(tmp_path) == []
+    (tmp_path / 'wd').mkdir()
+    (tmp_path / 'wd' / 'old.log').write_text('kept')
+    assert paths.uncreatable_dir_reason(str(tmp_path / 'wd')) is None
+    assert os.listdir(tmp_path / 'wd') == ['old.log']
+    (tmp_path / 'a_file').write_text('')
+    assert paths.uncreatable_dir_reason(str(tmp_path / 'a_file' / 'wd')) == f'{tmp_path / "a_file"} is a file'
+
+
+def test_config_whose_custom_imports_fail_names_the_module(monkeypatch, capsys, tmp_path):
+    """mmengine wraps the import error of custom_imports; the message gives the module that is missing."""
+    config = tmp_path / 'cfg.py'
+    config.write_text(f"_base_ = '{DEMO_CONFIG}'\ncustom_imports = dict(imports=['no_such_module_xyz'])\n")
+    _assert_error(_run(monkeypatch, capsys, 'train.py', str(config), '--work-dir', str(tmp_path / 'wd')),
+                  'train.py: error: ', f'{config}: its custom_imports fail: ModuleNotFoundError: ',
+                  "No module named 'no_such_module_xyz'")
+
+
+def test_get_flops_names_the_overrides_after_at_that_cannot_merge(monkeypatch, capsys, tmp_path):
+    """``CONFIG@key=value`` overrides are not --cfg-options: the message says which ones failed."""
+    spec = f'{DEMO_CONFIG}@model.backbone.depths.9=2'
+    _assert_error(_run(monkeypatch, capsys, 'analysis/get_flops.py', spec, '--shape', '32', '32'), 'error: ',
+                  f"the overrides after '@' in {spec}: model.backbone.depths.9=2 cannot be applied")
 
 
 def test_training_checks_the_backbone_checkpoint_before_the_data(monkeypatch, capsys, tmp_path):

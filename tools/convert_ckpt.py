@@ -157,8 +157,8 @@ def main(argv=None):
     try:
         with atomic_output(args.dst) as part:  # an interrupted save leaves an existing dst as it was
             torch.save(dict(state_dict=sd, meta=meta), part)
-    except OSError as e:  # a full disk
-        sys.exit(f'convert_ckpt: error: cannot write {args.dst}: {e.strerror or e}')
+    except (OSError, RuntimeError) as e:  # a full disk: torch.save raises RuntimeError ("enforce fail ...")
+        sys.exit(f'convert_ckpt: error: cannot write {args.dst}: {getattr(e, "strerror", None) or first_line(e)}')
     if args.detector or args.classifier:
         print(f'{args.src} -> {args.dst}: {len(sd)} tensors; {len(report["missing"])} missing, '
               f'{len(report["unexpected"])} unexpected, {len(report["mismatched"])} reshaped against '

@@ -13,10 +13,10 @@ and ground truth | prediction by ``SegLocalVisualizer``; its ``interval``, 50 in
 classification under ``DIR`` (mmpretrain's ``VisualizationHook``). A relative ``DIR`` of the last two is relative to
 the current directory, as in mmseg's and mmpretrain's tools.
 ``--out`` dumps the raw predictions (``DetDataSample`` / ``SegDataSample`` / ``DataSample``) to a pickle for every
-toolbox. MMPretrain classifiers (``configs/stvit-r-cls``) run the same way. The checkpoint is checked strictly before the
-Runner starts: an unreadable file, missing, unexpected or reshaped tensors, a classifier head with another number
-of classes than the config's, or another class order end with one line (``stvit_det.utils.ckpt_file``). What both tools share (launcher arguments, config loading, the
-early checks, the Runner) is in ``tools/_launch.py``.
+toolbox. MMPretrain classifiers (``configs/stvit-r-cls``) run the same way. The checkpoint is checked strictly
+before the Runner starts: an unreadable file, missing, unexpected or reshaped tensors, a classifier head with another
+number of classes than the config's, or another class order end with one line (``stvit_det.utils.ckpt_file``). What
+both tools share (launcher arguments, config loading, the early checks, the Runner) is in ``tools/_launch.py``.
 """
 import argparse
 import os

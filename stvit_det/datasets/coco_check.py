@@ -11,7 +11,7 @@ import os.path as osp
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from ..utils.paths import is_remote
-from ..utils.values import is_finite_number
+from ..utils.values import is_finite_number, is_int
 
 REQUIRED_KEYS = ('images', 'annotations', 'categories')
 # Annotation files larger than this are only checked for existence (json.load of a full COCO train file takes
@@ -29,7 +29,7 @@ class CocoAnnotationError(DatasetCheckError):
 
 def _is_id(value: Any) -> bool:
     """An id pycocotools and mmdet can index by: an ``int`` (not a bool) or a ``str``."""
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    return isinstance(value, str) or is_int(value)
 
 
 def _check_records(path: str, coco: dict, key: str, fields: Sequence[str], int_ids: bool = False) -> set:
@@ -65,24 +65,26 @@ def _check_image(where: str, image: dict) -> None:
         raise CocoAnnotationError(f'{where} has the file_name {image["file_name"]!r}; expected a non-empty string')
 
 
-def _polygon_problem(polygons: list, evaluated: bool) -> Optional[str]:
+def _polygon_problem(polygons: list, segm_evaluated: bool) -> Optional[str]:
     """Why a polygon segmentation would stop mmdet or pycocotools: a polygon that is not a list of numbers (both
-    fail), or, in a file COCOeval reads, a first polygon of fewer than 4 values (pycocotools' ``frPyObjects``
-    refuses it). Degenerate polygons (an odd count, fewer than 3 points) are otherwise let through, as mmdet's
-    ``LoadAnnotations`` drops them in training; refusing them would refuse files mmdet trains on. None when fine."""
+    fail), or, in the ground truth of a ``segm`` COCOeval, no polygon or a first one of fewer than 4 values
+    (pycocotools' ``frPyObjects`` refuses them; a ``bbox`` evaluation never converts polygons). Degenerate polygons
+    (an odd count, fewer than 3 points) are otherwise let through, as mmdet's ``LoadAnnotations`` drops them in
+    training; refusing them would refuse files mmdet trains on. None when fine."""
     for i, polygon in enumerate(polygons):
         if not isinstance(polygon, list):
             return f'polygon {i} is {polygon!r}, not a list of x, y numbers'
         wrong = [v for v in polygon if not is_finite_number(v)]
         if wrong:
             return f'polygon {i} holds {wrong[0]!r}, not a number'
-    if evaluated and polygons and len(polygons[0]) < 4:
-        return (f'polygon 0 has {len(polygons[0])} values, which pycocotools cannot read in the evaluation '
-                '(x, y of 3 or more points expected)')
+    if segm_evaluated and (not polygons or len(polygons[0]) < 4):
+        what = f'polygon 0 has {len(polygons[0])} values' if polygons else 'no polygon'
+        return f'{what}, which pycocotools cannot read in the segm evaluation (x, y of 3 or more points expected)'
+
     return None
 
 
-def check_coco_annotations(path: str, evaluated: bool = False) -> dict:
+def check_coco_annotations(path: str, evaluated: bool = False, segm_evaluated: bool = False) -> dict:
     """Load a COCO-format annotation file and check its structure.
 
     Checked: the file exists and is JSON; it is an object with the lists ``images`` (non-empty; each with ``id``,
@@ -96,6 +98,7 @@ def check_coco_annotations(path: str, evaluated: bool = False) -> dict:
         path: the annotation file.
         evaluated: the file is the ground truth of a COCO evaluation: pycocotools' ``COCOeval`` also reads every
             annotation's ``iscrowd``, and its ``id`` must be an int.
+        segm_evaluated: ... of a ``segm`` evaluation, which converts every polygon list with pycocotools.
 
     Returns:
         the parsed annotation dict.
@@ -150,7 +153,7 @@ def check_coco_annotations(path: str, evaluated: bool = False) -> dict:
                                                                    and 'size' in seg):
             raise CocoAnnotationError(f'{where} has a malformed segmentation; expected polygons or an RLE dict '
                                       'with "counts" and "size"')
-        problem = _polygon_problem(seg, evaluated) if isinstance(seg, list) else None
+        problem = _polygon_problem(seg, segm_evaluated) if isinstance(seg, list) else None
         if problem:
             raise CocoAnnotationError(f'{where} has a malformed segmentation: {problem}')
     return coco
@@ -177,14 +180,14 @@ def iter_leaf_datasets(dataset_cfg: Any) -> Iterator[dict]:
         yield dataset_cfg
 
 
-def _check_ann_file(path: str, what: str, evaluated: bool = False) -> Optional[dict]:
+def _check_ann_file(path: str, what: str, evaluated: bool = False, segm_evaluated: bool = False) -> Optional[dict]:
     """Check an annotation file; returns the parsed COCO dict of a JSON file small enough to parse, else None."""
     if is_remote(path):
         return None
     if not osp.isfile(path):
         raise CocoAnnotationError(f'annotation file not found: {path} ({what})')
     if path.endswith('.json') and osp.getsize(path) <= MAX_PARSE_BYTES:
-        return check_coco_annotations(path, evaluated)
+        return check_coco_annotations(path, evaluated, segm_evaluated)
     return None
 
 
@@ -381,6 +384,8 @@ def check_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 'test'
         for metric in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
             ann_file: Optional[str] = metric.get('ann_file') if isinstance(metric, dict) else None
             if ann_file:
-                _check_ann_file(ann_file, f'{phase}_evaluator.ann_file', evaluated=True)
+                metrics = metric.get('metric', 'bbox')  # CocoMetric's default
+                segm = 'segm' in (metrics if isinstance(metrics, (list, tuple)) else [metrics])
+                _check_ann_file(ann_file, f'{phase}_evaluator.ann_file', evaluated=True, segm_evaluated=segm)
                 checked.append((f'{phase}_evaluator', ann_file))
     return checked

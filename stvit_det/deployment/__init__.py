@@ -12,7 +12,7 @@ from .parts import PARTS, CheckpointMismatchError, build_detector, build_part, l
 
 __all__ = [
     'EXPORTERS', 'PARTS', 'CheckpointMismatchError', 'ExportError', 'ExportableOps', 'OnnxInputError', 'OnnxLoadError',
-    'adaptive_max_pool2d_as_slices', 'batch_mismatch', 'box_iou', 'build_detector', 'build_part', 'compare', 'export_onnx',
-    'load_exact', 'load_session', 'mask_iou', 'match_detections', 'median_latency_ms', 'preprocess_image',
-    'run_session', 'sdpa_as_matmul'
+    'adaptive_max_pool2d_as_slices', 'batch_mismatch', 'box_iou', 'build_detector', 'build_part', 'compare',
+    'export_onnx', 'load_exact', 'load_session', 'mask_iou', 'match_detections', 'median_latency_ms',
+    'preprocess_image', 'run_session', 'sdpa_as_matmul'
 ]

@@ -47,11 +47,6 @@ def _model_state(checkpoint) -> Dict[str, torch.Tensor]:
     return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in checkpoint.items()}
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().strip('"')
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _names(keys: Sequence[str], limit: int = 8) -> str:
     keys = sorted(keys)
     more = f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''
@@ -119,7 +114,7 @@ def build_detector(config: str, checkpoint: Optional[str] = None, cfg_options: O
     try:
         model = revert_sync_batchnorm(MODELS.build(model_cfg))
     except (KeyError, TypeError) as e:  # a type not in the registry, an argument the class does not take
-        raise ValueError(f'{config}: cannot build its model: {type(e).__name__}: {_first_line(e)}') from None
+        raise ValueError(f'{config}: cannot build its model: {error_summary(e)}') from None
     if checkpoint:
         load_exact(model, checkpoint)
     return model.eval(), cfg
@@ -187,7 +182,7 @@ def preprocess_image(detector: nn.Module, cfg, image_path: str) -> Tuple[torch.T
         pipeline = Compose(without_annotation_loading(cfg.test_dataloader.dataset.pipeline))
     except Exception as e:  # noqa: BLE001 - no test_dataloader; a transform of another toolbox (KeyError)
         raise ValueError(f'--image needs the test pipeline of an MMDetection config, and this config\'s cannot be '
-                         f'built here ({type(e).__name__}: {_first_line(e)}); without --image the input is a '
+                         f'built here ({error_summary(e)}); without --image the input is a '
                          'random tensor') from None
     try:
         data = pipeline(dict(img_path=image_path, img_id=0))

@@ -19,7 +19,7 @@ from typing import Any, Optional, Tuple
 
 from mmengine.config import Config, DictAction
 
-from ..utils.errors import first_line
+from ..utils.errors import error_summary, first_line
 
 #: scope -> (import name, distribution, toolbox name, requirement file that installs it)
 TOOLBOX_PACKAGES = {
@@ -66,10 +66,9 @@ def import_toolbox(scope: str, path: str, how: str):
     try:
         return importlib.import_module(module)
     except (ImportError, AssertionError) as e:  # OpenMMLab packages assert their mmcv / mmengine versions
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         fix = f'; `bash tools/install.sh` installs the versions that work together ({req})' if req else ''
         raise ToolboxMissingError(f'{path} {how}, but {name} (`{module}`) is installed and fails to import: '
-                                  f'{type(e).__name__}: {first}{fix}') from None
+                                  f'{error_summary(e)}{fix}') from None
 
 
 def resolve_config_path(path: str) -> str:
@@ -100,12 +99,21 @@ def load_config(path: str, cfg_options: Optional[dict] = None, need_model: bool 
     try:
         cfg = Config.fromfile(full)
     except Exception as e:  # noqa: BLE001 - executing a config raises anything: SyntaxError, NameError, ImportError
-        if isinstance(e, ModuleNotFoundError):  # mmengine: "mmsegmentation is not installed, please install ..."
+        # mmengine wraps a failing custom_imports in "Failed to import custom modules from {...}": the cause is inside
+        custom = isinstance(e, ImportError) and 'custom modules' in str(e)
+        cause = e
+        while custom and (cause.__cause__ or cause.__context__) is not None:  # mmengine re-raises twice, the real
+            cause = cause.__cause__ or cause.__context__  # error ("No module named ...") innermost
+        if isinstance(cause, ModuleNotFoundError):  # mmengine: "mmsegmentation is not installed, please install ..."
             for scope, (module, dist, _, _) in TOOLBOX_PACKAGES.items():
-                if f'{dist} is not installed' in str(e) or getattr(e, 'name', None) == module:
+                if f'{dist} is not installed' in str(cause) or getattr(cause, 'name', None) == module:
                     raise _missing(path, scope, f'inherits `{scope}::` configs') from None
-        why = f'{e.msg} (line {e.lineno})' if isinstance(e, SyntaxError) and e.lineno else first_line(e)
-        raise ConfigError(f'{path}: not a readable config: {type(e).__name__}: {why}') from None
+        if isinstance(cause, SyntaxError) and cause.lineno:
+            why = f'SyntaxError: {cause.msg} (line {cause.lineno})'
+        else:
+            why = error_summary(cause)
+        what = 'its custom_imports fail' if custom else 'not a readable config'
+        raise ConfigError(f'{path}: {what}: {why}') from None
     apply_cfg_options(cfg, cfg_options)
     if need_model and 'model' not in cfg:
         raise ConfigError(f'{path} defines no `model` (a _base_ fragment?)')
@@ -114,8 +122,9 @@ def load_config(path: str, cfg_options: Optional[dict] = None, need_model: bool 
     return cfg
 
 
-def apply_cfg_options(cfg: Config, cfg_options: Optional[dict]) -> None:
-    """Merge ``--cfg-options`` into ``cfg`` (in place).
+def apply_cfg_options(cfg: Config, cfg_options: Optional[dict], source: str = '--cfg-options') -> None:
+    """Merge ``cfg_options`` (given as ``source``: ``--cfg-options``, or a tool's ``@key=value`` overrides) into
+    ``cfg`` (in place).
 
     Raises:
         ConfigError: naming the options when they cannot be merged (a key under a None, an index into a tuple).
@@ -126,7 +135,7 @@ def apply_cfg_options(cfg: Config, cfg_options: Optional[dict]) -> None:
         cfg.merge_from_dict(cfg_options)
     except (TypeError, KeyError, ValueError, AttributeError, IndexError) as e:
         shown = ' '.join(f'{k}={v}' for k, v in cfg_options.items())
-        raise ConfigError(f'--cfg-options {shown} cannot be applied to this config: {first_line(e)}') from None
+        raise ConfigError(f'{source} {shown} cannot be applied to this config: {first_line(e)}') from None
 
 
 def parse_cfg_option(item: str) -> Tuple[str, Any]:
@@ -143,9 +152,9 @@ def parse_cfg_option(item: str) -> Tuple[str, Any]:
         return key, DictAction._parse_iterable(value)
     except (AssertionError, ValueError) as e:  # mmengine asserts balanced brackets
         raise ValueError(f"cannot parse '{item}': {first_line(e)}") from None
-    except RecursionError:  # mmengine recurses for ever on a call such as dict(a=1,b=2)
-        raise ValueError(f"cannot parse '{item}' (mmengine's parser recursed without end: a call such as dict(...)? "
-                         'give nested keys one by one, a.b=1 a.c=2)') from None
+    except RecursionError:  # mmengine recurses for ever on dict(a=1,b=2) or [1,2],[3,4]
+        raise ValueError(f"cannot parse '{item}' (mmengine's parser recursed without end): give dict keys one by one "
+                         '(a.b=1 a.c=2), and nested values outer brackets (a=[[1,2],[3,4]])') from None
 
 
 class CfgOptionsAction(DictAction):

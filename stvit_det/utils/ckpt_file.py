@@ -14,6 +14,7 @@ from ..datasets.coco_check import config_classes
 from .checkpoint_safety import allow_checkpoint_globals
 from .ckpt_convert import (classifier_num_classes, compare_state_dicts, describe_mismatch, detect_layout,
                            unwrap_state_dict)
+from .errors import error_summary
 from .paths import is_remote
 
 
@@ -24,8 +25,11 @@ class CheckpointError(ValueError):
 def _unreadable_reason(path: str, exc: Exception) -> str:
     """What is wrong with a file ``torch.load`` failed on, in words: torch's own message is ``EOFError`` for an
     empty file and ``KeyError: 101`` (a byte of it) for a text file."""
-    with open(path, 'rb') as f:
-        head = f.read(512)
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(512)
+    except OSError:  # gone or locked since torch.load looked
+        return error_summary(exc)
     if not head:
         return 'the file is empty'
     if not head.startswith((b'PK', b'\x80')):  # neither a zip archive (torch.save) nor a pickle (legacy torch.save)
@@ -60,10 +64,10 @@ def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
     if not os.path.isfile(path):
         raise CheckpointError(f'{path}: checkpoint file not found')
     allow_checkpoint_globals()
-    # torch warns of a pickle protocol it may not read before it fails on a plain pickle: held back, so that our
-    # one-line error is all the user sees; shown as usual when the file loads
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
+    # torch warns of a pickle protocol it may not read, before it fails on a plain pickle: silenced, so that our
+    # one-line error is all the user sees (a file it does read needs no such warning); other warnings as usual
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Detected pickle protocol', category=UserWarning)
         try:
             try:
                 ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
@@ -72,14 +76,14 @@ def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
                     raise
                 ckpt = torch.load(path, map_location='cpu', weights_only=True)  # a legacy (non-zip) file: read it all
         except Exception as e:  # noqa: BLE001 - torch raises many kinds (RuntimeError, UnpicklingError, IndexError...)
+            if isinstance(e, OSError):  # e.g. no permission to read it
+                raise CheckpointError(f'{path}: cannot read the file: {e.strerror or e}') from None
             if isinstance(e, pickle.UnpicklingError) and 'Unsupported global' in str(e):
                 which = next(line.strip() for line in str(e).splitlines() if 'Unsupported global' in line)
                 raise CheckpointError(f'{path}: refused by the weights-only unpickler (it stores objects other than '
                                       f'tensors and plain containers): {which}') from None
             raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another kind of file): '
                                   f'{_unreadable_reason(path, e)}') from None
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     try:
         unwrap_state_dict(ckpt)
     except TypeError as e:
@@ -186,6 +190,17 @@ def pretrained_init(init_cfg) -> Optional[Mapping]:
     return next((c for c in entries if isinstance(c, Mapping) and c.get('type') == 'Pretrained'), None)
 
 
+def init_cfg_problem(init_cfg) -> Optional[str]:
+    """Why STViTR refuses ``init_cfg`` (None when it takes it): None or one ``Pretrained`` dict only, as it
+    initialises itself and would ignore any other initialiser. One rule for its constructor and the tools' early
+    check."""
+    one = not isinstance(init_cfg, (list, tuple)) or len(init_cfg) == 1
+    if init_cfg is None or (one and pretrained_init(init_cfg)):
+        return None
+    return ("STViTR's init_cfg is None or one dict(type='Pretrained', checkpoint=PATH) (its own init is "
+            f'trunc-normal; another initialiser would be ignored), got {init_cfg!r}')
+
+
 def _stvit_backbone(cfg: Mapping) -> Optional[Mapping]:
     """The config's ``model.backbone`` when it is an STViTR, else None."""
     backbone_cfg = (cfg.get('model') or {}).get('backbone')
@@ -205,16 +220,14 @@ def check_backbone_init_cfg(cfg: Mapping) -> None:
     """
     backbone_cfg = _stvit_backbone(cfg)
     init_cfg = None if backbone_cfg is None else backbone_cfg.get('init_cfg')
-    one = not isinstance(init_cfg, (list, tuple)) or len(init_cfg) == 1
-    if init_cfg is None or (one and pretrained_init(init_cfg)):
+    problem = init_cfg_problem(init_cfg)
+    if not problem:
         return
     hint = ''
     if isinstance(init_cfg, (list, tuple)) and all(isinstance(c, str) for c in init_cfg):
         hint = ('; --cfg-options splits a {...} value at its commas: give the keys one by one, '
                 'model.backbone.init_cfg.type=Pretrained model.backbone.init_cfg.checkpoint=PATH')
-    raise CheckpointError("model.backbone.init_cfg: STViTR's init_cfg is None or one dict(type='Pretrained', "
-                          'checkpoint=PATH) (its own init is trunc-normal; another initialiser would be ignored), '
-                          f'got {init_cfg!r}{hint}')
+    raise CheckpointError(f'model.backbone.init_cfg: {problem}{hint}')
 
 
 def check_backbone_init_checkpoint(cfg: Mapping) -> Optional[Dict[str, list]]:
@@ -322,5 +335,5 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
 
 
 __all__ = ['CheckpointError', 'read_checkpoint', 'runner_state_dict', 'head_classes_error', 'dataset_classes',
-           'class_order_error', 'model_tensor_shapes', 'pretrained_init', 'check_backbone_init_cfg',
+           'class_order_error', 'model_tensor_shapes', 'pretrained_init', 'init_cfg_problem', 'check_backbone_init_cfg',
            'check_backbone_init_checkpoint', 'check_checkpoint_for_config']

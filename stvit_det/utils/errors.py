@@ -16,11 +16,19 @@ def raised_at(exc: BaseException) -> str:
     return f'{path[len(root):]}:{frames[-1].lineno}'
 
 
+def _message(exc: BaseException) -> str:
+    """``str(exc)`` stripped; a KeyError's one string argument as it is (``str`` would quote it)."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        return exc.args[0].strip()
+    return str(exc).strip()
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message: what a tool's one-line ``error:`` quotes of an error raised by a
     library (a config merge, a model build, a forward). An empty message (a bare ``assert``) gives the type and where
-    it was raised instead, e.g. ``AssertionError (raised at mmdet/models/necks/fpn.py:171)``."""
-    text = str(exc).strip()
+    it was raised instead, e.g. ``AssertionError (raised at mmdet/models/necks/fpn.py:171)``. A ``KeyError``'s
+    message is given without the quotes ``str`` adds (mmengine's registry misses are KeyErrors)."""
+    text = _message(exc)
     if text:
         return text.splitlines()[0]
     where = raised_at(exc)
@@ -29,7 +37,7 @@ def first_line(exc: BaseException) -> str:
 
 def error_summary(exc: BaseException) -> str:
     """``Type: first line`` of an exception; for an empty message :func:`first_line`'s type and place."""
-    text = str(exc).strip()
+    text = _message(exc)
     return f'{type(exc).__name__}: {text.splitlines()[0]}' if text else first_line(exc)
 
 

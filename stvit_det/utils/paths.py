@@ -50,7 +50,7 @@ def _removing_new_folders(folder: str) -> Iterator[List[str]]:
         yield new_dirs
     finally:
         for d in new_dirs:
-            if os.path.isdir(d) and not os.listdir(d):
+            with contextlib.suppress(OSError):  # filled or removed meanwhile (another rank's probe): leave it
                 os.rmdir(d)
 
 
@@ -75,8 +75,9 @@ def unwritable_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]] =
         except OSError as e:
             return e.strerror or str(e)
         finally:
-            if not existed and os.path.isfile(path):
-                os.remove(path)
+            if not existed:
+                with contextlib.suppress(OSError):  # another rank's probe may have removed it already
+                    os.remove(path)
     return None
 
 
@@ -88,24 +89,21 @@ def make_parent_dir(path: str) -> None:
 def uncreatable_dir_reason(path: str) -> Optional[str]:
     """Why a folder cannot be made at ``path``, or nothing written into it (None when it can).
 
-    Probed by doing it, as :func:`unwritable_reason` does: the folder is created and a file made and removed inside
-    it; what did not exist is removed again. (``os.access`` says yes to root for any folder, ``/proc`` too.)
+    Probed by doing it in the nearest existing folder of ``path`` (itself when it exists): a uniquely named file is
+    made and removed there (``os.access`` says yes to root for any folder, ``/proc`` too). Nothing else is created,
+    so the processes of one distributed run can probe the same work dir at once.
     """
-    path = os.path.abspath(path)
-    with _removing_new_folders(path) as new_dirs:
-        existing = os.path.dirname(new_dirs[-1]) if new_dirs else path
-        if not os.path.isdir(existing):
-            return f'{existing} is a file'
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as e:
-            return f'cannot create {e.filename or path}: {e.strerror or e}'
-        try:
-            fd, probe = tempfile.mkstemp(dir=path, prefix='.write_probe_')
-            os.close(fd)
-            os.remove(probe)
-        except OSError as e:
-            return f'{path} is not writable: {e.strerror or e}'
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f'{existing} is a file'
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix='.write_probe_')
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        return f'{existing} is not writable: {e.strerror or e}'
     return None
 
 
@@ -122,7 +120,8 @@ def _new_file_mode(path: str) -> int:
 def atomic_output(path: str) -> Iterator[str]:
     """Yield a temporary file name in ``path``'s folder to write to; it replaces ``path`` (``os.replace``) when the
     block ends, and is removed when the block raises: an interrupted write (a full disk, Ctrl-C) leaves an existing
-    ``path`` as it was instead of truncated."""
+    ``path`` as it was instead of truncated. A link is followed: its target is replaced, as a plain write would."""
+    path = os.path.realpath(path)
     make_parent_dir(path)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f'.{os.path.basename(path)}.',
                                suffix='.part')

@@ -62,4 +62,5 @@ positive_float = _float_in(0.0, math.inf, True, 'a positive number')
 unit_float = _float_in(0.0, 1.0, False, 'a number in [0, 1]')
 
 
-__all__ = ['is_finite_number', 'is_int', 'is_count', 'is_sequence', 'positive_int', 'non_negative_int', 'positive_float', 'unit_float']
+__all__ = ['is_finite_number', 'is_int', 'is_count', 'is_sequence', 'positive_int', 'non_negative_int',
+           'positive_float', 'unit_float']

@@ -23,8 +23,8 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import DefaultScope
 
 import stvit_det  # noqa: F401  (registers STViTR)
-from stvit_det.toolboxes.scope import (DEFAULT_SCOPE, ConfigError, build_bare_model, parse_cfg_option,
-                                       resolve_config_path)
+from stvit_det.toolboxes.scope import (DEFAULT_SCOPE, ConfigError, apply_cfg_options, build_bare_model,
+                                       parse_cfg_option, resolve_config_path)
 from stvit_det.toolboxes.scope import load_config as _load_toolbox_config
 
 
@@ -46,11 +46,12 @@ def load_config(spec: str, cfg_options: Optional[dict] = None) -> Config:
     ``cfg_options``, then the spec's own overrides. One ``error:`` line for a config that is missing, does not
     execute or defines no model, and for options that cannot be merged."""
     path, overrides = split_overrides(spec)
-    cfg_options = {**(cfg_options or {}), **overrides} or None
     try:
         if not osp.isfile(resolve_config_path(path)):
             raise SystemExit(f'error: config file not found: {path}')
-        return _load_toolbox_config(path, cfg_options, need_model=True)
+        cfg = _load_toolbox_config(path, cfg_options, need_model=True)
+        apply_cfg_options(cfg, overrides, source=f"the overrides after '@' in {spec}:")
+        return cfg
     except ConfigError as e:
         raise SystemExit(f'error: {e}') from None
 

@@ -23,7 +23,7 @@ from mmdet.utils import OptMultiConfig
 
 from ...utils.checkpoint_safety import allow_checkpoint_globals
 from ...utils.ckpt_convert import convert_to_stvit, filter_ignorable, select_prefix, summarise_keys
-from ...utils.ckpt_file import NO_CHECKPOINT, pretrained_init, read_checkpoint
+from ...utils.ckpt_file import NO_CHECKPOINT, init_cfg_problem, pretrained_init, read_checkpoint
 from ...utils.paths import is_remote
 from ...utils.values import is_count, is_finite_number, is_int, is_sequence
 from ..layers.attention import check_attn_impl
@@ -192,10 +192,8 @@ class STViTR(BaseModule):
             warnings.warn("STViTR: pretrained=PATH is deprecated, use init_cfg=dict(type='Pretrained', "
                           'checkpoint=PATH)')
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        one = not isinstance(init_cfg, (list, tuple)) or len(init_cfg) == 1
-        if init_cfg is not None and not (one and pretrained_init(init_cfg)):
-            raise ValueError("STViTR's init_cfg is None or one dict(type='Pretrained', checkpoint=PATH) (its own "
-                             f'init is trunc-normal; another initialiser would be ignored), got {init_cfg!r}')
+        if init_cfg_problem(init_cfg):
+            raise ValueError(init_cfg_problem(init_cfg))
         super().__init__(init_cfg=init_cfg)
         if arch not in ARCH_SETTINGS:
             raise ValueError(f"arch must be one of {tuple(ARCH_SETTINGS)}, got '{arch}'")
@@ -240,7 +238,7 @@ class STViTR(BaseModule):
             raise ValueError(f'semantic_samples must be an integer in [1, window_size={window_size}], '
                              f'got {semantic_samples!r}')
         if not (is_sequence(regions, 3) and all(is_count(r) for r in regions)):
-            raise ValueError(f'regions needs 3 integer sides (generate, refine, recover), got {regions}')
+            raise ValueError(f'regions needs 3 integer sides (generate, refine, recover), got {regions!r}')
         if (not isinstance(out_indices, Sequence) or not out_indices
                 or not all(is_int(i) and 0 <= i < 4 for i in out_indices) or len(set(out_indices)) != len(out_indices)):
             raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3) without repeats, got '
