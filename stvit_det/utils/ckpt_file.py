@@ -76,7 +76,7 @@ def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
                     raise
                 ckpt = torch.load(path, map_location='cpu', weights_only=True)  # a legacy (non-zip) file: read it all
         except Exception as e:  # noqa: BLE001 - torch raises many kinds (RuntimeError, UnpicklingError, IndexError...)
-            if isinstance(e, OSError):  # e.g. no permission to read it
+            if isinstance(e, PermissionError):  # not any OSError: a truncated zip is one too ("Invalid argument")
                 raise CheckpointError(f'{path}: cannot read the file: {e.strerror or e}') from None
             if isinstance(e, pickle.UnpicklingError) and 'Unsupported global' in str(e):
                 which = next(line.strip() for line in str(e).splitlines() if 'Unsupported global' in line)
