@@ -37,21 +37,15 @@ def input_clash_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]])
     return None
 
 
-@contextlib.contextmanager
-def _removing_new_folders(folder: str) -> Iterator[List[str]]:
-    """Yield the folders of ``folder``'s chain that do not exist yet (deepest first); on exit remove those of them
-    that exist and are empty, so that a probe leaves nothing behind."""
-    new_dirs = []
+def _missing_folders(folder: str) -> List[str]:
+    """The folders of ``folder``'s chain that do not exist yet, deepest first (``[]`` when it exists): the parent of
+    the last one is the nearest existing ancestor."""
+    missing = []
     folder = os.path.abspath(folder)
     while not os.path.exists(folder):
-        new_dirs.append(folder)
+        missing.append(folder)
         folder = os.path.dirname(folder)
-    try:
-        yield new_dirs
-    finally:
-        for d in new_dirs:
-            with contextlib.suppress(OSError):  # filled or removed meanwhile (another rank's probe): leave it
-                os.rmdir(d)
+    return missing
 
 
 def unwritable_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]] = None) -> Optional[str]:
@@ -68,16 +62,19 @@ def unwritable_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]] =
     if os.path.isdir(path):
         return 'it is a directory'
     existed = os.path.exists(path)
-    with _removing_new_folders(os.path.dirname(os.path.abspath(path))):
-        try:
-            make_parent_dir(path)
-            open(path, 'ab').close()
-        except OSError as e:
-            return e.strerror or str(e)
-        finally:
-            if not existed:
-                with contextlib.suppress(OSError):  # another rank's probe may have removed it already
-                    os.remove(path)
+    new_dirs = _missing_folders(os.path.dirname(os.path.abspath(path)))  # what the probe creates, deepest first
+    try:
+        make_parent_dir(path)
+        open(path, 'ab').close()
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:  # another rank's probe may have removed (or filled) them already: leave those
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        for folder in new_dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
     return None
 
 
@@ -93,9 +90,8 @@ def uncreatable_dir_reason(path: str) -> Optional[str]:
     made and removed there (``os.access`` says yes to root for any folder, ``/proc`` too). Nothing else is created,
     so the processes of one distributed run can probe the same work dir at once.
     """
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    missing = _missing_folders(path)
+    existing = os.path.dirname(missing[-1]) if missing else os.path.abspath(path)
     if not os.path.isdir(existing):
         return f'{existing} is a file'
     try:

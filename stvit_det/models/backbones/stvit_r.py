@@ -192,8 +192,9 @@ class STViTR(BaseModule):
             warnings.warn("STViTR: pretrained=PATH is deprecated, use init_cfg=dict(type='Pretrained', "
                           'checkpoint=PATH)')
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        if init_cfg_problem(init_cfg):
-            raise ValueError(init_cfg_problem(init_cfg))
+        problem = init_cfg_problem(init_cfg)
+        if problem:
+            raise ValueError(problem)
         super().__init__(init_cfg=init_cfg)
         if arch not in ARCH_SETTINGS:
             raise ValueError(f"arch must be one of {tuple(ARCH_SETTINGS)}, got '{arch}'")
