@@ -222,3 +222,31 @@ def test_recorded_attention_is_a_distribution_and_changes_nothing():
     border = blk.attn.last_attn['index'] == 6 * 9  # (G, K): out-of-grid keys
     assert border.any() and (w.permute(0, 2, 3, 1, 4)[..., border] == 0).all()  # masked ('correct')
     torch.testing.assert_close(plain, recorded)
+
+
+@pytest.mark.parametrize('kind', ['generate', 'refine', 'recover'])
+def test_stochastic_depth_of_the_region_attention_is_drawn_per_window(kind):
+    """As in the released blocks (attention on (B*nW, N, C)): in training each window keeps its whole attention
+    update, scaled by 1 / (1 - p), or drops it, independently of the other windows of the same image."""
+    p = 0.5
+    if kind == 'recover':
+        blk = randomize_(SpatialRecovery(C, HEADS, WS, SS, 27, drop_path=p))
+    else:
+        blk = randomize_(SemanticTokenGenerator(C, HEADS, WS, SS, 14 if kind == 'generate' else 21,
+                                                generate=kind == 'generate', drop_path=p))
+    with torch.no_grad():
+        blk.layer_scale_2.zero_()  # the MLP branch adds exactly 0: only the attention update remains
+    x, s = torch.randn(2, 28, 35, C), _grid(28, 35)  # 4 x 5 windows, nothing padded
+    if kind == 'recover':
+        base, unit, pick = x, WS, 0
+    else:
+        base = window_reverse(blk.pool(x), SS, *s.shape[1:3]) if kind == 'generate' else s
+        unit, pick = SS, 1
+    with torch.no_grad():
+        full = blk.eval()(x, s)[pick] - base  # update of every window, kept
+        drawn = blk.train()(x, s)[pick] - base
+    full_w, drawn_w = window_partition(full, unit), window_partition(drawn, unit)  # (B, nW, N, C)
+    kept = drawn_w.flatten(2).abs().amax(-1) > 0  # (B, nW)
+    assert (full_w.flatten(2).abs().amax(-1) > 0).all()
+    torch.testing.assert_close(drawn_w[kept], full_w[kept] / (1 - p))
+    assert (kept.any(1) & ~kept.all(1)).all(), f'windows of one image kept or dropped together: {kept.tolist()}'

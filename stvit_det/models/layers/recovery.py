@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .semantic_tokens import SemanticBlockBase, layer_scaled
+from .semantic_tokens import SemanticBlockBase
 from .window_ops import PAD_MASK_MODES, pad_to_multiple, window_partition, window_reverse
 
 
@@ -56,7 +56,7 @@ class SpatialRecovery(SemanticBlockBase):
             raise ValueError(f'semantic grid {(Hs, Ws)} does not match the image map {(H, W)}')
         xw = window_partition(xp, ws)  # (B, nW, N, C)
         attn = self.region_attention(xw, s, self.samples, self.region, (Hs, Ws), self.pad_mask, (Hp - H, Wp - W))
-        xw = xw + self.drop_path(layer_scaled(self.layer_scale_1, attn))  # (B, nW, N, C)
+        xw = self.window_residual(xw, attn)  # (B, nW, N, C), stochastic depth per window
         x = window_reverse(xw, ws, Hp, Wp)[:, :H, :W]  # (B, H, W, C)
         return self.mlp_residual(x), None
 

@@ -46,6 +46,13 @@ class SemanticBlockBase(nn.Module):
         self.layer_scale_1 = nn.Parameter(torch.full((dim, ), float(layer_scale_init)))
         self.layer_scale_2 = nn.Parameter(torch.full((dim, ), float(layer_scale_init)))
 
+    def window_residual(self, tw: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """tw + DropPath(g1 * branch) for per-window tokens (B, nW, N, C), with stochastic depth drawn per
+        *window*: the released blocks run their region attention on (B*nW, N, C), so each window keeps or drops
+        its update on its own (the MLP branch, on (B, L, C), drops per image)."""
+        update = layer_scaled(self.layer_scale_1, branch).flatten(0, 1)  # (B*nW, N, C)
+        return tw + self.drop_path(update).view_as(branch)  # (B, nW, N, C)
+
     def mlp_residual(self, t: torch.Tensor) -> torch.Tensor:
         """t + DropPath(g2 * MLP(LN2 t)) for tokens of any shape (B, ..., C)."""
         return t + self.drop_path(layer_scaled(self.layer_scale_2, self.mlp(self.norm2(t))))
@@ -77,7 +84,7 @@ class SemanticTokenGenerator(SemanticBlockBase):
 
     Generation starts from an adaptive max-pool (ws -> ss per side, zero padding included) of the raw image
     tokens of each padded window (the spatial-pooling initialisation of the paper) and adds the attention with a
-    residual: s = s0 + DP(g1 * Attn(LN1 s0, LN1 x[R_k])); then s = s + DP(g2 * MLP(LN2 s)).
+    residual: s = s0 + DP(g1 * Attn(LN1 s0, LN1 x[R_k])) (DP per window); then s = s + DP(g2 * MLP(LN2 s)).
 
     Official counterpart: ``SemanticAttentionBlock`` (``window_size`` 14 / 21 in the detection configs).
 
@@ -132,7 +139,7 @@ class SemanticTokenGenerator(SemanticBlockBase):
                                  f'{None if s is None else tuple(s.shape[1:3])}')
             sw = window_partition(s, ss)  # (B, nW, S, C)
         attn = self.region_attention(sw, xp, ws, self.region, (H, W), self.pad_mask, (Hp - H, Wp - W))
-        sw = sw + self.drop_path(layer_scaled(self.layer_scale_1, attn))  # (B, nW, S, C)
+        sw = self.window_residual(sw, attn)  # (B, nW, S, C)
         s = window_reverse(sw, ss, Hs, Ws)  # (B, Hs, Ws, C)
         return x, self.mlp_residual(s)
 
