@@ -338,3 +338,16 @@ def test_get_flops_forward_failure_is_one_line():
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f'error: {config}: the model cannot run on a 1x3x64x64 input: '), last
     assert "stage3_form='classification'" in last and 'fits only stage-3 sides of 14 or 21 tokens' in last, last
+
+
+def test_mmengine_flop_counter_takes_stvitr():
+    """mmengine's ``get_model_complexity_info`` (what mmpretrain's and mmseg's ``get_flops.py`` call) traces the
+    backbone with handlers that take LayerNorm inputs of 2 to 5 dimensions: every path of STViTR gives it such
+    inputs, so it counts instead of stopping at an ``AssertionError``."""
+    from mmengine.analysis import get_model_complexity_info
+    from conftest import small_stvit
+    from stvit_det.models.layers import ATTN_IMPLS
+    for impl in [i for i in ATTN_IMPLS if i != 'flex']:
+        model = small_stvit(attn_impl=impl).eval()
+        info = get_model_complexity_info(model, input_shape=(3, 96, 128), show_table=False, show_arch=False)
+        assert info['flops'] > 0 and info['params'] == sum(p.numel() for p in model.parameters())

@@ -88,6 +88,27 @@ def test_every_parameter_gets_a_gradient():
     assert missing == []
 
 
+@pytest.mark.parametrize('train', [False, True])
+def test_gradient_of_one_image_does_not_depend_on_its_batch(train):
+    """Alone or beside another image, an image gets the same input and parameter gradients (stem BNs in eval, so
+    samples are independent): no kernel of the stem or the stages takes another path at batch 1 with a different
+    answer (PyTorch 2.13's CPU BatchNorm backward does, for channels-last output gradients of a batch of one:
+    ``tests/data/make_official_fixture.py``)."""
+    model = randomize_(small_stvit(norm_eval=True)).train(train)
+    x = torch.randn(1, 3, 75, 101)
+    grads = []
+    for batch in (x, torch.cat([x, torch.randn_like(x)])):
+        batch = batch.clone().requires_grad_()
+        model.zero_grad()
+        outs = model(batch)
+        sum((o[:1] * torch.cos(torch.arange(o[:1].numel(), dtype=o.dtype)).view_as(o[:1])).sum()
+            for o in outs).backward()
+        grads.append([batch.grad[:1]] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 100
+    for a, b in zip(*grads):
+        assert float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) < 1e-4
+
+
 @pytest.mark.parametrize('hw,impl', [((75, 90), 'auto'), ((40, 33), 'auto'), ((75, 90), 'tiled')])
 def test_with_cp_changes_nothing(hw, impl):
     """'auto' runs dense at these sizes; 'tiled' adds its autograd function under recomputation."""

@@ -15,7 +15,9 @@ touched and eager PyTorch keeps the original kernels. Each is tested equal to th
 
 * ``attn_impl='tiled'`` (and ``'auto'``, which picks it per block): the tiled region attention is an
   ``autograd.Function`` (``TiledAttention``, ``models/layers/tiled_attention.py``) with no ONNX ``symbolic``; the
-  TorchScript exporter stops at it with "RuntimeError: unordered_map::at". ``'flex'`` compiles a kernel.
+  TorchScript exporter stops at such a function with "RuntimeError: unordered_map::at" (under tracing the tiled
+  path now runs its forward as plain operations, for mmengine's FLOP counter: a chain of products over strided
+  views, unrolled per chunk of tile rows, which the export does not use). ``'flex'`` compiles a kernel.
   :func:`exportable_attention` gives such blocks of the exported model an exportable function of the same
   attention for the duration of the export (:data:`EXPORTABLE_REGION_ATTENTION`): a ``'tiled'`` block exports as
   the gathered regions (``'reference'``: every region's keys by one ``Gather``, written-out softmax: the region

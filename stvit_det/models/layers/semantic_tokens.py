@@ -74,7 +74,8 @@ class SemanticBlockBase(nn.Module):
             (B, nW, Nq, C).
         """
         region = Region(tuple(src.shape[1:3]), unit, kernel, pad_mode, tuple(valid_hw), tuple(image_pads))
-        border = self.norm1(src.new_zeros(src.shape[-1]))  # (C, ): LN1 of a zero (outer-border) token
+        border = self.norm1(src.new_zeros(1, src.shape[-1]))[0]  # (C, ): LN1 of a zero (outer-border) token (2-D
+        # input: FLOP counters such as mmengine's take LayerNorm inputs of 2 to 5 dimensions only)
         return self.attn(self.norm1(queries), self.norm1(src), border, region)
 
 

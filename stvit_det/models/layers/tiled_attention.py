@@ -90,6 +90,31 @@ def _logits(q: torch.Tensor, k: torch.Tensor, kb: Optional[torch.Tensor], bias: 
     return torch.cat(parts, dim=-1).to(_acc(q)).add_(cols[:, None])
 
 
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kb: Optional[torch.Tensor],
+             vb: Optional[torch.Tensor], bias: torch.Tensor, geo: TileGeometry,
+             keep_lse: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The forward of :class:`TiledAttention` in plain tensor operations: (out, log-sum-exp or None)."""
+    S = geo.R * geo.T
+    outs, lses = [], []
+    for n0, n1, a0, a1 in _chunks(geo, q.shape[0] // geo.row_windows):
+        logits = _logits(q, k, kb, bias, geo, n0, n1, a0, a1)  # (n, Nq, Kc)
+        if keep_lse:
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, Nq, 1)
+            p = logits.sub_(lse).exp_()  # softmax weights, in place
+        else:  # inference: one fused softmax, no log-sum-exp kept
+            p, lse = logits.softmax(dim=-1), None
+        p = p.to(v.dtype)  # (no copy unless half precision)
+        out = torch.bmm(p[:, :, :S], _slab(v, geo, a0, n0, n1)).to(_acc(q))  # (n, Nq, d)
+        for j, a in enumerate(range(a0 + 1, a1), start=1):
+            _add_bmm(out, p[:, :, j * S:(j + 1) * S], _slab(v, geo, a, n0, n1))
+        if vb is not None:
+            _add_bmm(out, p[:, :, -1:], vb[n0:n1])
+        outs.append(out.to(q.dtype))
+        lses.append(lse)
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    return out, (None if lses[0] is None else torch.cat(lses) if len(lses) > 1 else lses[0])
+
+
 class TiledAttention(torch.autograd.Function):
     """softmax(q k^T + bias) v over tiled regions; see the module docstring.
 
@@ -101,26 +126,9 @@ class TiledAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, kb, vb, bias, geo: TileGeometry):
-        S = geo.R * geo.T
-        outs, lses = [], []
-        for n0, n1, a0, a1 in _chunks(geo, q.shape[0] // geo.row_windows):
-            logits = _logits(q, k, kb, bias, geo, n0, n1, a0, a1)  # (n, Nq, Kc)
-            if ctx.needs_input_grad[:5] == (False, ) * 5:  # inference: one fused softmax, no log-sum-exp kept
-                p, lse = logits.softmax(dim=-1), None
-            else:
-                lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, Nq, 1)
-                p = logits.sub_(lse).exp_()  # softmax weights, in place
-            p = p.to(v.dtype)  # (no copy unless half precision)
-            out = torch.bmm(p[:, :, :S], _slab(v, geo, a0, n0, n1)).to(_acc(q))  # (n, Nq, d)
-            for j, a in enumerate(range(a0 + 1, a1), start=1):
-                _add_bmm(out, p[:, :, j * S:(j + 1) * S], _slab(v, geo, a, n0, n1))
-            if vb is not None:
-                _add_bmm(out, p[:, :, -1:], vb[n0:n1])
-            outs.append(out.to(q.dtype))
-            lses.append(lse)
-        out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        if lses[0] is not None:
-            ctx.save_for_backward(q, k, v, kb, vb, bias, out, torch.cat(lses) if len(lses) > 1 else lses[0])
+        out, lse = _forward(q, k, v, kb, vb, bias, geo, keep_lse=any(ctx.needs_input_grad[:5]))
+        if lse is not None:
+            ctx.save_for_backward(q, k, v, kb, vb, bias, out, lse)
         ctx.geo = geo
         return out
 
@@ -168,5 +176,9 @@ class TiledAttention(torch.autograd.Function):
 
 def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kb: Optional[torch.Tensor],
                     vb: Optional[torch.Tensor], bias: torch.Tensor, geo: TileGeometry) -> torch.Tensor:
-    """:class:`TiledAttention` (see there for the arguments)."""
+    """:class:`TiledAttention` (see there for the arguments). Under ``torch.jit.trace`` (mmengine's FLOP counter)
+    the forward runs as plain operations, which the tracer records; a custom ``autograd.Function`` stops it
+    ("unordered_map::at")."""
+    if torch.jit.is_tracing():
+        return _forward(q, k, v, kb, vb, bias, geo, keep_lse=False)[0]
     return TiledAttention.apply(q, k, v, kb, vb, bias, geo)
