@@ -316,6 +316,10 @@ def test_training_after_an_inference_mode_forward(impl):
                                                               r"'cls-generate'"),
     (dict(pretrained='open-mmlab://resnet50_v1c'), r"pretrained='open-mmlab://resnet50_v1c' .*model\.pretrained=None"),
     (dict(pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth')), 'not both'),
+    # weights come from a file the user gives: nothing is downloaded (storage backends such as s3:// stay)
+    (dict(init_cfg=dict(type='Pretrained', checkpoint='https://host/stvit-r-t.pth')),
+     r"checkpoint 'https://host/stvit-r-t.pth' is a download URL.*local file"),
+    (dict(init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')), 'is a download URL'),
 ])
 def test_bad_config_values_fail_clearly(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -328,6 +328,24 @@ def test_runner_checkpoint_loads_with_weights_only(runner_checkpoint):
     assert buffer.mean() == pytest.approx(buffer.data[0].mean())
 
 
+@pytest.mark.parametrize('import_package', [True, False])
+def test_importing_the_package_lets_plain_openmmlab_apis_read_runner_checkpoints(runner_checkpoint, import_package):
+    """mmdet's ``init_detector`` / ``DetInferencer`` and a plain Runner's ``load_from`` load with torch's default
+    ``weights_only=True``; they import ``stvit_det`` through the config's ``custom_imports``, which allow-lists the
+    message hub's globals, so a checkpoint our training wrote loads there too (in a fresh process: without the
+    import it does not)."""
+    code = ('import torch\n'
+            + ('import stvit_det\n' if import_package else '')
+            + f'ckpt = torch.load({runner_checkpoint!r}, map_location="cpu")\n'
+            'print(sorted(ckpt["message_hub"]["log_scalars"]))')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    if import_package:
+        assert proc.returncode == 0 and 'train/loss' in proc.stdout, proc.stderr[-2000:]
+    else:
+        assert proc.returncode != 0 and 'Unsupported global' in proc.stderr
+
+
 class _GetAttr:
     """Pickles as ``getattr(owner, name)``, the way HistoryBuffer's statistics methods are pickled."""
 

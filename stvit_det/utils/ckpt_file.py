@@ -15,7 +15,7 @@ from .checkpoint_safety import allow_checkpoint_globals
 from .ckpt_convert import (classifier_num_classes, compare_state_dicts, describe_mismatch, detect_layout,
                            unwrap_state_dict)
 from .errors import error_summary
-from .paths import is_remote
+from .paths import is_download_url, is_remote
 
 
 class CheckpointError(ValueError):
@@ -195,7 +195,14 @@ def init_cfg_problem(init_cfg) -> Optional[str]:
     initialises itself and would ignore any other initialiser. One rule for its constructor and the tools' early
     check."""
     one = not isinstance(init_cfg, (list, tuple)) or len(init_cfg) == 1
-    if init_cfg is None or (one and pretrained_init(init_cfg)):
+    if one and pretrained_init(init_cfg):
+        path = pretrained_init(init_cfg).get('checkpoint')
+        if is_download_url(path):
+            return (f"STViTR's init_cfg checkpoint '{path}' is a download URL: weights are read from a local file "
+                    '(or a storage backend such as s3://), never downloaded at run time; download it once and give '
+                    'its path')
+        return None
+    if init_cfg is None:
         return None
     return ("STViTR's init_cfg is None or one dict(type='Pretrained', checkpoint=PATH) (its own init is "
             f'trunc-normal; another initialiser would be ignored), got {init_cfg!r}')

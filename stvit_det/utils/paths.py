@@ -12,6 +12,17 @@ def is_remote(path) -> bool:
     return '://' in str(path)
 
 
+#: schemes under which mmengine's checkpoint loader fetches a file from the internet (http(s) and its model zoos);
+#: storage backends (``s3://``, ``petrel://``, ...) read a file the user keeps and stay allowed
+DOWNLOAD_SCHEMES = ('http', 'https', 'open-mmlab', 'openmmlab', 'mmcls', 'torchvision', 'modelzoo')
+
+
+def is_download_url(path) -> bool:
+    """Whether ``path`` is a URL that mmengine would download (see :data:`DOWNLOAD_SCHEMES`)."""
+    scheme, sep, _ = str(path).partition('://')
+    return bool(sep) and scheme.lower() in DOWNLOAD_SCHEMES
+
+
 def missing_file_error(what: str, path: str) -> Optional[str]:
     """``'{what} file not found: PATH'``, or ``'{what} PATH is a directory, not a file'`` (a folder given for a
     checkpoint is not a missing file); None when ``path`` is a file."""
