@@ -339,6 +339,13 @@ def test_input_that_is_not_a_batch_of_rgb_images_fails_clearly(shape):
         small_stvit()(torch.zeros(shape))
 
 
+@pytest.mark.parametrize('dtype', [torch.uint8, torch.int64, torch.bool])
+def test_images_that_are_not_floating_point_fail_clearly(dtype):
+    """Raw uint8 pixels (the data preprocessor normalises them to float): one line naming the dtype."""
+    with pytest.raises(ValueError, match=f'floating-point images, got {dtype}'.replace('.', r'\.')):
+        small_stvit()(torch.zeros(1, 3, 64, 64, dtype=dtype))
+
+
 def test_sdpa_equals_reference_backbone():
     ref = randomize_(small_stvit(attn_impl='reference')).eval()
     fast = small_stvit(attn_impl='sdpa').eval()

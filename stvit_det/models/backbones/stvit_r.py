@@ -308,6 +308,9 @@ class STViTR(BaseModule):
         if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != 3 or x.numel() == 0):  # (traced: fixed)
             raise ValueError(f'STViTR takes a non-empty batch of RGB images (B, 3, H, W), got a tensor of shape '
                              f'{tuple(x.shape)}')
+        if not x.is_floating_point():
+            raise ValueError(f'STViTR takes floating-point images, got {x.dtype} (normalise the pixels first, as '
+                             "the detector's data_preprocessor does)")
         x = self.patch_embed(x)  # (B, H/4, W/4, C)
         outs = []
         for i, layer in enumerate(self.layers[:max(self.out_indices) + 1]):
