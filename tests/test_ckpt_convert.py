@@ -121,9 +121,15 @@ def _mmdet_swin(depths=(2, 2, 6, 2)):
     return swin
 
 
-@pytest.mark.parametrize('impl', ['reference', 'sdpa'])
-def test_swin_parts_equal_mmdet_swin(impl):
-    """sparsify=False + stem='patch' loaded from an mmdet SwinTransformer state dict gives mmdet's outputs."""
+@pytest.mark.parametrize('impl', ['reference', 'fused'])
+def test_swin_parts_equal_mmdet_swin(impl, monkeypatch):
+    """sparsify=False + stem='patch' loaded from an mmdet SwinTransformer state dict gives mmdet's outputs, with
+    the written-out window attention (the CPU's and the oracle's) and with the fused one that other devices run
+    (forced on here: the CPU takes the written-out one whatever attn_impl says)."""
+    from stvit_det.models.layers import swin_block
+    if impl == 'fused':
+        monkeypatch.setattr(swin_block, 'use_fused_window_attention', lambda device: True)
+        impl = 'sdpa'
     swin = _mmdet_swin()
     ours = STViTR(arch='tiny', stem='patch', sparsify=False, drop_path_rate=0.0, attn_impl=impl).eval()
     report = ours.load_pretrained(swin.state_dict())

@@ -131,10 +131,10 @@ def test_dense_bias_counts_border_copies(mode):
         inside = index[w] < 14 * 21
         allowed = set(index[w][inside].tolist())
         finite_or_masked = {j for j in range(14 * 21) if dense[w, j] != float('-inf')}
-        if mode == 'none':
-            assert finite_or_masked == allowed
-        else:
-            assert finite_or_masked <= allowed
+        # 'correct' masks the padded row 13 and column 20 (-inf); 'official' gives its corner cell (13, 20) -1000,
+        # finite, and 'none' masks nothing: every other key of the region stays
+        padded = {j for j in allowed if j // 21 >= 13 or j % 21 >= 20}
+        assert finite_or_masked == (allowed - padded if mode == 'correct' else allowed)
         n_border = int((~inside).sum())
         expected = {'none': torch.tensor(float(n_border)).log(), 'correct': torch.tensor(float('-inf')),
                     'official': torch.tensor(float(n_border)).log() - 1000}[mode]
