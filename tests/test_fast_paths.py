@@ -261,6 +261,13 @@ def test_mlp_recomputing_gelu_equals_timm_mlp(monkeypatch, chunk_bytes):
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert ours.fc2.weight.grad.dtype == torch.float32 and torch.isfinite(ours.fc1.weight.grad).all()
+    # autocast leaves float64 alone (it casts no double tensor), and so does the MLP
+    ref, ours = ref.double(), ours.double()
+    x64 = x.detach().double().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y_ref, y = ref(x64), ours(x64)
+    assert y_ref.dtype == y.dtype == torch.float64
+    torch.testing.assert_close(y, y_ref)
 
 
 def test_folded_stem_equals_conv_bn_hardswish():

@@ -91,7 +91,8 @@ class Mlp(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)  # (..., hidden)
         if torch.is_grad_enabled() and (h.requires_grad or self.fc2.weight.requires_grad):
-            if h.device.type in ('cpu', 'cuda') and torch.is_autocast_enabled(h.device.type):  # one dtype inside
+            if (h.device.type in ('cpu', 'cuda') and torch.is_autocast_enabled(h.device.type)
+                    and h.dtype != torch.float64):  # one dtype inside (autocast casts no double tensor)
                 dtype = torch.get_autocast_dtype(h.device.type)
                 with torch.autocast(h.device.type, enabled=False):
                     bias = None if self.fc2.bias is None else self.fc2.bias.to(dtype)
