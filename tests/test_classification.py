@@ -67,20 +67,27 @@ def test_official_pretraining_recipe(arch):
     # timm's CosineLRScheduler(t_initial=all steps, warmup_t=20 epochs, warmup_lr_init=1e-6, lr_min=1e-5, per step)
     from mmengine.registry import PARAM_SCHEDULERS
 
-    ipe, steps, warmup = 4, 300 * 4, 20 * 4
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.AdamW([param], lr=opt.optimizer.lr)
-    schedulers = [PARAM_SCHEDULERS.get(c['type']).build_iter_from_epoch(
-        optimizer, epoch_length=ipe, **{k: v for k, v in c.items() if k not in ('type', 'convert_to_iter_based')})
-        for c in copy.deepcopy(cfg.param_scheduler)]
+    # The warm-up ramp is multiplied by the cosine, so it peaks at cos-value(epoch 20) = 0.989 base where the official
+    # ramp reaches base just before its cosine takes over: at most 1.1% of base apart (the README's figure), checked
+    # at ImageNet's 1251 iterations per epoch over the warm-up; the whole curve at 4 per epoch.
     base, low = 1e-3, 1e-5
-    for t in range(steps):
-        lr = optimizer.param_groups[0]['lr']
-        official = (1e-6 + t * (base - 1e-6) / warmup if t < warmup else
-                    low + 0.5 * (base - low) * (1 + math.cos(math.pi * t / steps)))
-        assert abs(lr - official) <= (0.01 if t < warmup else 1e-3) * base, (t, lr, official)
-        for s in schedulers:
-            s.step()
+    for ipe, epochs in ((4, 300), (1251, 21)):
+        steps, warmup = 300 * ipe, 20 * ipe
+        param = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.AdamW([param], lr=opt.optimizer.lr)
+        schedulers = [PARAM_SCHEDULERS.get(c['type']).build_iter_from_epoch(
+            optimizer, epoch_length=ipe, **{k: v for k, v in c.items() if k not in ('type', 'convert_to_iter_based')})
+            for c in copy.deepcopy(cfg.param_scheduler)]
+        worst = 0.0
+        for t in range(epochs * ipe):
+            lr = optimizer.param_groups[0]['lr']
+            official = (1e-6 + t * (base - 1e-6) / warmup if t < warmup else
+                        low + 0.5 * (base - low) * (1 + math.cos(math.pi * t / steps)))
+            assert abs(lr - official) <= (0.011 if t < warmup else 1e-3) * base, (t, lr, official)
+            worst = max(worst, abs(lr - official) / base if t < warmup else 0.0)
+            for s in schedulers:
+                s.step()
+        assert worst > 0.01 or ipe == 4  # the 1.1% bound is the real gap at 1251 per epoch, not a loose one
     train = {t.type: t for t in cfg.train_dataloader.dataset.pipeline}
     assert train['RandomResizedCrop'].scale == 224 and train['RandomResizedCrop'].interpolation == 'bicubic'
     ra = train['RandAugment']
