@@ -477,8 +477,8 @@ def test_static_batch_graph_says_so(tmp_path):
     model = randomize_(STViTR(**NARROW)).eval()
     path = export_onnx(model, (torch.randn(1, 3, 64, 64), ), str(tmp_path / 'b.onnx'), ['image'],
                        [f'out{i}' for i in range(4)], dynamic_batch=False)
-    with pytest.raises(OnnxInputError, match=r'takes \(1, 3, 64, 64\) .*static batch of 1: export without '
-                       r'--static-batch'):
+    with pytest.raises(OnnxInputError, match=r'takes \(1, 3, 64, 64\) .*static batch of 1: run one image at a '
+                       r'time \(export_onnx.py exports a dynamic batch unless --static-batch'):
         run_session(load_session(path), {'image': np.zeros((2, 3, 64, 64), np.float32)})
 
 
@@ -561,6 +561,22 @@ def test_other_mmdet_backbone_exports(tmp_path):
     ours = randomize_(STViTR(**NARROW)).eval()
     path = export_onnx(ours, (x, ), str(tmp_path / 'ours.onnx'), ['image'], [f'out{i}' for i in range(4)])
     assert batch_mismatch(ours, load_session(path), x, 'image') is None
+
+
+def test_batch_check_does_not_follow_the_accuracy_tolerance(tmp_path, capsys):
+    """Whether a graph holds batch 1 as a constant is structural: a loose --rtol must not let mmdet's Swin keep a
+    dynamic batch that mixes images, and a tight one must not take float noise at batch 2 for a fixed batch."""
+    swin = ['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', '--cfg-options', 'model.backbone.embed_dims=16',
+            'model.backbone.depths=[1,1,2,1]', 'model.backbone.num_heads=[1,2,2,4]']
+    ours = ['configs/stvit-r/mask-rcnn_stvit-r-t_fpn_1x_coco.py', '--cfg-options', 'model.backbone.embed_dims=16',
+            'model.backbone.depths=[1,1,6,1]', 'model.backbone.num_heads=[1,2,4,8]']
+    for cmd, rtol, dynamic in ((swin, '0.5', False), (ours, '1e-9', True)):
+        out = str(tmp_path / 'part.onnx')
+        _tool().main([*cmd[:1], '--shape', '70', '101', '--part', 'backbone', '--out', out, '--repeats', '1',
+                      '--rtol', rtol, *cmd[1:]])
+        stdout = capsys.readouterr().out
+        assert ("('image', ['batch', 3, 70, 101])" in stdout) == dynamic, stdout
+        assert ('exported again with a static batch of 1' in stdout) != dynamic, stdout
 
 
 def test_tool_falls_back_to_a_static_batch(tmp_path, capsys):

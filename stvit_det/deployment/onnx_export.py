@@ -232,7 +232,8 @@ def _shape_advice(shape: Sequence, got: Sequence[int]) -> str:
         return f'give a {len(shape)}-D array (N, C, H, W)'
     differs = [i for i, (d, a) in enumerate(zip(shape, got)) if isinstance(d, int) and d != a]
     if len(shape) == 4 and 0 in differs and len(differs) == 1:
-        return f'the graph has a static batch of {shape[0]}: export without --static-batch for any batch'
+        return (f'the graph has a static batch of {shape[0]}: run one image at a time (export_onnx.py exports a '
+                'dynamic batch unless --static-batch, where the part and its graph allow one)')
     if len(shape) == 4 and 1 in differs:
         return f'give {shape[1]} channels (RGB)'
     return f'export again with --shape {got[-2]} {got[-1]} for this size'
@@ -267,28 +268,33 @@ def as_numpy_list(out) -> List[np.ndarray]:
     return [o.detach().numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
 
 
-def batch_mismatch(module: torch.nn.Module, session, example: torch.Tensor, input_name: str,
-                   rtol: float = 1e-4) -> Optional[str]:
+#: smallest batch-2 difference (relative) that :func:`batch_mismatch` takes for mixed images; images mixed by a
+#: batch baked into the graph differ by 0.1 or more, float noise by about 1e-6
+BATCH_MIX_RTOL = 1e-3
+
+
+def batch_mismatch(module: torch.nn.Module, session, example: torch.Tensor, input_name: str) -> Optional[str]:
     """Why a graph exported with a dynamic batch does not reproduce ``module`` at batch 2 (None when it does).
 
     A traced graph can hold the example's batch size as a constant although its input is declared dynamic:
     mmdet's ``SwinTransformer`` reshapes its windows with sizes read as Python ints, so the TorchScript exporter
     bakes ``B = 1`` into them and ONNX Runtime then mixes the images of a larger batch (max relative difference
     0.26 at batch 2 in ``tests/test_onnx_export.py``), or fails. The check runs ``example`` beside a second,
-    different image through both runtimes.
+    different image through both runtimes. It is structural, not the accuracy check: the batch-2 difference is
+    measured against the graph's own difference at batch 1 (float noise, about 1e-6 in float32), with
+    :data:`BATCH_MIX_RTOL` as the floor, so neither a loose nor a tight ``--rtol`` changes the verdict.
     """
     second = torch.randn(example.shape, generator=torch.Generator().manual_seed(1), dtype=example.dtype)
     batch = torch.cat([example, second])  # (2, ...)
     with torch.inference_mode():
-        out = module(batch)
-    reference = as_numpy_list(out)
+        alone, together = as_numpy_list(module(example)), as_numpy_list(module(batch))
     try:
-        actual = run_session(session, {input_name: batch.numpy()})
-        diff = compare(reference, actual)
+        noise = compare(alone, run_session(session, {input_name: example.numpy()}))['max_rel']
+        diff = compare(together, run_session(session, {input_name: batch.numpy()}))['max_rel']
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own Fail / RuntimeException types, shape errors
         return f'ONNX Runtime fails at batch 2 ({_first_line(exc, 200)})'
-    if diff['max_rel'] > rtol:
-        return f"at batch 2 ONNX Runtime differs from PyTorch (max relative diff {diff['max_rel']:.3g})"
+    if diff > max(BATCH_MIX_RTOL, 100 * noise):
+        return f'at batch 2 ONNX Runtime differs from PyTorch (max relative diff {diff:.3g}; {noise:.3g} at batch 1)'
     return None
 
 
