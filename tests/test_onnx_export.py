@@ -444,6 +444,13 @@ def test_tool_exports_backbone_neck_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "('image', ['batch', 3, 96, 128])" in out
+    # every FPN level declares its own size (the exporter gave all five one symbolic name)
+    import onnx
+    declared = [[d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+                for o in onnx.load(str(tmp_path / 'bn.onnx')).graph.output]
+    actual = run_session(load_session(str(tmp_path / 'bn.onnx')), {'image': np.zeros((1, 3, 96, 128), np.float32)})
+    assert declared == [['batch', *a.shape[1:]] for a in actual], declared
+    assert len({tuple(d[2:]) for d in declared}) == 5  # five levels, five sizes
     rel = float(re.search(r'max relative diff ([0-9.e+-]+)', out).group(1))
     assert rel <= 1e-4
     assert re.search(r'PyTorch eager [0-9.]+ ms, ONNX Runtime [0-9.]+ ms', out)

@@ -107,7 +107,8 @@ def export_onnx(module: torch.nn.Module,
                 exporter: str = 'torchscript',
                 opset: int = OPSET,
                 custom_translation_table: Optional[Dict[Callable, Callable]] = None,
-                optimize: bool = True) -> str:
+                optimize: bool = True,
+                output_shapes: Optional[Sequence[Sequence[int]]] = None) -> str:
     """Export ``module(*args)`` to ``path`` with static shapes, optionally a dynamic batch dimension.
 
     Args:
@@ -121,6 +122,10 @@ def export_onnx(module: torch.nn.Module,
         custom_translation_table: dynamo only: ``{torch op: onnxscript function}`` for custom ops.
         optimize: dynamo only: run onnxscript's graph optimiser on the result (slow on 2 cores; ONNX Runtime
             optimises the graph again when it loads it).
+        output_shapes: the outputs' shapes at the example inputs, declared in the graph (dim 0 as ``'batch'``
+            with ``dynamic_batch``): the TorchScript exporter leaves them symbolic, and may give outputs of
+            different sizes one shared name (all FPN levels ``['batch', 256, 'Convp0_dim_2', 'Convp0_dim_3']``),
+            which claims they have one size. None (detector outputs, whose sizes depend on the data): as exported.
 
     Returns:
         ``path``.
@@ -173,7 +178,30 @@ def export_onnx(module: torch.nn.Module,
             os.remove(log)
         raise ExportError(f'{exporter} export failed at {where}: {_first_line(exc)}{dump}') from exc
     os.remove(log)
+    if output_shapes is not None:
+        declare_output_shapes(path, output_shapes, dynamic_batch)
     return path
+
+
+def declare_output_shapes(path: str, shapes: Sequence[Sequence[int]], dynamic_batch: bool) -> None:
+    """Rewrite the declared shapes of the graph outputs of ``path``: static sizes, and dim 0 named as the first
+    input's batch dimension when the batch is dynamic (``'batch'``; the dynamo exporter names it ``s77`` or alike)."""
+    import onnx
+
+    model = onnx.load(path)
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_param or 'batch'
+    if len(model.graph.output) != len(shapes):
+        raise ValueError(f'{len(shapes)} output shapes for {len(model.graph.output)} graph outputs')
+    for out, shape in zip(model.graph.output, shapes):
+        dims = out.type.tensor_type.shape.dim
+        del dims[:]
+        for i, size in enumerate(shape):
+            dim = dims.add()
+            if i == 0 and dynamic_batch:
+                dim.dim_param = batch
+            else:
+                dim.dim_value = int(size)
+    onnx.save(model, path)
 
 
 def load_session(path: str, threads: Optional[int] = None):

@@ -96,17 +96,19 @@ def main(argv=None) -> int:
             print(f'attention: {len(affected)} modules with attn_impl {impls}; exported with their exportable '
                   f'equivalents ({stand_ins}: the tiled attention has no ONNX translation)')
         dynamic = dynamic and not args.static_batch
-        export_onnx(module, (image, ), args.out, inputs, outputs, dynamic, args.exporter)
+        with torch.inference_mode():
+            reference = as_numpy_list(module(image))
+        # backbone parts: the outputs' sizes declared in the graph (the detector's depend on the image)
+        shapes = None if args.part == 'detector' else [r.shape for r in reference]
+        export_onnx(module, (image, ), args.out, inputs, outputs, dynamic, args.exporter, output_shapes=shapes)
         session = load_session(args.out, threads)
         reason = batch_mismatch(module, session, image, inputs[0]) if dynamic else None
         if reason:
             print(f'dynamic batch: {reason}; the traced graph holds batch 1 as a constant, so {args.out} is '
                   'exported again with a static batch of 1')
-            export_onnx(module, (image, ), args.out, inputs, outputs, False, args.exporter)
+            export_onnx(module, (image, ), args.out, inputs, outputs, False, args.exporter, output_shapes=shapes)
             session = load_session(args.out, threads)
         feeds = {inputs[0]: image.numpy()}
-        with torch.inference_mode():
-            reference = as_numpy_list(module(image))
         actual = run_session(session, feeds)
     except (ValueError, FileNotFoundError, ExportError, OnnxLoadError, CheckpointMismatchError) as exc:
         print(f'error: {exc}', file=sys.stderr)
