@@ -4,6 +4,7 @@ random official-layout weights, inputs and the outputs (and one input gradient) 
 code from a checkout; nothing of it is in this repository). The weights load into STViTR with no key changed,
 and every attention path reproduces the released outputs, both where the released mask is the corner rule and
 where a zero bottom pad makes it mark whole columns (``rows[-0:]``)."""
+import importlib.util
 import os.path as osp
 
 import pytest
@@ -36,9 +37,16 @@ def _rel(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
 
-def _loss_weights(outs):
-    """As in ``make_official_fixture.loss_weights``."""
-    return [torch.cos(torch.arange(o.numel(), dtype=torch.float32) * 0.37).view_as(o) for o in outs]
+def _capture_script():
+    """``data/make_official_fixture.py`` as a module (its loss weights are the ones the gradient was taken with)."""
+    spec = importlib.util.spec_from_file_location('make_official_fixture', osp.join(osp.dirname(FIXTURE),
+                                                                                    'make_official_fixture.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_loss_weights = _capture_script().loss_weights
 
 
 def test_fixture_is_what_the_tests_assume(fixture):

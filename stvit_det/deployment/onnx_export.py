@@ -301,7 +301,8 @@ def as_numpy_list(out) -> List[np.ndarray]:
 BATCH_MIX_RTOL = 1e-3
 
 
-def batch_mismatch(module: torch.nn.Module, session, example: torch.Tensor, input_name: str) -> Optional[str]:
+def batch_mismatch(module: torch.nn.Module, session, example: torch.Tensor, input_name: str,
+                   reference: Optional[List[np.ndarray]] = None) -> Optional[str]:
     """Why a graph exported with a dynamic batch does not reproduce ``module`` at batch 2 (None when it does).
 
     A traced graph can hold the example's batch size as a constant although its input is declared dynamic:
@@ -311,11 +312,13 @@ def batch_mismatch(module: torch.nn.Module, session, example: torch.Tensor, inpu
     different image through both runtimes. It is structural, not the accuracy check: the batch-2 difference is
     measured against the graph's own difference at batch 1 (float noise, about 1e-6 in float32), with
     :data:`BATCH_MIX_RTOL` as the floor, so neither a loose nor a tight ``--rtol`` changes the verdict.
+    ``reference``: ``module(example)`` as arrays, when the caller has it (else computed here).
     """
     second = torch.randn(example.shape, generator=torch.Generator().manual_seed(1), dtype=example.dtype)
     batch = torch.cat([example, second])  # (2, ...)
     with torch.inference_mode():
-        alone, together = as_numpy_list(module(example)), as_numpy_list(module(batch))
+        alone = reference if reference is not None else as_numpy_list(module(example))
+        together = as_numpy_list(module(batch))
     try:
         noise = compare(alone, run_session(session, {input_name: example.numpy()}))['max_rel']
         diff = compare(together, run_session(session, {input_name: batch.numpy()}))['max_rel']

@@ -194,18 +194,19 @@ def init_cfg_problem(init_cfg) -> Optional[str]:
     """Why STViTR refuses ``init_cfg`` (None when it takes it): None or one ``Pretrained`` dict only, as it
     initialises itself and would ignore any other initialiser. One rule for its constructor and the tools' early
     check."""
-    one = not isinstance(init_cfg, (list, tuple)) or len(init_cfg) == 1
-    if one and pretrained_init(init_cfg):
-        path = pretrained_init(init_cfg).get('checkpoint')
-        if is_download_url(path):
-            return (f"STViTR's init_cfg checkpoint '{path}' is a download URL: weights are read from a local file "
-                    '(or a storage backend such as s3://), never downloaded at run time; download it once and give '
-                    'its path')
-        return None
     if init_cfg is None:
         return None
-    return ("STViTR's init_cfg is None or one dict(type='Pretrained', checkpoint=PATH) (its own init is "
-            f'trunc-normal; another initialiser would be ignored), got {init_cfg!r}')
+    one = not isinstance(init_cfg, (list, tuple)) or len(init_cfg) == 1
+    pretrained = pretrained_init(init_cfg) if one else None
+    if not pretrained:
+        return ("STViTR's init_cfg is None or one dict(type='Pretrained', checkpoint=PATH) (its own init is "
+                f'trunc-normal; another initialiser would be ignored), got {init_cfg!r}')
+    path = pretrained.get('checkpoint')
+    if is_download_url(path):
+        return (f"STViTR's init_cfg checkpoint '{path}' is a download URL: weights are read from a local file "
+                '(or a storage backend such as s3://), never downloaded at run time; download it once and give '
+                'its path')
+    return None
 
 
 def _stvit_backbone(cfg: Mapping) -> Optional[Mapping]:

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         shapes = None if args.part == 'detector' else [r.shape for r in reference]
         export_onnx(module, (image, ), args.out, inputs, outputs, dynamic, args.exporter, output_shapes=shapes)
         session = load_session(args.out, threads)
-        reason = batch_mismatch(module, session, image, inputs[0]) if dynamic else None
+        reason = batch_mismatch(module, session, image, inputs[0], reference) if dynamic else None
         if reason:
             print(f'dynamic batch: {reason}; the traced graph holds batch 1 as a constant, so {args.out} is '
                   'exported again with a static batch of 1')
