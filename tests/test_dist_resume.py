@@ -119,6 +119,21 @@ def test_dist_train_two_processes(demo_root):
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
+def test_dist_scripts_refuse_a_bad_process_count(tmp_path):
+    """A missing NUM_PROCS (or the checkpoint path in its place) ends with the usage line before torchrun starts:
+    no torchrun traceback about --nproc_per_node, no work directory."""
+    cases = [('dist_train.sh', ['cfg.py'], "not ''", 'dist_train.sh CONFIG NUM_PROCS'),
+             ('dist_train.sh', ['cfg.py', '0', '--work-dir', str(tmp_path / 'w')], "not '0'", 'NUM_PROCS'),
+             ('dist_test.sh', ['cfg.py', '2', 'ckpt.pth'], "not 'ckpt.pth'", 'dist_test.sh CONFIG CHECKPOINT NUM_PROCS')]
+    for script, args, got, usage in cases:
+        proc = subprocess.run(['bash', osp.join(TOOLS, script), *args], env=env(), capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 2, (script, args, proc.stderr)
+        assert proc.stderr.startswith('error: NUM_PROCS must be a positive integer, ') and got in proc.stderr
+        assert usage in proc.stderr and 'Traceback' not in proc.stderr
+    assert not (tmp_path / 'w').exists()
+
+
 def test_slurm_train_passes_arguments_whole(tmp_path):
     """tools/slurm_train.sh hands train.py's options to srun as given: an option with spaces stays one argument
     (a stand-in `srun` on PATH prints its arguments, one per line)."""
