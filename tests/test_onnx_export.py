@@ -335,6 +335,19 @@ def test_roi_features_pool_each_level_only_its_rois(tmp_path):
         np.testing.assert_allclose(session.run(None, feeds)[0], extractor(feats, r).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_random_weights_are_repeatable():
+    """Without a checkpoint two builds give the same weights (two exports make the same file), and the caller's
+    random state is not touched."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = build_detector(DEMO_CONFIG)[0].state_dict()
+    assert torch.equal(torch.rand(3), expected)
+    b = build_detector(DEMO_CONFIG)[0].state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_detector_export_names_unsupported_component():
     """Components the export does not express are refused, named, instead of exported as something else (soft
     NMS or class-agnostic NMS would silently become plain per-class NMS)."""

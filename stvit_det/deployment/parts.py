@@ -91,7 +91,8 @@ def load_exact(model: nn.Module, path: str) -> None:
 def build_detector(config: str, checkpoint: Optional[str] = None, cfg_options: Optional[dict] = None):
     """Build a detector in eval mode from a config path (``mmdet::`` paths too), load ``checkpoint`` exactly.
 
-    Without a checkpoint the weights are random (every ``init_cfg`` dropped, nothing is downloaded).
+    Without a checkpoint the weights are random (every ``init_cfg`` dropped, nothing is downloaded) but seeded, so
+    that two exports of a config make the same file; the caller's random state is left as it was.
 
     Returns:
         (detector, Config).
@@ -112,7 +113,9 @@ def build_detector(config: str, checkpoint: Optional[str] = None, cfg_options: O
     model_cfg = copy.deepcopy(cfg.model)
     drop_init_cfgs(model_cfg)
     try:
-        model = revert_sync_batchnorm(MODELS.build(model_cfg))
+        with torch.random.fork_rng(devices=[]):  # CPU generator only: the weights do not depend on a GPU
+            torch.manual_seed(0)
+            model = revert_sync_batchnorm(MODELS.build(model_cfg))
     except (KeyError, TypeError) as e:  # a type not in the registry, an argument the class does not take
         raise ValueError(f'{config}: cannot build its model: {error_summary(e)}') from None
     if checkpoint:

@@ -9,7 +9,7 @@ The input is the preprocessed tensor (normalised, padded) of a fixed H x W; ``--
 through the config's test pipeline (H x W must then be its padded size), else from a seeded random normal tensor.
 Backbone parts have a dynamic batch dimension unless ``--static-batch``; the file is then also checked at batch 2,
 and a graph that holds the traced batch as a constant (mmdet's Swin) is exported again with a static batch (said
-so). The detector takes one image. Without a checkpoint the weights are random. Everything is in
+so). The detector takes one image. Without a checkpoint the weights are random, seeded. Everything is in
 ``stvit_det.deployment``; this file only parses and prints.
 Exit status 1 with one ``error:`` line on bad input (arguments, config, checkpoint, part, shape, image) or an export
 failure (naming the operator); 2 when ONNX Runtime's result differs from PyTorch's beyond ``--rtol`` (backbone parts:
@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv=None):
     parser = _Parser(description='Export to ONNX and check the file against PyTorch')
     parser.add_argument('config', help='config file (also mmdet::... paths)')
-    parser.add_argument('checkpoint', nargs='?', help='checkpoint that fits the config (default: random weights)')
+    parser.add_argument('checkpoint', nargs='?', help='checkpoint that fits the config (default: seeded random weights)')
     parser.add_argument('--shape', type=positive_int, nargs=2, required=True, metavar=('H', 'W'),
                         help='network input size')
     parser.add_argument('--part', required=True, help=f"one of {', '.join(PARTS)}")
