@@ -42,7 +42,8 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv=None):
     parser = _Parser(description='Export to ONNX and check the file against PyTorch')
     parser.add_argument('config', help='config file (also mmdet::... paths)')
-    parser.add_argument('checkpoint', nargs='?', help='checkpoint that fits the config (default: seeded random weights)')
+    parser.add_argument('checkpoint', nargs='?',
+                        help='checkpoint that fits the config (default: seeded random weights)')
     parser.add_argument('--shape', type=positive_int, nargs=2, required=True, metavar=('H', 'W'),
                         help='network input size')
     parser.add_argument('--part', required=True, help=f"one of {', '.join(PARTS)}")
