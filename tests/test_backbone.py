@@ -63,6 +63,34 @@ def test_out_indices_subset():
     assert not hasattr(model, 'norm0') and not hasattr(model, 'norm3')
 
 
+def test_negative_out_indices_count_from_the_end():
+    """mmpretrain's Swin spells the last stage -1: the same backbone as (3, ), outputs in stage order."""
+    model = small_stvit(out_indices=(-1, ))
+    assert model.out_indices == (3, ) and hasattr(model, 'norm3') and not hasattr(model, 'norm0')
+    assert [o.shape[1] for o in model(torch.randn(1, 3, 64, 64))] == [256]
+    assert small_stvit(out_indices=(-3, 2)).out_indices == (1, 2)
+    with pytest.raises(ValueError, match='without repeats'):
+        small_stvit(out_indices=(3, -1))
+    with pytest.raises(ValueError, match=r'subset of \(0, 1, 2, 3\)'):
+        small_stvit(out_indices=(-5, ))
+
+
+def test_swin_settings_are_refused_together():
+    """A Swin base config with only the backbone type changed: every argument STViTR does not take is named in
+    one error (Python's own names the first only), with the _delete_ cure."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+
+    cfg = Config.fromstring("_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'\n"
+                            "model = dict(backbone=dict(type='STViTR'))\n", '.py')
+    with pytest.raises(TypeError) as info:
+        MODELS.build(cfg.model.backbone)
+    msg = str(info.value)
+    assert ('STViTR got arguments it does not take: attn_drop_rate, convert_weights, drop_rate, patch_norm, '
+            'qk_scale.') in msg
+    assert "backbone=dict(_delete_=True, type='STViTR', ...)" in msg and 'converted automatically' in msg
+
+
 @pytest.mark.parametrize('out_indices', [(0, 1, 2), (2, ), (0, )])
 def test_out_indices_leave_no_parameter_without_a_gradient(out_indices):
     """DDP's rule: every parameter that requires a gradient gets one. The stages after the last output (and its
@@ -301,8 +329,8 @@ def test_training_after_an_inference_mode_forward(impl):
     (dict(drop_path_rate='0.1'), r"drop_path_rate must be in \[0, 1\), got '0.1'"),
     (dict(frozen_stages=None), 'frozen_stages must be an integer in'),
     (dict(out_indices=3), 'out_indices must be a non-empty subset'),
-    (dict(out_indices=(0, 1.0)), r'out_indices must be a non-empty subset of \(0, 1, 2, 3\) without repeats, got '
-                                 r'\(0, 1.0\)'),
+    (dict(out_indices=(0, 1.0)), r'out_indices must be a non-empty subset of \(0, 1, 2, 3\) without repeats '
+                                 r'\(-1 \.\. -4 count from the end\), got \(0, 1.0\)'),
     (dict(out_indices=(True, 2)), 'out_indices must be a non-empty subset'),
     (dict(frozen_stages=True), 'frozen_stages must be an integer in'),
     (dict(frozen_stages=1.0), 'frozen_stages must be an integer in'),

@@ -104,6 +104,24 @@ class PatchStem(nn.Module):
         return self.norm(self.proj(x).permute(0, 2, 3, 1))  # (B, H'/4, W'/4, C)
 
 
+# what a Swin setting that STViTR does not take becomes here (mmdet / mmseg SwinTransformer argument names)
+SWIN_ARGUMENT_HINTS = {
+    'convert_weights': 'Swin weights given by init_cfg are converted automatically',
+    'patch_norm': "stem='patch' is Swin's Conv4x4 + LayerNorm stem",
+    'use_abs_pos_embed': 'there is no absolute position embedding',
+    'pretrain_img_size': 'there is no absolute position embedding',
+}
+
+
+def unknown_arguments_message(names: Sequence[str]) -> str:
+    """One message for every argument ``STViTR`` does not take (Python's own ``TypeError`` names the first only,
+    so a Swin config with the backbone type swapped would fail once per inherited key)."""
+    hints = [f'{n}: {SWIN_ARGUMENT_HINTS[n]}' for n in names if n in SWIN_ARGUMENT_HINTS]
+    return (f"STViTR got arguments it does not take: {', '.join(names)}. Inherited from another backbone's settings "
+            "(e.g. mmdet's or mmseg's SwinTransformer in a _base_ config)? Replace them with "
+            "backbone=dict(_delete_=True, type='STViTR', ...)" + (f" ({'; '.join(hints)})" if hints else ''))
+
+
 @MODELS.register_module()
 class STViTR(BaseModule):
     """STViT-R backbone: conv stem, Swin stages 1, 2, 4 and a sparsified stage 3 of dumbbell units
@@ -143,11 +161,15 @@ class STViTR(BaseModule):
             FlexAttention with a block mask from the region table: the GPU path; forward only on the CPU) or
             ``'reference'`` (gathered, written-out softmax: the oracle). See ``layers/attention.py``; Swin blocks
             pick their kernel per device (``layers/swin_block.py``).
-        out_indices: stages whose outputs are returned. Later stages (and the last one's patch merging) are not
-            run, and their parameters require no gradient (DDP refuses a parameter that requires one and gets none).
+        out_indices: stages whose outputs are returned, in [0, 3]; negative ones count from the end (-1 is stage
+            3, as mmpretrain's Swin spells it). Later stages (and the last one's patch merging) are not run, and
+            their parameters require no gradient (DDP refuses a parameter that requires one and gets none). A
+            classifier reads the last output only: give it ``out_indices=(3, )`` (mmpretrain's Swin default).
         frozen_stages: -1 none; 0 the stem; k >= 1 the stem and stages 0..k-1 (with their patch merging and
-            output norms). Frozen parts stay in eval mode after ``train()``.
-        norm_eval: keep the stem BatchNorms in eval mode while training.
+            output norms), mmdet's and mmseg's Swin meaning (mmpretrain's Swin freezes stages 0..k). Frozen parts stay
+            in eval mode after ``train()``.
+        norm_eval: keep the stem BatchNorms in eval mode while training (the conv stem's; ``stem='patch'`` has
+            none).
         with_cp: activation checkpointing of every block, stage 3 included.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads STViT-R weights (ImageNet or a detector's
             ``backbone.``) or converts Swin weights (official, timm or mmdet layout); missing and unexpected
@@ -156,6 +178,8 @@ class STViTR(BaseModule):
         pretrained: deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` (a local file),
             which mmseg's ``EncoderDecoder`` passes on from ``model.pretrained``; a URL-like value (ResNet configs
             set ``'open-mmlab://resnet50_v1c'``: another backbone's weights, to download) is refused.
+        **unknown: refused, all named in one ``TypeError``: typically the settings of mmdet's / mmseg's
+            ``SwinTransformer`` that a config merging ``type='STViTR'`` into a Swin base inherits.
     """
 
     def __init__(self,
@@ -181,7 +205,10 @@ class STViTR(BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  init_cfg: OptMultiConfig = None,
-                 pretrained: Optional[str] = None) -> None:
+                 pretrained: Optional[str] = None,
+                 **unknown) -> None:
+        if unknown:
+            raise TypeError(unknown_arguments_message(sorted(unknown)))
         if pretrained is not None:
             if is_remote(pretrained):
                 raise ValueError(f"STViTR got pretrained='{pretrained}' (from the config's model.pretrained, set by "
@@ -241,10 +268,11 @@ class STViTR(BaseModule):
         if not (is_sequence(regions, 3) and all(is_count(r) for r in regions)):
             raise ValueError(f'regions needs 3 integer sides (generate, refine, recover), got {regions!r}')
         if (not isinstance(out_indices, Sequence) or not out_indices
-                or not all(is_int(i) and 0 <= i < 4 for i in out_indices) or len(set(out_indices)) != len(out_indices)):
-            raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3) without repeats, got '
-                             f'{out_indices!r}')
-        out_indices = tuple(out_indices)
+                or not all(is_int(i) and -4 <= i < 4 for i in out_indices)
+                or len({i % 4 for i in out_indices}) != len(out_indices)):
+            raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3) without repeats (-1 .. -4 '
+                             f'count from the end), got {out_indices!r}')
+        out_indices = tuple(i % 4 for i in out_indices)  # -1 -> 3
         if not (is_int(frozen_stages) and -1 <= frozen_stages <= 4):
             raise ValueError(f'frozen_stages must be an integer in [-1, 4], got {frozen_stages!r}')
         for i, h in enumerate(num_heads):
