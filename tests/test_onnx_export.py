@@ -381,6 +381,15 @@ def test_checkpoint_that_does_not_fit_names_the_tensors(tmp_path, demo_checkpoin
     msg = str(info.value)
     for name in ('backbone.norm0.weight (5,)', 'neck.fpn_convs.0.conv.bias', 'head.extra'):
         assert name in msg
+    assert 'without that prefix' not in msg  # one stray key is not a part without its prefix
+    # the backbone's own weights given for the detector: said so, not only hundreds of names
+    alone = str(tmp_path / 'backbone.pth')
+    torch.save(dict(state_dict={k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}),
+               alone)
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"unexpected tensors are the model's 'backbone\.' ones without that prefix: the file "
+                             r"holds the backbone alone.*model\.backbone\.init_cfg"):
+        load_exact(detector, alone)
 
 
 @pytest.mark.parametrize('option,value,message', [('--rtol', 'nan', 'a positive number'),
@@ -424,7 +433,12 @@ def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, d
         ([DEMO_CONFIG, *shape, '--part', 'detector', '--image', str(garbage)],
          f'{garbage}: the test pipeline cannot read it'),
         ([DEMO_CONFIG, '--shape', '224', '224', '--part', 'backbone', '--out', str(garbage / 'x.onnx')],
-         f'cannot write the ONNX file {garbage / "x.onnx"}'),
+         f'cannot write the ONNX file {garbage / "x.onnx"}: {garbage} is a file'),
+        # a typo in --out must not replace a file the tool does not read (a checkpoint, a config)
+        ([DEMO_CONFIG, '--shape', '224', '224', '--part', 'backbone', '--out', str(namespace)],
+         f'--out {namespace}: give a file name ending in .onnx'),
+        ([DEMO_CONFIG, '--shape', '1000000', '1000000', '--part', 'backbone', '--out', out],
+         'out of memory at --shape 1000000 1000000 ('),
         ([DEMO_CONFIG, *shape, '--part', 'backbone+neck', '--cfg-options', 'model.backbone.embed_dims=64'],
          'the backbone+neck does not run on a (1, 3, 224, 224) input: RuntimeError'),  # FPN in_channels of 48
         ([SEG_DEMO_CONFIG, *shape, '--part', 'backbone', '--image', demo_image],
@@ -435,6 +449,8 @@ def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, d
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith('error: ')]
         assert rc == 1 and len(errors) == 1 and expected in errors[0] and 'Traceback' not in err, err
+    assert namespace.stat().st_size > 0 and torch.load(namespace, weights_only=False)['state_dict'] == {}
+    assert not osp.exists(out)
     # bad arguments: one line and status 1 too (argparse's status 2 is the tool's "ONNX Runtime differs")
     for argv, expected in [([DEMO_CONFIG, '--shape', '224.5', '224', '--part', 'backbone', '--out', out],
                             "argument --shape: '224.5' is not a positive integer"),
@@ -473,6 +489,19 @@ def test_tool_exports_backbone_neck_and_reports(tmp_path, capsys):
                        str(tmp_path / 'bn.onnx'), '--repeats', '1', '--rtol', '1e-12'])
     err = capsys.readouterr().err
     assert rc == 2 and 'error: ONNX Runtime does not reproduce PyTorch within the tolerances' in err, err
+    assert 'The weights are random' not in err  # backbone parts compare features: no near-ties to blame
+
+
+def test_detector_that_differs_without_a_checkpoint_says_why(tmp_path, capsys, monkeypatch):
+    """Random heads score every box near one value and every mask pixel near 0.5, where float rounding flips
+    detections and pixels: a disagreement of a detector exported without a checkpoint names that cause."""
+    tool = _tool()
+    monkeypatch.setattr(tool, 'report_detections', lambda *args: False)  # whatever the rounding did this time
+    rc = tool.main([DEMO_CONFIG, '--shape', '64', '64', '--part', 'detector', '--out', str(tmp_path / 'd.onnx'),
+                    '--repeats', '1'])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count('error: ') == 1
+    assert 'The weights are random (no checkpoint): untrained heads put scores and mask pixels at near-ties' in err
 
 
 def test_shape_the_graph_cannot_take(tmp_path):
@@ -533,6 +562,45 @@ def test_export_failure_names_the_operator(tmp_path, capfd):
         os.remove(log)
 
 
+def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    """An export that fails (or is interrupted) keeps an existing file as it was, makes no half-written one,
+    removes the folders it made and keeps no empty exporter log; running out of memory is said, not blamed on an
+    operator."""
+    import glob
+    import tempfile
+
+    class Svd(torch.nn.Module):
+
+        def forward(self, x):
+            return torch.linalg.svd(x)[1]
+
+    logs = set(glob.glob(osp.join(tempfile.gettempdir(), 'onnx_export_*.log')))
+    old = tmp_path / 'old.onnx'
+    old.write_bytes(b'previous export')
+    with pytest.raises(ExportError) as info:
+        export_onnx(Svd(), (torch.randn(1, 4, 4), ), str(old), ['x'], ['s'], dynamic_batch=False)
+    os.remove(re.search(r"\(the exporter's output: (\S+)\)$", str(info.value)).group(1))
+    assert old.read_bytes() == b'previous export' and os.listdir(tmp_path) == ['old.onnx']
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError('[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can\'t allocate memory: you '
+                           'tried to allocate 120000000000 bytes.')
+
+    model = randomize_(STViTR(**NARROW)).eval()
+    new = tmp_path / 'a' / 'b' / 'new.onnx'
+    for failure, expected in ((interrupted, KeyboardInterrupt), (no_memory, ExportError)):
+        monkeypatch.setattr(torch.onnx, 'export', failure)
+        with pytest.raises(expected) as info:
+            export_onnx(model, (torch.randn(1, 3, 64, 64), ), str(new), ['image'], [f'out{i}' for i in range(4)])
+        assert os.listdir(tmp_path) == ['old.onnx']
+    assert str(info.value).startswith('torchscript export ran out of memory for the input (1, 3, 64, 64): '
+                                      'RuntimeError: [enforce fail')
+    assert set(glob.glob(osp.join(tempfile.gettempdir(), 'onnx_export_*.log'))) <= logs
+
+
 def test_onnx_benchmark_tool_interleaves_files_and_reports_ratios(tmp_path, capsys):
     """tools/deployment/benchmark_onnx.py: one row per file with its own input shape (dynamic batch from
     --batch), ratios to the first file; bad files and inputs end in one error line."""
@@ -554,6 +622,22 @@ def test_onnx_benchmark_tool_interleaves_files_and_reports_ratios(tmp_path, caps
     assert tool.main([files[0], str(tmp_path / 'broken.onnx')]) == 1
     err = capsys.readouterr().err
     assert err.startswith('error: ONNX Runtime cannot load') and err.count('\n') == 1
+    assert tool.main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f'error: ONNX {tmp_path} is a directory, not a file\n'
+    static = export_onnx(model, (torch.randn(1, 3, 64, 64), ), str(tmp_path / 'static' / 'b64.onnx'), ['image'],
+                         [f'out{i}' for i in range(4)], dynamic_batch=False)
+    assert tool.main([files[0], static, '--batch', '2', '--repeats', '1']) == 1  # it would time batch 1 against 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {static}: input 'image' has a static batch of 1") and '--batch 2' in err
+    # two files of one name: the table shows the paths; inputs of different shapes: said under the table
+    from stvit_det.utils.values import available_cpus
+    too_many = available_cpus() + 1
+    assert tool.main([files[0], static, files[1], '--repeats', '1', '--threads', str(too_many)]) == 0
+    captured = capsys.readouterr()
+    assert [r.split('|')[1].strip() for r in captured.out.splitlines() if r.startswith('| ')][1:] == [*files[:1],
+                                                                                                   static, files[1]]
+    assert 'note: the files take inputs of different shapes' in captured.out
+    assert captured.err.startswith(f'warning: {too_many} threads on {too_many - 1} CPUs')
     for option in ('--batch', '--threads', '--repeats'):  # counts: refused by argparse, not by ONNX Runtime
         with pytest.raises(SystemExit):
             tool.main([files[0], option, '0'])

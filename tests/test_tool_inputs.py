@@ -209,12 +209,12 @@ def test_cfg_options_that_cannot_be_merged(monkeypatch, capsys, scratch, tmp_pat
     cases = [('image_demo.py', (photo, DEMO_CONFIG, ckpt, '--out', out, *bad), 'image_demo.py: error: '),
              ('vis_semantic_tokens.py', (photo, DEMO_CONFIG, '--out', out, *bad), 'vis_semantic_tokens.py: error: '),
              ('analysis/get_flops.py', (DEMO_CONFIG, '--shape', '32', '32', *bad), 'error: '),
-             ('deployment/export_onnx.py', (DEMO_CONFIG, '--shape', '32', '32', '--part', 'backbone', '--out', out,
-                                            *bad), 'error: ')]
+             ('deployment/export_onnx.py', (DEMO_CONFIG, '--shape', '32', '32', '--part', 'backbone', '--out',
+                                            str(tmp_path / 'o.onnx'), *bad), 'error: ')]
     for script, args, prefix in cases:
         _assert_error(_run(monkeypatch, capsys, script, *args), prefix,
                       '--cfg-options model.backbone.depths.9=2 cannot be applied to this config')
-    assert not osp.exists(out)
+    assert not osp.exists(out) and not osp.exists(tmp_path / 'o.onnx')
 
 
 # ---------------------------------------------------------------------------------------------- 6., 7. launch

@@ -29,7 +29,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..utils.paths import make_parent_dir, unwritable_reason
+from ..utils.errors import is_out_of_memory
+from ..utils.paths import (atomic_output, missing_file_error, missing_folders, remove_new_folders,
+                           unwritable_reason)
 from .equivalents import ExportableOps, exportable_attention
 
 EXPORTERS = ('dynamo', 'torchscript')
@@ -114,7 +116,8 @@ def export_onnx(module: torch.nn.Module,
     Args:
         module: module in eval mode whose forward takes ``args`` and returns a tensor or a tuple of tensors.
         args: example inputs; their shapes are baked in (except dim 0 with ``dynamic_batch``).
-        path: output ``.onnx`` file (weights stored inside).
+        path: output ``.onnx`` file (weights stored inside), written whole or not at all: a failed or interrupted
+            export leaves an existing file as it was, and removes the folders it made for a new one.
         input_names, output_names: graph input / output names, one per tensor.
         dynamic_batch: declare dim 0 of every input (and output) dynamic.
         exporter: ``'dynamo'`` or ``'torchscript'``.
@@ -131,8 +134,9 @@ def export_onnx(module: torch.nn.Module,
         ``path``.
 
     Raises:
-        ExportError: naming the operator that failed and why; what the exporter wrote to stdout meanwhile (the
-            TorchScript exporter's graph dump) is kept in a log file that the message names.
+        ExportError: naming the operator that failed and why (or that the input did not fit in memory); what the
+            exporter wrote to stdout meanwhile (the TorchScript exporter's graph dump) is kept in a log file that
+            the message names.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got '{exporter}'")
@@ -142,45 +146,64 @@ def export_onnx(module: torch.nn.Module,
     if reason:
         raise ValueError(f'cannot write the ONNX file {path}: {reason}')
     module.eval()  # not `module = module.eval()`: mmdet's backbones override train() and return None
-    make_parent_dir(path)
+    new_dirs = missing_folders(os.path.dirname(os.path.abspath(path)))  # removed again if the export fails
     fd, log = tempfile.mkstemp(prefix='onnx_export_', suffix='.log')
     os.close(fd)
+    keep_log = False
     try:
-        with _native_stdout_to(log), torch.no_grad(), exportable_attention(module):
-            if exporter == 'dynamo':
-                dynamic_shapes = None
-                if dynamic_batch:
-                    batch = torch.export.Dim('batch', min=1, max=64)
-                    dynamic_shapes = tuple({0: batch} for _ in args)
-                    # torch.export specialises a size-1 dimension to the constant 1: trace with batch 2
-                    args = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.shape[0] == 1 else a for a in args)
-                with ExportableOps():
-                    program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
-                onnx_program = torch.onnx.export(
-                    program, dynamo=True, input_names=list(input_names), output_names=list(output_names),
-                    opset_version=opset, custom_translation_table=custom_translation_table, optimize=optimize,
-                    verbose=False)
-                onnx_program.save(path, external_data=False)
-            else:
-                dynamic_axes = None
-                if dynamic_batch:
-                    dynamic_axes = {n: {0: 'batch'} for n in list(input_names) + list(output_names)}
-                with ExportableOps():
-                    torch.onnx.export(
-                        module, args, path, dynamo=False, input_names=list(input_names),
-                        output_names=list(output_names), opset_version=opset, dynamic_axes=dynamic_axes,
-                        do_constant_folding=True, verbose=False)
-    except Exception as exc:  # the exporters raise many types; re-raise one, naming the operator
-        op = failing_operator(exc)
-        where = f'operator {op}' if op else 'an operator it could not name'
-        dump = f' (the exporter\'s output: {log})' if os.path.getsize(log) else ''
-        if not dump:
+        # written beside `path` and moved there once complete: a failed or interrupted export leaves an existing
+        # file as it was, and no half-written one
+        with atomic_output(path) as tmp:
+            try:
+                with _native_stdout_to(log), torch.no_grad(), exportable_attention(module):
+                    _export(module, args, tmp, input_names, output_names, dynamic_batch, exporter, opset,
+                            custom_translation_table, optimize)
+            except Exception as exc:  # the exporters raise many types; re-raise one, naming the operator
+                keep_log = os.path.getsize(log) > 0
+                dump = f' (the exporter\'s output: {log})' if keep_log else ''
+                if is_out_of_memory(exc):
+                    shapes = ', '.join(str(tuple(a.shape)) for a in args)
+                    raise ExportError(f'{exporter} export ran out of memory for the input {shapes}: '
+                                      f'{_first_line(exc, 200)}{dump}') from exc
+                op = failing_operator(exc)
+                where = f'operator {op}' if op else 'an operator it could not name'
+                raise ExportError(f'{exporter} export failed at {where}: {_first_line(exc)}{dump}') from exc
+            if output_shapes is not None:
+                declare_output_shapes(tmp, output_shapes, dynamic_batch)
+    except BaseException:  # also Ctrl-C: no folders made for a file that is not there
+        remove_new_folders(new_dirs)
+        raise
+    finally:
+        if not keep_log:
             os.remove(log)
-        raise ExportError(f'{exporter} export failed at {where}: {_first_line(exc)}{dump}') from exc
-    os.remove(log)
-    if output_shapes is not None:
-        declare_output_shapes(path, output_shapes, dynamic_batch)
     return path
+
+
+def _export(module, args, path, input_names, output_names, dynamic_batch, exporter, opset, custom_translation_table,
+            optimize) -> None:
+    """The exporter call of :func:`export_onnx` (arguments as there)."""
+    if exporter == 'dynamo':
+        dynamic_shapes = None
+        if dynamic_batch:
+            batch = torch.export.Dim('batch', min=1, max=64)
+            dynamic_shapes = tuple({0: batch} for _ in args)
+            # torch.export specialises a size-1 dimension to the constant 1: trace with batch 2
+            args = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.shape[0] == 1 else a for a in args)
+        with ExportableOps():
+            program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+        onnx_program = torch.onnx.export(
+            program, dynamo=True, input_names=list(input_names), output_names=list(output_names),
+            opset_version=opset, custom_translation_table=custom_translation_table, optimize=optimize,
+            verbose=False)
+        onnx_program.save(path, external_data=False)
+    else:
+        dynamic_axes = None
+        if dynamic_batch:
+            dynamic_axes = {n: {0: 'batch'} for n in list(input_names) + list(output_names)}
+        with ExportableOps():
+            torch.onnx.export(
+                module, args, path, dynamo=False, input_names=list(input_names), output_names=list(output_names),
+                opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True, verbose=False)
 
 
 def declare_output_shapes(path: str, shapes: Sequence[Sequence[int]], dynamic_batch: bool) -> None:
@@ -216,8 +239,9 @@ def load_session(path: str, threads: Optional[int] = None):
     """
     import onnxruntime as ort
 
-    if not os.path.isfile(path):
-        raise OnnxLoadError(f'ONNX file not found: {path}')
+    missing = missing_file_error('ONNX', path)  # a folder given for a file is not a missing file
+    if missing:
+        raise OnnxLoadError(missing)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1

@@ -53,6 +53,19 @@ def _names(keys: Sequence[str], limit: int = 8) -> str:
     return ', '.join(keys[:limit]) + more
 
 
+def _part_hint(model: nn.Module, unexpected: Sequence[str]) -> str:
+    """Say so when the unexpected keys are a part of ``model`` without its prefix (a backbone's own checkpoint given
+    for a detector: ``norm0.weight`` for ``backbone.norm0.weight``); '' otherwise."""
+    own = model.state_dict()
+    for part, _ in model.named_children():
+        matched = sum(f'{part}.{k}' in own for k in unexpected)
+        if unexpected and matched >= len(unexpected) / 2:
+            return (f". {matched} of the unexpected tensors are the model's '{part}.' ones without that prefix: "
+                    f'the file holds the {part} alone; give a checkpoint of the whole model (a {part} checkpoint '
+                    f"goes into model.{part}.init_cfg=dict(type='Pretrained', checkpoint=PATH) for training)")
+    return ''
+
+
 def load_exact(model: nn.Module, path: str) -> None:
     """Load a checkpoint that must fit ``model`` exactly.
 
@@ -84,7 +97,8 @@ def load_exact(model: nn.Module, path: str) -> None:
     if unexpected:
         problems.append(f'{len(unexpected)} unexpected tensors: {_names(unexpected)}')
     if problems:
-        raise CheckpointMismatchError(f'checkpoint {path} does not fit the config: ' + '; '.join(problems))
+        raise CheckpointMismatchError(f'checkpoint {path} does not fit the config: ' + '; '.join(problems)
+                                      + _part_hint(model, unexpected))
     model.load_state_dict(state, strict=False)
 
 

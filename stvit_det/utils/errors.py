@@ -41,4 +41,18 @@ def error_summary(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {text.splitlines()[0]}' if text else first_line(exc)
 
 
-__all__ = ['first_line', 'error_summary', 'raised_at']
+#: what PyTorch's and NumPy's allocators say when a tensor does not fit (CPU and CUDA) or its size overflows
+_OUT_OF_MEMORY = ("can't allocate memory", 'out of memory', 'storage size calculation overflowed',
+                  'unable to allocate')
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed (``MemoryError``, ``torch.OutOfMemoryError``, PyTorch's
+    ``RuntimeError: DefaultCPUAllocator: can't allocate memory``, a size that overflows), so that a tool can blame
+    the input size instead of the operator that happened to allocate."""
+    if isinstance(exc, MemoryError):  # also NumPy's _ArrayMemoryError
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OUT_OF_MEMORY)
+
+
+__all__ = ['first_line', 'error_summary', 'raised_at', 'is_out_of_memory']

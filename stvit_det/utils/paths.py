@@ -48,7 +48,7 @@ def input_clash_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]])
     return None
 
 
-def _missing_folders(folder: str) -> List[str]:
+def missing_folders(folder: str) -> List[str]:
     """The folders of ``folder``'s chain that do not exist yet, deepest first (``[]`` when it exists): the parent of
     the last one is the nearest existing ancestor."""
     missing = []
@@ -73,7 +73,10 @@ def unwritable_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]] =
     if os.path.isdir(path):
         return 'it is a directory'
     existed = os.path.exists(path)
-    new_dirs = _missing_folders(os.path.dirname(os.path.abspath(path)))  # what the probe creates, deepest first
+    new_dirs = missing_folders(os.path.dirname(os.path.abspath(path)))  # what the probe creates, deepest first
+    nearest = os.path.dirname(new_dirs[-1]) if new_dirs else os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(nearest):  # a file where a folder of the path must be
+        return f'{nearest} is a file'
     try:
         make_parent_dir(path)
         open(path, 'ab').close()
@@ -83,10 +86,16 @@ def unwritable_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]] =
         if not existed:
             with contextlib.suppress(OSError):
                 os.remove(path)
-        for folder in new_dirs:
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
+        remove_new_folders(new_dirs)
     return None
+
+
+def remove_new_folders(folders: List[str]) -> None:
+    """Remove the folders :func:`missing_folders` listed before a write that failed, deepest first, where they are
+    still empty (another process may have filled them meanwhile: those stay)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def make_parent_dir(path: str) -> None:
@@ -101,7 +110,7 @@ def uncreatable_dir_reason(path: str) -> Optional[str]:
     made and removed there (``os.access`` says yes to root for any folder, ``/proc`` too). Nothing else is created,
     so the processes of one distributed run can probe the same work dir at once.
     """
-    missing = _missing_folders(path)
+    missing = missing_folders(path)
     existing = os.path.dirname(missing[-1]) if missing else os.path.abspath(path)
     if not os.path.isdir(existing):
         return f'{existing} is a file'
@@ -143,4 +152,4 @@ def atomic_output(path: str) -> Iterator[str]:
 
 
 __all__ = ['is_remote', 'missing_file_error', 'same_file', 'input_clash_reason', 'unwritable_reason', 'make_parent_dir',
-           'uncreatable_dir_reason', 'atomic_output']
+           'uncreatable_dir_reason', 'atomic_output', 'missing_folders', 'remove_new_folders']

@@ -2,6 +2,8 @@
 the argparse types of the tools' counts."""
 import argparse
 import math
+import os
+import sys
 from typing import Any
 
 
@@ -43,6 +45,24 @@ positive_int = _int_at_least(1, 'a positive integer')
 non_negative_int = _int_at_least(0, 'an integer >= 0')
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def warn_oversubscribed(threads: int) -> bool:
+    """Say on stderr when a timing tool runs more threads than there are CPUs: they then wait for each other and
+    the times measure the oversubscription, not the model. Returns whether it warned."""
+    cpus = available_cpus()
+    if threads <= cpus:
+        return False
+    print(f'warning: {threads} threads on {cpus} CPUs: the threads take turns, so the times measure that; '
+          f'--threads {cpus} or fewer', file=sys.stderr)
+    return True
+
 
 def _float_in(low: float, high: float, low_open: bool, what: str):
     def parse(text: str) -> float:
@@ -63,4 +83,4 @@ unit_float = _float_in(0.0, 1.0, False, 'a number in [0, 1]')
 
 
 __all__ = ['is_finite_number', 'is_int', 'is_count', 'is_sequence', 'positive_int', 'non_negative_int',
-           'positive_float', 'unit_float']
+           'positive_float', 'unit_float', 'available_cpus', 'warn_oversubscribed']

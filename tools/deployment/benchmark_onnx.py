@@ -5,7 +5,8 @@
 
 Files come from ``tools/deployment/export_onnx.py`` (any config, also ``mmdet::`` ones, so that an STViT-R backbone
 and mmdet's Swin can be compared in the runtime a deployment uses). Each file gets a seeded random float input of
-its own static shape (a dynamic batch dimension takes ``--batch``). As in ``tools/analysis/benchmark.py``, the
+its own static shape (a dynamic batch dimension takes ``--batch``; a file with a static batch refuses a ``--batch``
+other than 1). As in ``tools/analysis/benchmark.py``, the
 machines are shared and noisy: the files run in turn (A B A B ...) after the warm-up calls, and the table gives
 min / median of the timed calls and speed-up = first file's time / this file's (by min / by median).
 Nothing here knows about models; bad input (a missing or unloadable file, a graph without inputs, an input that is
@@ -19,13 +20,14 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'analysis'))
 from _common import print_table  # noqa: E402
 from stvit_det.deployment import OnnxInputError, OnnxLoadError, load_session  # noqa: E402
 from stvit_det.deployment.onnx_export import graph_inputs  # noqa: E402
 from stvit_det.utils.errors import first_line  # noqa: E402
-from stvit_det.utils.values import non_negative_int, positive_int  # noqa: E402
+from stvit_det.utils.values import non_negative_int, positive_int, warn_oversubscribed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -55,7 +57,15 @@ def random_feeds(session, batch: int, path: str, seed: int = 0) -> dict:
         if None in dims:
             raise OnnxInputError(f"{path}: input '{name}' has the shape {shape}: only the batch dimension may be "
                                  'dynamic')
-        feeds[name] = rng.standard_normal(dims, dtype=np.float32)
+        if batch != 1 and shape and isinstance(shape[0], int):
+            raise OnnxInputError(f"{path}: input '{name}' has a static batch of {shape[0]} (shape {shape}), so "
+                                 f'--batch {batch} cannot apply: export it without --static-batch, or time it '
+                                 'without --batch')
+        try:
+            feeds[name] = rng.standard_normal(dims, dtype=np.float32)
+        except MemoryError:
+            raise OnnxInputError(f"{path}: input '{name}' of shape {tuple(dims)} does not fit in memory: give a "
+                                 'smaller --batch') from None
     if not feeds:  # a graph of constants: nothing that depends on an input to time
         raise OnnxInputError(f'{path}: the graph has no inputs: there is nothing to give random data to')
     return feeds
@@ -76,6 +86,7 @@ def first_run(session, feed: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    warn_oversubscribed(args.threads or torch.get_num_threads())
     try:
         sessions = [load_session(f, args.threads) for f in args.files]
         feeds = [random_feeds(s, args.batch, f) for s, f in zip(sessions, args.files)]
@@ -95,16 +106,21 @@ def main(argv=None) -> int:
             t.append((time.perf_counter() - start) * 1e3)
 
     threads = sessions[0].get_session_options().intra_op_num_threads
-    print(f'ONNX Runtime, CPU, {threads} threads; {args.repeats} timed calls per file after {args.warmup} warm-up, '
-          'interleaved; speed-up vs the first file, by min / by median (> 1 = faster)')
+    print(f'ONNX Runtime, CPU, {threads} threads; {args.repeats} timed calls per file after {max(args.warmup, 1)} '
+          'warm-up, interleaved; speed-up vs the first file, by min / by median (> 1 = faster)')
     ref_min, ref_med = min(times[0]), statistics.median(times[0])
-    rows = []
-    for path, feed, t in zip(args.files, feeds, times):
-        shape = 'x'.join(map(str, next(iter(feed.values())).shape))
+    names = [os.path.basename(f) for f in args.files]
+    if len(set(names)) < len(names):  # two folders' model.onnx: the table tells them apart by the paths given
+        names = list(args.files)
+    rows, shapes = [], []
+    for name, feed, t in zip(names, feeds, times):
+        shapes.append(', '.join('x'.join(map(str, a.shape)) for a in feed.values()))
         t_min, t_med = min(t), statistics.median(t)
-        rows.append([os.path.basename(path), shape, f'{t_min:.1f}', f'{t_med:.1f}',
+        rows.append([name, shapes[-1], f'{t_min:.1f}', f'{t_med:.1f}',
                      f'{ref_min / t_min:.2f} / {ref_med / t_med:.2f}'])
     print_table(['file', 'input', 'min (ms)', 'median (ms)', 'speed-up'], rows)
+    if len(set(shapes)) > 1:
+        print('note: the files take inputs of different shapes: a speed-up then compares different amounts of work')
     return 0
 
 

@@ -27,8 +27,9 @@ from stvit_det.deployment import (PARTS, CheckpointMismatchError, ExportError, O
 from stvit_det.deployment.equivalents import EXPORTABLE_REGION_ATTENTION, stand_in_modules
 from stvit_det.deployment.onnx_export import EXPORTERS, as_numpy_list
 from stvit_det.toolboxes.scope import CfgOptionsAction
+from stvit_det.utils.errors import first_line, is_out_of_memory
 from stvit_det.utils.paths import unwritable_reason
-from stvit_det.utils.values import positive_float, positive_int, unit_float
+from stvit_det.utils.values import positive_float, positive_int, unit_float, warn_oversubscribed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,12 +66,15 @@ def main(argv=None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    warn_oversubscribed(threads)
     try:
         # before any work: the export must not replace the config, checkpoint or image it comes from
         reason = unwritable_reason(args.out, inputs={'config': args.config, 'checkpoint': args.checkpoint,
                                                      'image': args.image})
         if reason:
             raise ValueError(f'cannot write the ONNX file {args.out}: {reason}')
+        if not args.out.endswith('.onnx'):  # a typo must not replace a checkpoint or config the tool does not read
+            raise ValueError(f'--out {args.out}: give a file name ending in .onnx')
         if args.part not in PARTS:
             raise ValueError(f"unknown part '{args.part}': choose one of {', '.join(PARTS)}")
         if args.part == 'detector' and args.exporter == 'dynamo':
@@ -114,6 +118,12 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, ExportError, OnnxLoadError, CheckpointMismatchError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
+    except (RuntimeError, MemoryError) as exc:  # the input or a forward on it does not fit
+        if not is_out_of_memory(exc):
+            raise
+        print(f'error: out of memory at --shape {args.shape[0]} {args.shape[1]} ({first_line(exc)}): give a '
+              'smaller --shape', file=sys.stderr)
+        return 1
 
     print(f'exported {args.part} of {args.config} ({args.exporter} exporter) to {args.out}')
     print(f'inputs: {[(i.name, i.shape) for i in session.get_inputs()]}')
@@ -133,8 +143,11 @@ def main(argv=None) -> int:
     print(f'latency, CPU, {threads} threads, median of {args.repeats}: PyTorch eager {t_torch:.1f} ms, '
           f'ONNX Runtime {t_ort:.1f} ms ({t_torch / t_ort:.2f}x)')
     if not agree:
-        print(f'error: ONNX Runtime does not reproduce PyTorch within the tolerances (see above): {args.out}',
-              file=sys.stderr)
+        untrained = (' The weights are random (no checkpoint): untrained heads put scores and mask pixels at '
+                     'near-ties that float rounding flips; check with a trained checkpoint.'
+                     if args.part == 'detector' and not args.checkpoint else '')
+        print(f'error: ONNX Runtime does not reproduce PyTorch within the tolerances (see above): {args.out}.'
+              f'{untrained}', file=sys.stderr)
         return 2
     return 0
 
