@@ -283,6 +283,23 @@ def test_work_dir_is_probed_by_creating_it(monkeypatch, capsys, tmp_path):
     assert paths.uncreatable_dir_reason(str(tmp_path / 'a_file' / 'wd')) == f'{tmp_path / "a_file"} is a file'
 
 
+def test_a_download_url_given_for_a_checkpoint_is_refused(monkeypatch, capsys, tmp_path):
+    """Weights come from a file the user gives: a URL as test.py's checkpoint or as a config's load_from (read by
+    train.py's checks) is named as one (not 'file not found'), nothing is fetched and no work dir is made."""
+    from stvit_det.utils import paths
+    from stvit_det.utils.ckpt_file import CheckpointError, read_checkpoint  # how train.py reads load_from
+
+    url = 'https://download.openmmlab.com/mmdetection/v3.0/x.pth'
+    assert 'is a download URL' in paths.missing_file_error('checkpoint', url)
+    assert paths.missing_file_error('checkpoint', 's3://bucket/x.pth').startswith('checkpoint file not found')
+    wd = str(tmp_path / 'wd')
+    _assert_error(_run(monkeypatch, capsys, 'test.py', DEMO_CONFIG, url, '--work-dir', wd), 'test.py: error: ',
+                  f'checkpoint {url} is a download URL', 'never downloaded')
+    assert not osp.exists(wd)
+    with pytest.raises(CheckpointError, match=f'{url}: a download URL, not a checkpoint file: .*never downloaded'):
+        read_checkpoint(url)
+
+
 def test_config_whose_custom_imports_fail_names_the_module(monkeypatch, capsys, tmp_path):
     """mmengine wraps the import error of custom_imports; the message gives the module that is missing."""
     config = tmp_path / 'cfg.py'

@@ -59,6 +59,9 @@ def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
             refused by the weights-only unpickler, or holds no state dict.
     """
     path = os.path.expanduser(path)
+    if is_download_url(path):  # a checkpoint argument, a config's load_from: as for init_cfg, nothing is fetched
+        raise CheckpointError(f'{path}: a download URL, not a checkpoint file: weights are read from a local file, '
+                              'never downloaded at run time; download it once and give its path')
     if os.path.isdir(path):
         raise CheckpointError(f'{path}: a directory, not a checkpoint file')
     if not os.path.isfile(path):

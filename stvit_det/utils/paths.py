@@ -25,9 +25,13 @@ def is_download_url(path) -> bool:
 
 def missing_file_error(what: str, path: str) -> Optional[str]:
     """``'{what} file not found: PATH'``, or ``'{what} PATH is a directory, not a file'`` (a folder given for a
-    checkpoint is not a missing file); None when ``path`` is a file."""
+    checkpoint is not a missing file), or that PATH is a download URL (nothing is downloaded at run time); None
+    when ``path`` is a file."""
     if os.path.isfile(path):
         return None
+    if is_download_url(path):
+        return (f'{what} {path} is a download URL: files are read locally, never downloaded at run time; download '
+                'it once and give its path')
     return f'{what} {path} is a directory, not a file' if os.path.isdir(path) else f'{what} file not found: {path}'
 
 
