@@ -437,8 +437,9 @@ def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, d
         # a typo in --out must not replace a file the tool does not read (a checkpoint, a config)
         ([DEMO_CONFIG, '--shape', '224', '224', '--part', 'backbone', '--out', str(namespace)],
          f'--out {namespace}: give a file name ending in .onnx'),
-        ([DEMO_CONFIG, '--shape', '1000000', '1000000', '--part', 'backbone', '--out', out],
-         'out of memory at --shape 1000000 1000000 ('),
+        # 1.2e17 bytes: beyond the address space, refused whatever the kernel's overcommit setting
+        ([DEMO_CONFIG, '--shape', '100000000', '100000000', '--part', 'backbone', '--out', out],
+         'out of memory at --shape 100000000 100000000 ('),
         ([DEMO_CONFIG, *shape, '--part', 'backbone+neck', '--cfg-options', 'model.backbone.embed_dims=64'],
          'the backbone+neck does not run on a (1, 3, 224, 224) input: RuntimeError'),  # FPN in_channels of 48
         ([SEG_DEMO_CONFIG, *shape, '--part', 'backbone', '--image', demo_image],
@@ -566,7 +567,6 @@ def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     """An export that fails (or is interrupted) keeps an existing file as it was, makes no half-written one,
     removes the folders it made and keeps no empty exporter log; running out of memory is said, not blamed on an
     operator."""
-    import glob
     import tempfile
 
     class Svd(torch.nn.Module):
@@ -574,7 +574,11 @@ def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
         def forward(self, x):
             return torch.linalg.svd(x)[1]
 
-    logs = set(glob.glob(osp.join(tempfile.gettempdir(), 'onnx_export_*.log')))
+    logs = tmp_path / 'tmp'  # where the exporter logs go here (not the shared temp folder other runs write to)
+    logs.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(logs))
+    tmp_path = tmp_path / 'out'
+    tmp_path.mkdir()
     old = tmp_path / 'old.onnx'
     old.write_bytes(b'previous export')
     with pytest.raises(ExportError) as info:
@@ -598,7 +602,54 @@ def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
         assert os.listdir(tmp_path) == ['old.onnx']
     assert str(info.value).startswith('torchscript export ran out of memory for the input (1, 3, 64, 64): '
                                       'RuntimeError: [enforce fail')
-    assert set(glob.glob(osp.join(tempfile.gettempdir(), 'onnx_export_*.log'))) <= logs
+    assert os.listdir(logs) == []
+
+
+def test_running_out_of_memory_is_blamed_on_the_size(tmp_path, capsys, monkeypatch):
+    """An input that fits but whose activations do not: the tool says out of memory at --shape, not that the model
+    "does not run on" it (which points at the config)."""
+    from stvit_det.utils.errors import is_out_of_memory
+
+    oom = RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you tried "
+                       'to allocate 8589934592 bytes.')
+    assert is_out_of_memory(oom) and is_out_of_memory(MemoryError()) and not is_out_of_memory(
+        RuntimeError('mat1 and mat2 shapes cannot be multiplied'))
+    detector, _ = build_detector(DEMO_CONFIG)
+
+    def no_memory(*args, **kwargs):
+        raise oom
+
+    monkeypatch.setattr(detector.backbone, 'forward', no_memory)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        build_part(detector, 'backbone', (64, 64))
+    tool = _tool()
+    monkeypatch.setattr(tool, 'build_detector', lambda *args: (detector, None))
+    out = tmp_path / 'b.onnx'
+    assert tool.main([DEMO_CONFIG, '--shape', '64', '64', '--part', 'backbone', '--out', str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory at --shape 64 64 ([enforce fail") and err.count('\n') == 1, err
+    assert not out.exists()
+
+
+def test_failed_static_batch_export_removes_the_mixing_file(tmp_path, capsys, monkeypatch):
+    """The dynamic-batch file that mixed images is not left at --out when exporting it again with a static batch
+    fails."""
+    tool = _tool()
+    calls = []
+
+    def export_once(*args, **kwargs):
+        calls.append(args[5])  # dynamic_batch
+        if len(calls) > 1:
+            raise ExportError('torchscript export failed at operator aten::xyz: RuntimeError: stand-in')
+        return export_onnx(*args, **kwargs)
+
+    monkeypatch.setattr(tool, 'export_onnx', export_once)
+    monkeypatch.setattr(tool, 'batch_mismatch', lambda *args: 'at batch 2 ONNX Runtime differs (stand-in)')
+    out = tmp_path / 'b.onnx'
+    assert tool.main([DEMO_CONFIG, '--shape', '64', '64', '--part', 'backbone', '--out', str(out)]) == 1
+    err = capsys.readouterr().err
+    assert calls == [True, False] and not out.exists()
+    assert err.startswith('error: torchscript export failed at operator aten::xyz') and 'was removed' in err
 
 
 def test_onnx_benchmark_tool_interleaves_files_and_reports_ratios(tmp_path, capsys):
@@ -619,14 +670,14 @@ def test_onnx_benchmark_tool_interleaves_files_and_reports_ratios(tmp_path, caps
     assert rows[0].rstrip(' |').endswith('1.00 / 1.00')
 
     (tmp_path / 'broken.onnx').write_bytes(b'not a protobuf')
-    assert tool.main([files[0], str(tmp_path / 'broken.onnx')]) == 1
+    assert tool.main([files[0], str(tmp_path / 'broken.onnx'), '--threads', '1']) == 1
     err = capsys.readouterr().err
     assert err.startswith('error: ONNX Runtime cannot load') and err.count('\n') == 1
-    assert tool.main([str(tmp_path)]) == 1
+    assert tool.main([str(tmp_path), '--threads', '1']) == 1  # (a thread count above the CPUs would warn first)
     assert capsys.readouterr().err == f'error: ONNX {tmp_path} is a directory, not a file\n'
     static = export_onnx(model, (torch.randn(1, 3, 64, 64), ), str(tmp_path / 'static' / 'b64.onnx'), ['image'],
                          [f'out{i}' for i in range(4)], dynamic_batch=False)
-    assert tool.main([files[0], static, '--batch', '2', '--repeats', '1']) == 1  # it would time batch 1 against 2
+    assert tool.main([files[0], static, '--batch', '2', '--repeats', '1', '--threads', '1']) == 1  # batch 1 vs 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {static}: input 'image' has a static batch of 1") and '--batch 2' in err
     # two files of one name: the table shows the paths; inputs of different shapes: said under the table

@@ -73,12 +73,15 @@ def test_an_output_that_is_an_input_is_refused(monkeypatch, capsys, scratch, tmp
     photo, ckpt, config = scratch['photo'], scratch['ckpt'], scratch['config']
     pkl = str(tmp_path / 'ck.pkl')  # test.py writes .pkl only: a checkpoint named so
     os.link(ckpt, pkl)  # another name of the same file
+    ck_onnx, cfg_onnx = str(tmp_path / 'ck.onnx'), str(tmp_path / 'cfg.onnx')  # export_onnx writes .onnx only
+    os.link(ckpt, ck_onnx)
+    os.link(config, cfg_onnx)
     cases = [
         ('convert_ckpt.py', (ckpt, ckpt, '--detector', config), 'convert_ckpt: error: ', ckpt),
         ('convert_ckpt.py', (ckpt, config, '--detector', config), 'convert_ckpt: error: ', config),
-        ('deployment/export_onnx.py', (config, ckpt, '--shape', '32', '32', '--part', 'backbone', '--out', ckpt),
-         'error: ', ckpt),
-        ('deployment/export_onnx.py', (config, '--shape', '32', '32', '--part', 'backbone', '--out', config),
+        ('deployment/export_onnx.py', (config, ckpt, '--shape', '32', '32', '--part', 'backbone', '--out',
+                                       ck_onnx), 'error: ', ckpt),
+        ('deployment/export_onnx.py', (config, '--shape', '32', '32', '--part', 'backbone', '--out', cfg_onnx),
          'error: ', config),
         ('image_demo.py', (photo, config, ckpt, '--out', photo), 'image_demo.py: error: ', photo),
         ('vis_semantic_tokens.py', (photo, config, '--out', photo), 'vis_semantic_tokens.py: error: ', photo),
@@ -89,7 +92,7 @@ def test_an_output_that_is_an_input_is_refused(monkeypatch, capsys, scratch, tmp
         _assert_error(_run(monkeypatch, capsys, script, *args), prefix, 'cannot write', out,
                       'is the same file as the', source)
         assert _unchanged(scratch), script
-    assert sorted(os.listdir(tmp_path)) == ['cfg.py', 'ck.pkl', 'ck.pth', 'photo.png']
+    assert sorted(os.listdir(tmp_path)) == ['cfg.onnx', 'cfg.py', 'ck.onnx', 'ck.pkl', 'ck.pth', 'photo.png']
 
 
 def test_convert_ckpt_saves_atomically(monkeypatch, capsys, tmp_path):

@@ -146,7 +146,8 @@ def export_onnx(module: torch.nn.Module,
     if reason:
         raise ValueError(f'cannot write the ONNX file {path}: {reason}')
     module.eval()  # not `module = module.eval()`: mmdet's backbones override train() and return None
-    new_dirs = missing_folders(os.path.dirname(os.path.abspath(path)))  # removed again if the export fails
+    # the folders atomic_output will make (it follows links, as a plain write would): removed if the export fails
+    new_dirs = missing_folders(os.path.dirname(os.path.realpath(path)))
     fd, log = tempfile.mkstemp(prefix='onnx_export_', suffix='.log')
     os.close(fd)
     keep_log = False

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..datasets.pipelines import without_annotation_loading
 from ..toolboxes.scope import ConfigError, drop_init_cfgs, load_config, resolve_config_path
-from ..utils.errors import error_summary
+from ..utils.errors import error_summary, is_out_of_memory
 from ..utils.paths import missing_file_error
 from .onnx_export import ExportError
 
@@ -177,6 +177,8 @@ def build_part(detector: nn.Module, part: str, shape: Tuple[int, int],
     except ExportError:  # a detector component the export does not express: already named
         raise
     except (RuntimeError, AssertionError) as e:  # a neck whose in_channels do not fit the backbone's outputs
+        if is_out_of_memory(e):  # the size, not the model: the caller says so
+            raise
         raise ValueError(f'the {part} does not run on a (1, 3, {shape[0]}, {shape[1]}) input: '
                          f'{error_summary(e)}') from None
 

@@ -41,7 +41,8 @@ def error_summary(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {text.splitlines()[0]}' if text else first_line(exc)
 
 
-#: what PyTorch's and NumPy's allocators say when a tensor does not fit (CPU and CUDA) or its size overflows
+#: what PyTorch's and NumPy's allocators say when a tensor does not fit (CPU and CUDA) or its byte count overflows
+#: (a tensor too large to be addressed: no memory holds it either)
 _OUT_OF_MEMORY = ("can't allocate memory", 'out of memory', 'storage size calculation overflowed',
                   'unable to allocate')
 

@@ -57,7 +57,7 @@ def random_feeds(session, batch: int, path: str, seed: int = 0) -> dict:
         if None in dims:
             raise OnnxInputError(f"{path}: input '{name}' has the shape {shape}: only the batch dimension may be "
                                  'dynamic')
-        if batch != 1 and shape and isinstance(shape[0], int):
+        if shape and isinstance(shape[0], int) and shape[0] != batch and batch != 1:
             raise OnnxInputError(f"{path}: input '{name}' has a static batch of {shape[0]} (shape {shape}), so "
                                  f'--batch {batch} cannot apply: export it without --static-batch, or time it '
                                  'without --batch')

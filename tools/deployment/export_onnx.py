@@ -17,6 +17,7 @@ max relative difference; detector: other detections above ``--score-thr``, a box
 below 0.98).
 """
 import argparse
+import os
 import sys
 
 import torch
@@ -68,13 +69,13 @@ def main(argv=None) -> int:
     threads = torch.get_num_threads()
     warn_oversubscribed(threads)
     try:
+        if not args.out.lower().endswith('.onnx'):  # a typo must not replace a checkpoint or config not read here
+            raise ValueError(f'--out {args.out}: give a file name ending in .onnx')
         # before any work: the export must not replace the config, checkpoint or image it comes from
         reason = unwritable_reason(args.out, inputs={'config': args.config, 'checkpoint': args.checkpoint,
                                                      'image': args.image})
         if reason:
             raise ValueError(f'cannot write the ONNX file {args.out}: {reason}')
-        if not args.out.endswith('.onnx'):  # a typo must not replace a checkpoint or config the tool does not read
-            raise ValueError(f'--out {args.out}: give a file name ending in .onnx')
         if args.part not in PARTS:
             raise ValueError(f"unknown part '{args.part}': choose one of {', '.join(PARTS)}")
         if args.part == 'detector' and args.exporter == 'dynamo':
@@ -111,14 +112,19 @@ def main(argv=None) -> int:
         if reason:
             print(f'dynamic batch: {reason}; the traced graph holds batch 1 as a constant, so {args.out} is '
                   'exported again with a static batch of 1')
-            export_onnx(module, (image, ), args.out, inputs, outputs, False, args.exporter, output_shapes=shapes)
+            try:
+                export_onnx(module, (image, ), args.out, inputs, outputs, False, args.exporter,
+                            output_shapes=shapes)
+            except ExportError as exc:  # the file at --out is the one known to mix images: not left there
+                os.remove(args.out)
+                raise ExportError(f'{exc}; {args.out} (the dynamic-batch export) was removed') from None
             session = load_session(args.out, threads)
         feeds = {inputs[0]: image.numpy()}
         actual = run_session(session, feeds)
     except (ValueError, FileNotFoundError, ExportError, OnnxLoadError, CheckpointMismatchError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    except (RuntimeError, MemoryError) as exc:  # the input or a forward on it does not fit
+    except (RuntimeError, MemoryError) as exc:  # the input or a forward on it (build_part's trial) does not fit
         if not is_out_of_memory(exc):
             raise
         print(f'error: out of memory at --shape {args.shape[0]} {args.shape[1]} ({first_line(exc)}): give a '
