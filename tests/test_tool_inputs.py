@@ -286,6 +286,25 @@ def test_work_dir_is_probed_by_creating_it(monkeypatch, capsys, tmp_path):
     assert paths.uncreatable_dir_reason(str(tmp_path / 'a_file' / 'wd')) == f'{tmp_path / "a_file"} is a file'
 
 
+@pytest.mark.parametrize('script,option,message', [
+    ('train.py', 'train_cfg.max_iters=ten', "train_cfg.max_iters must be a positive integer, got 'ten'"),
+    ('train.py', 'train_cfg.val_interval=0', 'train_cfg.val_interval must be a positive integer, got 0'),
+    ('train.py', 'optim_wrapper.optimizer.lr=fast', "optim_wrapper.optimizer.lr must be a number >= 0, got 'fast'"),
+    ('train.py', 'train_dataloader.num_workers=-1', 'train_dataloader.num_workers must be an integer >= 0, got -1'),
+    ('train.py', 'train_dataloader.batch_size=2.5', 'train_dataloader.batch_size must be a positive integer, got 2.5'),
+    ('train.py', 'default_hooks.checkpoint.interval=[1]', 'default_hooks.checkpoint.interval must be an integer'),
+    ('test.py', 'test_dataloader.batch_size=0', 'test_dataloader.batch_size must be a positive integer, got 0'),
+])
+def test_run_settings_of_the_wrong_type(monkeypatch, capsys, scratch, tmp_path, script, option, message):
+    """Values mmengine and torch use deep in the Runner (a traceback there, for val_interval after a whole training
+    interval): one line naming the key and the value, before any work and without a work dir."""
+    wd = str(tmp_path / 'wd')
+    args = (DEMO_CONFIG, ) if script == 'train.py' else (DEMO_CONFIG, scratch['ckpt'])
+    _assert_error(_run(monkeypatch, capsys, script, *args, '--work-dir', wd, '--cfg-options', option),
+                  f'{script}: error: ', message)
+    assert not osp.exists(wd)
+
+
 def test_a_download_url_given_for_a_checkpoint_is_refused(monkeypatch, capsys, tmp_path):
     """Weights come from a file the user gives: a URL as test.py's checkpoint or as a config's load_from (read by
     train.py's checks) is named as one (not 'file not found'), nothing is fetched and no work dir is made."""

@@ -27,6 +27,7 @@ from stvit_det.utils.ckpt_file import (CheckpointError, check_backbone_init_chec
                                       model_tensor_shapes)
 from stvit_det.utils.errors import first_line
 from stvit_det.utils.paths import uncreatable_dir_reason, unwritable_reason
+from stvit_det.utils.values import is_count, is_finite_number, is_int
 
 
 def add_launch_args(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +80,55 @@ def load_tool_config(tool: str, args: argparse.Namespace) -> Config:
     return cfg
 
 
+def _positive_int(v) -> bool:
+    return is_count(v)
+
+
+def _non_negative_int(v) -> bool:
+    return is_int(v) and v >= 0
+
+
+def _non_negative_number(v) -> bool:
+    return is_finite_number(v) and v >= 0
+
+
+#: run settings that mmengine / torch use deep inside the Runner (a value of the wrong type ends there in a
+#: traceback, minutes in for a validation interval): (key, predicate, what it must be, phase that uses it)
+RUN_VALUES = (
+    ('train_cfg.max_iters', _positive_int, 'a positive integer', 'train'),
+    ('train_cfg.max_epochs', _positive_int, 'a positive integer', 'train'),
+    ('train_cfg.val_interval', _positive_int, 'a positive integer', 'train'),
+    ('train_dataloader.batch_size', _positive_int, 'a positive integer', 'train'),
+    ('train_dataloader.num_workers', _non_negative_int, 'an integer >= 0', 'train'),
+    ('val_dataloader.batch_size', _positive_int, 'a positive integer', 'val'),
+    ('val_dataloader.num_workers', _non_negative_int, 'an integer >= 0', 'val'),
+    ('test_dataloader.batch_size', _positive_int, 'a positive integer', 'test'),
+    ('test_dataloader.num_workers', _non_negative_int, 'an integer >= 0', 'test'),
+    ('optim_wrapper.optimizer.lr', _non_negative_number, 'a number >= 0', 'train'),
+    ('optim_wrapper.optimizer.weight_decay', _non_negative_number, 'a number >= 0', 'train'),
+    ('default_hooks.checkpoint.interval', is_int, 'an integer (-1: never)', 'train'),
+    ('default_hooks.logger.interval', _positive_int, 'a positive integer', 'train'),
+    ('auto_scale_lr.base_batch_size', _positive_int, 'a positive integer', 'train'),
+)
+
+
+def run_value_problem(cfg: Config, phases: Sequence[str]) -> Optional[str]:
+    """The first setting of :data:`RUN_VALUES` used by ``phases`` that the config sets to a value of the wrong type
+    or range (``--cfg-options train_cfg.max_iters=ten``), named with its value; None when all are fine (a setting
+    the config does not have is not checked: mmengine's defaults apply)."""
+    for key, valid, what, phase in RUN_VALUES:
+        if phase not in phases:
+            continue
+        node = cfg
+        for part in key.split('.'):
+            node = node.get(part) if isinstance(node, (Config, Mapping)) else None
+            if node is None:
+                break
+        if node is not None and not valid(node):
+            return f'{key} must be {what}, got {node!r}'
+    return None
+
+
 def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Optional[str] = None,
                  strict: Optional[bool] = None) -> None:
     """Fail early, in one line, on a model the config cannot build (a value its constructor refuses, an unknown
@@ -86,7 +136,11 @@ def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Opti
     checkpoint that cannot be read or does not fit the config's model (mmengine would only log the misfits and go
     on with random tensors): strictly for evaluation and resuming (``strict``, default ``test.py``: every tensor,
     nothing else), loosely for fine-tuning (``train.py``: see :func:`check_checkpoint_for_config`). For training,
-    also the file of an STViTR backbone's ``init_cfg=Pretrained`` (:func:`check_backbone_init_checkpoint`)."""
+    also the file of an STViTR backbone's ``init_cfg=Pretrained`` (:func:`check_backbone_init_checkpoint`). First,
+    the run settings of :data:`RUN_VALUES` (:func:`run_value_problem`)."""
+    problem = run_value_problem(cfg, phases)
+    if problem:
+        raise SystemExit(f'{tool}: error: {problem}')
     try:
         shapes = model_tensor_shapes(cfg)  # built once, on the meta device
     except (ValueError, TypeError, KeyError, AssertionError) as e:
