@@ -266,7 +266,8 @@ def test_image_demo_refuses_bad_input_in_one_line(real_image, demo_checkpoint, t
     (tmp_path / 'a_file').write_text('')
     (tmp_path / 'notes.txt').write_text('not an image\n')
     cases = [
-        ((str(tmp_path / 'nope.png'), DEMO_CONFIG, demo_checkpoint, '--out', str(out)), 'image not found'),
+        ((str(tmp_path / 'nope.png'), DEMO_CONFIG, demo_checkpoint, '--out', str(out)), 'image file not found'),
+        ((str(tmp_path), DEMO_CONFIG, demo_checkpoint, '--out', str(out)), 'image .* is a directory, not a file'),
         ((real_image, DEMO_CONFIG, str(other), '--out', str(out)), r'.*other\.pth does not fit the model'),
         ((real_image, DEMO_CONFIG, demo_checkpoint, '--out', str(out), '--cfg-options',
           'model.backbone.pad_mask=partial'), "the config's model cannot be built: .*pad_mask must be one of"),
@@ -300,3 +301,16 @@ def test_a_backbone_that_is_not_stvitr_is_named():
         sparse_stage(swin)
     with pytest.raises(ValueError, match=r'build STViTR with sparsify=True'):
         sparse_stage(STViTR(embed_dims=8, depths=(1, 1, 6, 1), num_heads=(1, 1, 1, 1), sparsify=False))
+    # the tool's own build: mmdet's backbones return None from train() / eval(), which was then named 'NoneType'
+    import importlib.util
+
+    from mmengine.config import Config
+    spec = importlib.util.spec_from_file_location('vis_tool', osp.join(ROOT, 'tools', 'vis_semantic_tokens.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cfg = Config(dict(default_scope='mmdet', model=dict(backbone=dict(
+        type='SwinTransformer', embed_dims=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)))))
+    built = tool.build_backbone(cfg, None, 'cpu')
+    assert type(built).__name__ == 'SwinTransformer' and not built.training
+    with pytest.raises(ValueError, match='the backbone is a SwinTransformer, not STViTR'):
+        sparse_stage(built)

@@ -23,6 +23,7 @@ from mmdet.registry import DATASETS, VISUALIZERS
 from stvit_det.datasets.pipelines import without_annotation_loading
 from stvit_det.toolboxes.scope import CfgOptionsAction, ConfigError, config_scope, load_config as load_toolbox_config
 from stvit_det.utils import allow_checkpoint_globals
+from stvit_det.utils.paths import missing_file_error
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _launch import check_device, check_inputs, check_output_file  # noqa: E402
@@ -54,9 +55,10 @@ def load_config(path, cfg_options=None):
 
 def main():
     args = parse_args()
-    for what, path in (('image', args.image), ('config file', args.config), ('checkpoint file', args.checkpoint)):
-        if not osp.isfile(path):
-            raise SystemExit(f'image_demo.py: error: {what} not found: {path}')
+    for what, path in (('image', args.image), ('config', args.config), ('checkpoint', args.checkpoint)):
+        missing = missing_file_error(what, path)  # also a folder, a download URL
+        if missing:
+            raise SystemExit(f'image_demo.py: error: {missing}')
     if not cv2.haveImageWriter(args.out):  # mmcv.imwrite (OpenCV) picks the format by the extension
         raise SystemExit(f'image_demo.py: error: --out {args.out}: not an image file name OpenCV can write (use '
                          '.png or .jpg)')

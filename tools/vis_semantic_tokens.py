@@ -99,7 +99,9 @@ def build_backbone(cfg, checkpoint, device):
             raise SystemExit(f'vis_semantic_tokens.py: error: {e}')
         if len(report['missing']) == len(list(backbone.state_dict())):
             raise SystemExit(f'vis_semantic_tokens.py: error: {checkpoint} holds no weights of this backbone')
-    return backbone.to(device).eval()
+    backbone.to(device)
+    backbone.eval()  # not `return backbone.eval()`: mmdet's backbones override train() and return None
+    return backbone
 
 
 def load_image(path, cfg, scale):

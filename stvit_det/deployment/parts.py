@@ -195,8 +195,9 @@ def preprocess_image(detector: nn.Module, cfg, image_path: str) -> Tuple[torch.T
     """
     from mmcv.transforms import Compose
 
-    if not osp.isfile(image_path):
-        raise FileNotFoundError(f'image not found: {image_path}')
+    missing = missing_file_error('image', image_path)
+    if missing:
+        raise FileNotFoundError(missing)
     try:
         pipeline = Compose(without_annotation_loading(cfg.test_dataloader.dataset.pipeline))
     except Exception as e:  # noqa: BLE001 - no test_dataloader; a transform of another toolbox (KeyError)

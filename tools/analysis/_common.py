@@ -44,13 +44,20 @@ def split_overrides(spec: str) -> Tuple[str, dict]:
 def load_config(spec: str, cfg_options: Optional[dict] = None) -> Config:
     """Load ``spec`` (a path, ``mmdet::`` / ``mmseg::`` path, optionally with ``@key=value`` overrides), then
     ``cfg_options``, then the spec's own overrides. One ``error:`` line for a config that is missing, does not
-    execute or defines no model, and for options that cannot be merged."""
+    execute or defines no model, for options that cannot be merged, and for options whose first key the config does
+    not have (``modle.backbone.embed_dims=64`` would be merged in as a new setting that nothing reads, and the
+    table would show the unchanged model under the override's name)."""
     path, overrides = split_overrides(spec)
     try:
         if not osp.isfile(resolve_config_path(path)):
             raise SystemExit(f'error: config file not found: {path}')
-        cfg = _load_toolbox_config(path, cfg_options, need_model=True)
-        apply_cfg_options(cfg, overrides, source=f"the overrides after '@' in {spec}:")
+        cfg = _load_toolbox_config(path, None, need_model=True)
+        for source, options in (('--cfg-options', cfg_options), (f"the overrides after '@' in {spec}:", overrides)):
+            new = sorted({key.split('.', 1)[0] for key in options or {}} - set(cfg.keys()))
+            if new:  # merging would add it, and nothing these tools build would read it: a typo
+                raise SystemExit(f"error: {source} set {', '.join(repr(k) for k in new)}, which {path} does not "
+                                 'have: a typo? (these tools read the model settings, under model.)')
+            apply_cfg_options(cfg, options, source=source)
         return cfg
     except ConfigError as e:
         raise SystemExit(f'error: {e}') from None

@@ -70,7 +70,8 @@ from torch.utils._pytree import tree_leaves
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import build_model, fake_batch, load_config, print_table, short_name, uses_flex_attention  # noqa: E402
 from stvit_det.toolboxes.scope import CfgOptionsAction  # noqa: E402
-from stvit_det.utils.errors import error_summary  # noqa: E402
+from stvit_det.utils.errors import error_summary, is_out_of_memory  # noqa: E402
+from stvit_det.utils.values import warn_oversubscribed  # noqa: E402
 
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -341,9 +342,9 @@ def run_setting(configs: List[str], mode: str, shape, batch_size: int, dtype_nam
         try:
             benches[i] = Bench(c, mode, shape, batch_size, dtype_name, args)
             benches[i].call()  # first call outside the warm-up count: fail early, before any timing
-        except (RuntimeError, NotImplementedError, ValueError, TypeError, KeyError, AssertionError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever a model build or call raises: its row says it, the others run
             benches.pop(i, None)
-            results[i] = dict(error=_one_line(e, c, mode))
+            results[i] = dict(error=_one_line(e, c, mode, shape, batch_size, dtype_name, args.device))
     for _ in range(args.warmup):
         for b in benches.values():
             b.call()
@@ -379,12 +380,20 @@ def run_setting(configs: List[str], mode: str, shape, batch_size: int, dtype_nam
     return results
 
 
-def _one_line(e: Exception, config: str, mode: str) -> str:
+def _one_line(e: Exception, config: str, mode: str, shape=None, batch_size: int = 1, dtype_name: str = 'fp32',
+              device: str = 'cpu') -> str:
     """``Type: message`` of a failure for stderr, shortened for its table cell; a bare ``assert`` of a library
-    (no message) says where it was raised."""
+    (no message) says where it was raised; the known causes are said instead of a kernel's words."""
     summary = error_summary(e)
     if 'Expected more than 1 value per channel when training' in summary:  # BatchNorm of a head (UperNet's)
         summary = f'{type(e).__name__}: BatchNorm in training needs more than one value per channel: --batch-size 2'
+    elif is_out_of_memory(e) and shape is not None:
+        summary = (f'{type(e).__name__}: out of memory at {batch_size}x3x{shape[0]}x{shape[1]}: a smaller --shape '
+                   f'or --batch-size ({summary})')
+    elif (device == 'cpu' and dtype_name != 'fp32' and mode == 'detector'
+          and ('BFloat16' in summary or 'Half' in summary)):  # mmcv's NMS / RoIAlign on the CPU
+        summary = (f"{type(e).__name__}: a CPU op of the heads (mmcv's NMS, RoIAlign) takes fp32 only: "
+                   f'--mode backbone or --dtype fp32 ({summary})')
     print(f'{short_name(config)} ({mode}): {summary}', file=sys.stderr)
     return summary[:len(type(e).__name__) + 2 + 80]  # the type and up to 80 characters of the message
 
@@ -425,8 +434,12 @@ def parse_args():
 
 def main():
     args = parse_args()
+    for config in args.configs:  # a missing or unreadable config ends the run before any other is measured
+        load_config(config, args.cfg_options)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == 'cpu':
+        warn_oversubscribed(torch.get_num_threads())
     modes = ['backbone', 'detector'] if args.mode == 'both' else [args.mode]
     settings = [(m, s, b, d) for m in modes for s in args.shape for b in args.batch_size for d in args.dtype]
     results = {st: run_setting(args.configs, *st, args) for st in settings}

@@ -47,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import build_model, fake_batch, load_config, print_table, short_name, uses_flex_attention  # noqa: E402
 from stvit_det.toolboxes.scope import CfgOptionsAction  # noqa: E402
-from stvit_det.utils.errors import first_line  # noqa: E402
+from stvit_det.utils.errors import first_line, is_out_of_memory  # noqa: E402
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -107,25 +107,32 @@ def meta_predict(model: torch.nn.Module, inputs: torch.Tensor) -> None:
             head(inputs.new_empty(detections, extractor.out_channels, *head.roi_feat_size))
 
 
+def _failure(e: BaseException, shape) -> str:
+    """What a forward that failed says: out of memory at the size, else the error's first line."""
+    if is_out_of_memory(e):
+        return f'out of memory at a 1x3x{shape[0]}x{shape[1]} input ({first_line(e)}): give a smaller --shape'
+    return f'the model fails on a 1x3x{shape[0]}x{shape[1]} input: {first_line(e)}'
+
+
 def measure(config: str, args) -> Dict[str, float]:
     cfg = load_config(config, args.cfg_options)
     torch.manual_seed(0)  # the same random weights and input whatever the position of the config in the list
     try:
         model = build_model(cfg, args.device)
-    except (ValueError, TypeError, KeyError, AssertionError) as e:  # a value the model refuses, an unknown type
-        raise SystemExit(f'error: {config}: the model cannot be built: {first_line(e)}') from None
     except (RuntimeError, NotImplementedError) as e:
-        if args.device != 'meta':
-            raise
+        if args.device != 'meta' or is_out_of_memory(e):
+            raise SystemExit(f'error: {config}: the model cannot be built: {first_line(e)}') from None
         raise SystemExit(f'error: {config}: this model cannot be built on the meta device (its construction reads '
                          f'tensor values: {first_line(e)}); count it with --device cpu') from None
+    except Exception as e:  # noqa: BLE001 - a value the model refuses, an unknown type, a None where a dict goes
+        raise SystemExit(f'error: {config}: the model cannot be built: {first_line(e)}') from None
     if uses_flex_attention(model):
         raise SystemExit(f"error: {config}: attn_impl='flex' cannot be counted (FlopCounterMode cannot run PyTorch's "
                          "FlexAttention); count attn_impl='reference' for the region arithmetic or 'dense' for every "
                          "(query, key) pair (flex computes the 128x128 blocks of the latter that hold region keys)")
-    inputs, samples = fake_batch(1, args.shape, args.device, scope=cfg.get('default_scope'))
     out = dict(backbone_params=num_params(model.backbone) / 1e6, detector_params=num_params(model) / 1e6)
     try:
+        inputs, samples = fake_batch(1, args.shape, args.device, scope=cfg.get('default_scope'))
         if args.mode in ('backbone', 'both'):
             out['backbone_gflops'] = count_macs(model.backbone, inputs) / 1e9
         if args.mode in ('detector', 'both'):
@@ -133,9 +140,8 @@ def measure(config: str, args) -> Dict[str, float]:
                 out['detector_gflops'] = count_macs(meta_predict, model, inputs) / 1e9
             else:
                 out['detector_gflops'] = count_macs(model.predict, inputs, samples) / 1e9
-    except (ValueError, RuntimeError, AssertionError) as e:  # a size the model refuses, a shape clash, mmdet's asserts
-        raise SystemExit(f'error: {config}: the model cannot run on a 1x3x{args.shape[0]}x{args.shape[1]} input: '
-                         f'{first_line(e)}') from None
+    except Exception as e:  # noqa: BLE001 - a size the model refuses, a shape clash, mmdet's asserts, no memory
+        raise SystemExit(f'error: {config}: {_failure(e, args.shape)}') from None
     return out
 
 
@@ -161,7 +167,16 @@ def parse_args():
 
 def main():
     args = parse_args()
-    results = [measure(c, args) for c in args.configs]
+    configs, results, failed = [], [], []
+    for c in args.configs:  # a config that fails is named and left out; the others are still counted
+        try:
+            results.append(measure(c, args))
+            configs.append(c)
+        except SystemExit as e:
+            print(e.code, file=sys.stderr)
+            failed.append(c)
+    if not results:
+        return 1
 
     h, w = args.shape
     header = ['config', 'backbone params (M)']
@@ -171,7 +186,7 @@ def main():
     if args.mode in ('detector', 'both'):
         header += ['model GFLOPs', 'vs first']
     rows = []
-    for config, r in zip(args.configs, results):
+    for config, r in zip(configs, results):
         row = [short_name(config), f'{r["backbone_params"]:.2f}']
         if 'backbone_gflops' in r:
             row += [f'{r["backbone_gflops"]:.1f}', f'{r["backbone_gflops"] / results[0]["backbone_gflops"]:.3f}']
@@ -182,7 +197,11 @@ def main():
     print(f'\nInput 1x3x{h}x{w}; GFLOPs = 1e9 multiply-accumulates (FlopCounterMode, SDPA included); '
           f'model = predict mode (detectors: score_thr 0; segmentors: their test_cfg mode).')
     print_table(header, rows)
+    if failed:
+        print(f"error: not counted (see above): {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

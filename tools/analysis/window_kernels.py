@@ -22,6 +22,8 @@ import torch
 import stvit_det.models.layers.swin_block as swin_block
 from stvit_det.models.backbones.stvit_r import ARCH_SETTINGS
 from stvit_det.models.layers.window_ops import shift_window_mask
+from stvit_det.utils.errors import first_line, is_out_of_memory
+from stvit_det.utils.values import warn_oversubscribed
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import print_table  # noqa: E402
@@ -78,11 +80,19 @@ def main():
         parser.error('--device cuda: no CUDA device available')
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == 'cpu':
+        warn_oversubscribed(torch.get_num_threads())
     torch.manual_seed(0)
     rows = []
     for shape in args.shape or [(800, 1216)]:
         for stage, dim, heads, hp, wp in stage_windows(shape, args.arch):
-            t = time_kernels(dim, heads, hp, wp, torch.device(args.device), args.repeats)
+            try:
+                t = time_kernels(dim, heads, hp, wp, torch.device(args.device), args.repeats)
+            except (RuntimeError, MemoryError) as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise SystemExit(f'error: out of memory at --shape {shape[0]} {shape[1]} (stage {stage}: '
+                                 f'{first_line(e)}): give a smaller --shape') from None
             w, f = t['written'], t['fused']
             rows.append([f'{shape[0]}x{shape[1]}', str(stage), str(dim), str(heads), str((hp // 7) * (wp // 7)),
                          f'{min(w) * 1e3:.1f} / {statistics.median(w) * 1e3:.1f}',
