@@ -320,6 +320,9 @@ def test_flops_of_the_other_configs_when_one_fails_and_override_typos():
         last = _fails(script, demo + '@modle.backbone.embed_dims=64', '--shape', '64', '64').stderr.splitlines()[-1]
         assert last == (f"error: the overrides after '@' in {demo}@modle.backbone.embed_dims=64: set 'modle', which "
                         f'{demo} does not have: a typo? (these tools read the model settings, under model.)'), last
+    last = _fails('get_flops.py', 'mmdett::swin/x.py', '--shape', '64', '64').stderr.splitlines()[-1]
+    assert last == "error: mmdett::swin/x.py: 'mmdett::' names no toolbox; the prefixes are mmdet::, mmseg::, " \
+                   'mmpretrain:: (a config shipped with that toolbox)', last
     last = _fails('get_flops.py', demo, '--shape', '64', '64', '--cfg-options', 'mdoel.x=1').stderr.splitlines()[-1]
     assert last.startswith("error: --cfg-options set 'mdoel', which ")
     last = _fails('get_flops.py', demo, '--shape', '100000000', '100000000', '--mode', 'backbone').stderr

@@ -89,6 +89,10 @@ def test_swin_settings_are_refused_together():
     assert ('STViTR got arguments it does not take: attn_drop_rate, convert_weights, drop_rate, patch_norm, '
             'qk_scale.') in msg
     assert "backbone=dict(_delete_=True, type='STViTR', ...)" in msg and 'converted automatically' in msg
+    # a near miss of STViTR's own names is a typo, not another backbone's setting
+    with pytest.raises(TypeError) as info:
+        STViTR(attn_imp='flex')
+    assert str(info.value) == 'STViTR got arguments it does not take: attn_imp (did you mean attn_impl?).'
 
 
 @pytest.mark.parametrize('out_indices', [(0, 1, 2), (2, ), (0, )])

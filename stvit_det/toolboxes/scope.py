@@ -76,10 +76,14 @@ def resolve_config_path(path: str) -> str:
 
     Raises:
         ToolboxMissingError: when the toolbox is not installed.
+        ConfigError: for a prefix that names no toolbox (``mmdett::``), known or installed.
     """
     if '::' not in path:
         return path
     scope, rel = path.split('::', 1)
+    if scope not in TOOLBOX_PACKAGES and not toolbox_installed(scope):
+        raise ConfigError(f"{path}: '{scope}::' names no toolbox; the prefixes are "
+                          f"{', '.join(f'{s}::' for s in TOOLBOX_PACKAGES)} (a config shipped with that toolbox)")
     toolbox = import_toolbox(scope, path, 'is a config of that toolbox')
     return osp.join(osp.dirname(toolbox.__file__), '.mim', 'configs', rel)
 

@@ -7,6 +7,8 @@ arXiv 2303.08685. Official code (Apache-2.0): changsn/STViT-R-Object-Detection
 microsoft/Swin-Transformer (MIT). mmdet's ``SwinTransformer`` (Apache-2.0) is the model for the detection duties
 (out_indices, norms, frozen stages, init_cfg). Written anew here; parameter names follow the official checkpoints.
 """
+import difflib
+import inspect
 import re
 import warnings
 from collections import OrderedDict
@@ -113,13 +115,21 @@ SWIN_ARGUMENT_HINTS = {
 }
 
 
-def unknown_arguments_message(names: Sequence[str]) -> str:
+def unknown_arguments_message(names: Sequence[str], known: Sequence[str]) -> str:
     """One message for every argument ``STViTR`` does not take (Python's own ``TypeError`` names the first only,
-    so a Swin config with the backbone type swapped would fail once per inherited key)."""
-    hints = [f'{n}: {SWIN_ARGUMENT_HINTS[n]}' for n in names if n in SWIN_ARGUMENT_HINTS]
-    return (f"STViTR got arguments it does not take: {', '.join(names)}. Inherited from another backbone's settings "
-            "(e.g. mmdet's or mmseg's SwinTransformer in a _base_ config)? Replace them with "
-            "backbone=dict(_delete_=True, type='STViTR', ...)" + (f" ({'; '.join(hints)})" if hints else ''))
+    so a Swin config with the backbone type swapped would fail once per inherited key): a near miss of one of the
+    ``known`` names is a typo ("did you mean"); the others most likely come from another backbone's settings in a
+    ``_base_`` config."""
+    typos = {n: difflib.get_close_matches(n, known, n=1, cutoff=0.8) for n in names}
+    parts = [f'{n} (did you mean {m[0]}?)' if m else n for n, m in typos.items()]
+    message = f"STViTR got arguments it does not take: {', '.join(parts)}."
+    foreign = [n for n, m in typos.items() if not m]
+    if foreign:
+        hints = [f'{n}: {SWIN_ARGUMENT_HINTS[n]}' for n in foreign if n in SWIN_ARGUMENT_HINTS]
+        message += (" Inherited from another backbone's settings (e.g. mmdet's or mmseg's SwinTransformer in a "
+                    "_base_ config)? Replace them with backbone=dict(_delete_=True, type='STViTR', ...)"
+                    + (f" ({'; '.join(hints)})" if hints else ''))
+    return message
 
 
 @MODELS.register_module()
@@ -208,7 +218,8 @@ class STViTR(BaseModule):
                  pretrained: Optional[str] = None,
                  **unknown) -> None:
         if unknown:
-            raise TypeError(unknown_arguments_message(sorted(unknown)))
+            known = [p for p in inspect.signature(STViTR.__init__).parameters if p not in ('self', 'unknown')]
+            raise TypeError(unknown_arguments_message(sorted(unknown), known))
         if pretrained is not None:
             if is_remote(pretrained):
                 raise ValueError(f"STViTR got pretrained='{pretrained}' (from the config's model.pretrained, set by "
