@@ -363,7 +363,21 @@ def test_window_kernels_tool_times_both_kernels_and_restores_the_rule(capsys, mo
     monkeypatch.setattr(sys, 'argv', ['window_kernels.py', '--shape', '0', '96'])
     with pytest.raises(SystemExit):
         tool.main()
-    assert '--repeats, --shape and --threads must be >= 1' in capsys.readouterr().err
+    assert "argument --shape: '0' is not a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('option,value,message', [('--batch-size', '0', 'a positive integer'),
+                                                  ('--shape', '0', 'a positive integer'),
+                                                  ('--repeats', '0', 'a positive integer'),
+                                                  ('--warmup', '-1', 'an integer >= 0'),
+                                                  ('--threads', '1.5', 'a positive integer')])
+def test_benchmark_names_the_count_that_is_out_of_range(capsys, monkeypatch, option, value, message):
+    tool = _load_tool('benchmark')
+    values = [value, '64'] if option == '--shape' else [value]
+    monkeypatch.setattr(sys, 'argv', ['benchmark.py', 'cfg.py', option, *values])
+    with pytest.raises(SystemExit):
+        tool.parse_args()
+    assert f"argument {option}: '{value}' is not {message}" in capsys.readouterr().err
 
 
 def test_get_flops_forward_failure_is_one_line():

@@ -71,7 +71,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import build_model, fake_batch, load_config, print_table, short_name, uses_flex_attention  # noqa: E402
 from stvit_det.toolboxes.scope import CfgOptionsAction  # noqa: E402
 from stvit_det.utils.errors import error_summary, is_out_of_memory  # noqa: E402
-from stvit_det.utils.values import warn_oversubscribed  # noqa: E402
+from stvit_det.utils.values import non_negative_int, positive_int, warn_oversubscribed  # noqa: E402
 
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -402,19 +402,20 @@ def parse_args():
     parser = argparse.ArgumentParser(description='Speed and peak memory, inference or training: backbone and model')
     parser.add_argument('configs', nargs='+', help='config files; `mmdet::path` picks a config shipped with mmdet; '
                         '`CONFIG@key=value[@key=value]` overrides settings of that config only')
-    parser.add_argument('--shape', type=int, nargs=2, action='append', metavar=('H', 'W'),
+    parser.add_argument('--shape', type=positive_int, nargs=2, action='append', metavar=('H', 'W'),
                         help='input size; repeat the option for several sizes (default 800 1216)')
-    parser.add_argument('--batch-size', type=int, nargs='+', default=[1], help='one or more batch sizes')
+    parser.add_argument('--batch-size', type=positive_int, nargs='+', default=[1], help='one or more batch sizes')
     parser.add_argument('--dtype', choices=list(DTYPES), nargs='+', default=['fp32'],
                         help='fp32, or autocast to bf16 / fp16; several values are measured in turn')
     parser.add_argument('--mode', choices=['backbone', 'detector', 'both'], default='both',
                         help="'detector' = the whole model (detector, segmentor or classifier)")
     parser.add_argument('--train', action='store_true', help='time a training step (forward + loss + backward)')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed calls of each config first')
-    parser.add_argument('--repeats', type=int, default=5, help='timed calls of each config, interleaved')
+    parser.add_argument('--warmup', type=non_negative_int, default=2, help='untimed calls of each config first')
+    parser.add_argument('--repeats', type=positive_int, default=5, help='timed calls of each config, interleaved')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--compile', action='store_true', help='torch.compile the backbone (and neck)')
-    parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads); default: torch default')
+    parser.add_argument('--threads', type=positive_int,
+                        help='CPU threads (torch.set_num_threads); default: torch default')
     parser.add_argument('--profile', action='store_true', help='time per stage and block kind of every backbone')
     parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory call')
     parser.add_argument(
@@ -426,9 +427,6 @@ def parse_args():
     if args.profile and args.compile:
         parser.error('--profile times eager modules with hooks, which do not run inside a compiled graph: drop '
                      '--compile for the breakdown')
-    if (args.repeats < 1 or args.warmup < 0 or min(args.batch_size) < 1
-            or (args.threads is not None and args.threads < 1) or min(min(s) for s in args.shape) < 1):
-        parser.error('--repeats, --batch-size, --shape and --threads must be >= 1, --warmup >= 0')
     return args
 
 

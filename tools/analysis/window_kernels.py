@@ -23,7 +23,7 @@ import stvit_det.models.layers.swin_block as swin_block
 from stvit_det.models.backbones.stvit_r import ARCH_SETTINGS
 from stvit_det.models.layers.window_ops import shift_window_mask
 from stvit_det.utils.errors import first_line, is_out_of_memory
-from stvit_det.utils.values import warn_oversubscribed
+from stvit_det.utils.values import positive_int, warn_oversubscribed
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import print_table  # noqa: E402
@@ -68,14 +68,11 @@ def time_kernels(dim, heads, hp, wp, device, repeats, window=7):
 def main():
     parser = argparse.ArgumentParser(description='written-out vs fused window attention, per stage')
     parser.add_argument('--arch', default='tiny', choices=sorted(ARCH_SETTINGS))
-    parser.add_argument('--shape', type=int, nargs=2, action='append', metavar=('H', 'W'))
-    parser.add_argument('--threads', type=int, default=None)
-    parser.add_argument('--repeats', type=int, default=12)
+    parser.add_argument('--shape', type=positive_int, nargs=2, action='append', metavar=('H', 'W'))
+    parser.add_argument('--threads', type=positive_int, default=None)
+    parser.add_argument('--repeats', type=positive_int, default=12)
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     args = parser.parse_args()
-    if (args.repeats < 1 or (args.threads is not None and args.threads < 1)
-            or min((min(s) for s in args.shape or []), default=1) < 1):
-        parser.error('--repeats, --shape and --threads must be >= 1')
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device available')
     if args.threads:
