@@ -80,10 +80,6 @@ def load_tool_config(tool: str, args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _positive_int(v) -> bool:
-    return is_count(v)
-
-
 def _non_negative_int(v) -> bool:
     return is_int(v) and v >= 0
 
@@ -95,20 +91,20 @@ def _non_negative_number(v) -> bool:
 #: run settings that mmengine / torch use deep inside the Runner (a value of the wrong type ends there in a
 #: traceback, minutes in for a validation interval): (key, predicate, what it must be, phase that uses it)
 RUN_VALUES = (
-    ('train_cfg.max_iters', _positive_int, 'a positive integer', 'train'),
-    ('train_cfg.max_epochs', _positive_int, 'a positive integer', 'train'),
-    ('train_cfg.val_interval', _positive_int, 'a positive integer', 'train'),
-    ('train_dataloader.batch_size', _positive_int, 'a positive integer', 'train'),
+    ('train_cfg.max_iters', is_count, 'a positive integer', 'train'),
+    ('train_cfg.max_epochs', is_count, 'a positive integer', 'train'),
+    ('train_cfg.val_interval', is_count, 'a positive integer', 'train'),
+    ('train_dataloader.batch_size', is_count, 'a positive integer', 'train'),
     ('train_dataloader.num_workers', _non_negative_int, 'an integer >= 0', 'train'),
-    ('val_dataloader.batch_size', _positive_int, 'a positive integer', 'val'),
+    ('val_dataloader.batch_size', is_count, 'a positive integer', 'val'),
     ('val_dataloader.num_workers', _non_negative_int, 'an integer >= 0', 'val'),
-    ('test_dataloader.batch_size', _positive_int, 'a positive integer', 'test'),
+    ('test_dataloader.batch_size', is_count, 'a positive integer', 'test'),
     ('test_dataloader.num_workers', _non_negative_int, 'an integer >= 0', 'test'),
     ('optim_wrapper.optimizer.lr', _non_negative_number, 'a number >= 0', 'train'),
     ('optim_wrapper.optimizer.weight_decay', _non_negative_number, 'a number >= 0', 'train'),
     ('default_hooks.checkpoint.interval', is_int, 'an integer (-1: never)', 'train'),
-    ('default_hooks.logger.interval', _positive_int, 'a positive integer', 'train'),
-    ('auto_scale_lr.base_batch_size', _positive_int, 'a positive integer', 'train'),
+    ('default_hooks.logger.interval', is_count, 'a positive integer', 'train'),
+    ('auto_scale_lr.base_batch_size', is_count, 'a positive integer', 'train'),
 )
 
 

@@ -63,6 +63,12 @@ def missing_folders(folder: str) -> List[str]:
     return missing
 
 
+def nearest_existing(folder: str, missing: List[str]) -> str:
+    """The nearest existing ancestor of ``folder`` (itself when it exists), given its :func:`missing_folders`; it
+    may be a file, where a folder of the chain must be."""
+    return os.path.dirname(missing[-1]) if missing else os.path.abspath(folder)
+
+
 def unwritable_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]] = None) -> Optional[str]:
     """Why a file cannot be written at ``path`` (None when it can), or why it must not be: it is the same file as
     one of the tool's ``inputs`` (see :func:`input_clash_reason`).
@@ -77,8 +83,9 @@ def unwritable_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]] =
     if os.path.isdir(path):
         return 'it is a directory'
     existed = os.path.exists(path)
-    new_dirs = missing_folders(os.path.dirname(os.path.abspath(path)))  # what the probe creates, deepest first
-    nearest = os.path.dirname(new_dirs[-1]) if new_dirs else os.path.dirname(os.path.abspath(path))
+    parent = os.path.dirname(os.path.abspath(path))
+    new_dirs = missing_folders(parent)  # what the probe creates, deepest first
+    nearest = nearest_existing(parent, new_dirs)
     if not os.path.isdir(nearest):  # a file where a folder of the path must be
         return f'{nearest} is a file'
     try:
@@ -114,8 +121,7 @@ def uncreatable_dir_reason(path: str) -> Optional[str]:
     made and removed there (``os.access`` says yes to root for any folder, ``/proc`` too). Nothing else is created,
     so the processes of one distributed run can probe the same work dir at once.
     """
-    missing = missing_folders(path)
-    existing = os.path.dirname(missing[-1]) if missing else os.path.abspath(path)
+    existing = nearest_existing(path, missing_folders(path))
     if not os.path.isdir(existing):
         return f'{existing} is a file'
     try:
