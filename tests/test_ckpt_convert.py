@@ -191,6 +191,23 @@ def test_swin_warm_start_splits_qkv_and_reports_the_rest():
     assert report['unexpected'] == []
 
 
+def test_weights_that_leave_a_frozen_part_random_are_refused():
+    """Swin's weights have no conv stem: loaded into a conv-stem STViTR with frozen_stages >= 0, the stem would stay
+    random (BN statistics 0 / 1) and frozen for the whole run. Unfrozen, it trains, as the warm start above."""
+    sd = {'state_dict': _mmdet_swin().state_dict()}
+    for frozen in (0, 2):
+        with pytest.raises(ValueError, match=rf"lacks \d+ tensors of what frozen_stages={frozen} freezes: "
+                                             r"patch_embed\.proj \(\d+ tensors\), .*initial \(random\) values "
+                                             r".*stem='patch'"):
+            STViTR(arch='tiny', frozen_stages=frozen).load_pretrained(sd)
+    STViTR(arch='tiny', frozen_stages=-1).load_pretrained(sd)
+    patch = STViTR(arch='tiny', stem='patch', sparsify=False, frozen_stages=2)
+    assert patch.load_pretrained(sd)['missing'] == []  # a Swin-like STViTR: everything frozen is loaded
+    with pytest.raises(ValueError, match=r"lacks 10 tensors of what frozen_stages=3 freezes: layers\.2 \(10 "
+                                         r"tensors\), e\.g\. layers\.2\.blocks\.1\.layer_scale_1"):  # not Swin's
+        STViTR(arch='tiny', stem='patch', frozen_stages=3).load_pretrained(sd)
+
+
 def test_pretrained_init_cfg_loads_from_a_path(tmp_path, monkeypatch):
     src = randomize_(STViTR(arch='tiny'))
     path = tmp_path / 'stvit.pth'
@@ -251,7 +268,8 @@ def test_backbone_init_checkpoint_is_checked_before_training(tmp_path):
         check_backbone_init_checkpoint(cfg_for(truncated))
     other = tmp_path / 'other.pth'
     torch.save({'conv1.weight': torch.zeros(1)}, other)
-    with pytest.raises(CheckpointError, match='unrecognised checkpoint layout'):
+    with pytest.raises(CheckpointError, match=r'model\.backbone\.init_cfg: .*other\.pth: unrecognised checkpoint '
+                                              r'layout'):
         check_backbone_init_checkpoint(cfg_for(other))
     assert check_backbone_init_checkpoint(Config(dict(model=dict(backbone=dict(type='ResNet'))))) is None
     # the shipped configs without ImageNet weights say Pretrained with checkpoint=None: both ways out are named

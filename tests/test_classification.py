@@ -264,6 +264,11 @@ def test_head_of_another_size_is_refused_with_advice(tmp_path):
     report = convert_ckpt.main(['--classifier', str(config), '--drop-head', str(src), str(tmp_path / 'bb.pth')])
     assert report['unexpected'] == [] and report['mismatched'] == []
     assert not any(k.startswith('head.') for k in torch.load(tmp_path / 'bb.pth', weights_only=True)['state_dict'])
+    again = convert_ckpt.main(['--classifier', str(config), '--drop-head', str(tmp_path / 'bb.pth'),
+                               str(tmp_path / 'bb2.pth')])  # its own output converts again, to the same tensors
+    assert again['unexpected'] == [] and again['mismatched'] == []
+    first, second = (torch.load(tmp_path / n, weights_only=True)['state_dict'] for n in ('bb.pth', 'bb2.pth'))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     # the same check before tools/test.py / tools/train.py (load_from) run: a converted 1000-class classifier
     convert_ckpt.main(['--classifier', osp.join(CLS, RELEASED['s']), str(src), str(tmp_path / 'cls1000.pth')])
     with pytest.raises(CheckpointError, match='--drop-head'):

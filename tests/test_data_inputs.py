@@ -106,9 +106,32 @@ def test_degenerate_polygons_pass_unless_pycocotools_evaluation_cannot_read_them
     check_coco_annotations(later, evaluated=True, segm_evaluated=True)
     from pycocotools.mask import frPyObjects
     frPyObjects([[0, 0, 2, 0, 2, 3], [0, 0, 2], [0, 0, 2, 0, 2, 3, 1]], 8, 8)  # what COCOeval does with it
-    for unreadable in ([[0, 0, 2]], []):
+    for unreadable in ([[0, 0, 2]], [], [[0, 0, 2, 3]]):
         with pytest.raises(Exception):
             frPyObjects(unreadable, 8, 8)
+    box_like = _coco(tmp_path, _ann(segmentation=[[0, 0, 2, 3]]), 'box_like.json')  # read as a box, then refused
+    with pytest.raises(CocoAnnotationError, match=r"polygon 0 has 4 values, which pycocotools cannot read"):
+        check_coco_annotations(box_like, evaluated=True, segm_evaluated=True)
+    bare = _coco(tmp_path, lambda c: c['annotations'][0].pop('segmentation'), 'bare.json')
+    check_coco_annotations(bare, evaluated=True)
+    with pytest.raises(CocoAnnotationError, match=r"annotations\[0\] \(id 1\) has no segmentation, which the segm "
+                                                  r"evaluation reads"):
+        check_coco_annotations(bare, evaluated=True, segm_evaluated=True)
+
+
+def test_rle_of_another_size_than_its_image(tmp_path):
+    """mmdet reshapes a decoded RLE to its image's height and width without a check: a transposed or foreign mask
+    would train silently scrambled."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(np.ones((8, 16), np.uint8)))
+    rle['counts'] = rle['counts'].decode()
+    wide = _image(height=8, width=16)
+    check_coco_annotations(_coco(tmp_path, lambda c: (wide(c), _ann(segmentation=rle)(c)), 'fits.json'))
+    path = _coco(tmp_path, lambda c: (_image(height=16, width=8)(c), _ann(segmentation=rle)(c)))
+    with pytest.raises(CocoAnnotationError, match=r"annotations\[0\] \(id 1\) has an RLE segmentation of size "
+                                                  r"\[8, 16\], but its image 'a\.png' is \[16, 8\]"):
+        check_coco_annotations(path)
 
 
 def test_the_evaluator_metric_decides_whether_polygons_must_convert(tmp_path):
@@ -127,6 +150,132 @@ def test_the_evaluator_metric_decides_whether_polygons_must_convert(tmp_path):
                 check_dataset_cfgs(cfg, phases=('test', ))
         else:
             assert ('test_evaluator', path) in check_dataset_cfgs(cfg, phases=('test', ))
+
+
+# ------------------------------------------------------------------------------------------ CocoDataset configs
+def _loader(tmp_path, ann, classes=('nucleus', ), with_mask=False, **dataset):
+    (tmp_path / 'a.png').touch()
+    pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True, with_mask=with_mask)]
+    return dict(dataset=dict(type='CocoDataset', ann_file=ann, data_prefix=dict(img=str(tmp_path)),
+                             metainfo=dict(classes=classes), pipeline=pipeline, **dataset))
+
+
+def _check(**cfg):
+    from stvit_det.datasets import check_dataset_cfgs
+
+    return check_dataset_cfgs(dict(default_scope='mmdet', **cfg), phases=('train', 'test'))
+
+
+def _two_categories(c):
+    c['categories'] = [{'id': 1, 'name': 'cat'}, {'id': 2, 'name': 'dog'}]
+
+
+def test_classes_are_checked_as_mmdet_numbers_them(tmp_path):
+    """mmdet picks the categories by name in the file's order: classes listed in another order name every label
+    wrongly, a name two categories share makes two labels of one class; and the heads must have as many classes
+    (fewer stops training on a label out of range; more gives predictions no category has)."""
+    from stvit_det.datasets import DatasetCheckError
+
+    path = _coco(tmp_path, _two_categories)
+    assert _check(train_dataloader=_loader(tmp_path, path, ('cat', 'dog')))
+    with pytest.raises(DatasetCheckError, match=r"the classes of train_dataloader\.dataset are listed in another "
+                                                r"order than the file's categories; .* list them as \('cat', 'dog'\)"):
+        _check(train_dataloader=_loader(tmp_path, path, ('dog', 'cat')))
+    shared = _coco(tmp_path, lambda c: c['categories'].append({'id': 2, 'name': 'nucleus'}), 'shared.json')
+    with pytest.raises(DatasetCheckError, match=r"2 categories \(ids 1, 2\) are named 'nucleus', a class of "
+                                                r"train_dataloader\.dataset: mmdet would make 2 labels of it"):
+        _check(train_dataloader=_loader(tmp_path, shared))
+    model = dict(roi_head=dict(bbox_head=[dict(num_classes=2), dict(num_classes=3)], mask_head=dict(num_classes=2)),
+                 rpn_head=dict(num_classes=1))
+    assert _check(train_dataloader=_loader(tmp_path, path, ('cat', 'dog')),
+                  model=dict(model, roi_head=dict(model['roi_head'], bbox_head=[dict(num_classes=2)] * 2)))
+    with pytest.raises(DatasetCheckError, match=r"^model\.roi_head\.bbox_head\.1\.num_classes is 3, but "
+                                                r"train_dataloader\.dataset has 2 classes \('cat', 'dog'\): set "
+                                                r"model\.roi_head\.bbox_head\.1\.num_classes=2"):
+        _check(train_dataloader=_loader(tmp_path, path, ('cat', 'dog')), model=model)
+    with pytest.raises(DatasetCheckError, match=r"^model\.bbox_head\.num_classes is 80, but test_dataloader"):
+        _check(test_dataloader=_loader(tmp_path, path, ('cat', 'dog')), model=dict(bbox_head=dict(num_classes=80)))
+
+
+def test_instances_without_masks_when_the_pipeline_loads_masks(tmp_path):
+    """mmdet makes no mask of an empty or absent segmentation and LoadAnnotations(with_mask=True) then stops with
+    KeyError 'mask'; annotations mmdet drops anyway (ignored, empty box, another class) may lack one."""
+    from stvit_det.datasets import DatasetCheckError
+
+    bare = _coco(tmp_path, lambda c: c['annotations'][0].pop('segmentation'))
+    assert _check(train_dataloader=_loader(tmp_path, bare))  # boxes only: fine
+    with pytest.raises(DatasetCheckError, match=r"annotations\[0\] \(id 1\) has no segmentation, but the pipeline "
+                                                r"of train_dataloader\.dataset loads masks .*KeyError 'mask'"):
+        _check(train_dataloader=_loader(tmp_path, bare, with_mask=True))
+    empty = _coco(tmp_path, _ann(segmentation=[]), 'empty.json')
+    with pytest.raises(DatasetCheckError, match=r"has an empty segmentation, but the pipeline of test_dataloader"):
+        _check(test_dataloader=_loader(tmp_path, empty, with_mask=True, test_mode=True))
+    for dropped in (dict(ignore=1), dict(bbox=[0, 0, 0.5, 3]), dict(area=0), dict(bbox=[9, 9, 2, 2])):
+        _check(train_dataloader=_loader(tmp_path, _coco(tmp_path, lambda c: (_ann(segmentation=[])(c),
+                                                                                _ann(**dropped)(c))), with_mask=True))
+
+
+def test_filter_cfg_that_leaves_no_training_image(tmp_path):
+    """mmdet's filter_cfg drops images without annotations of the classes and images under min_size; a dataset
+    left empty stopped the Runner in numpy ('need at least one array to concatenate')."""
+    from stvit_det.datasets import DatasetCheckError
+
+    def other_class(c):
+        _two_categories(c)
+        c['categories'][0]['name'] = 'nucleus'
+        c['annotations'][0]['category_id'] = 2
+
+    path = _coco(tmp_path, other_class)
+    keep_empty = _loader(tmp_path, path, filter_cfg=dict(filter_empty_gt=False))
+    assert _check(train_dataloader=keep_empty)
+    with pytest.raises(DatasetCheckError, match=r"no image has an annotation of the classes of "
+                                                r"train_dataloader\.dataset, so its filter_cfg"):
+        _check(train_dataloader=_loader(tmp_path, path, filter_cfg=dict(filter_empty_gt=True)))
+    assert _check(test_dataloader=_loader(tmp_path, path, filter_cfg=dict(filter_empty_gt=True), test_mode=True))
+    with pytest.raises(DatasetCheckError, match=r"every image is smaller than the min_size=32 of the filter_cfg"):
+        _check(train_dataloader=_loader(tmp_path, path, filter_cfg=dict(filter_empty_gt=False, min_size=32)))
+    none = _coco(tmp_path, lambda c: c.update(annotations=[]), 'none.json')
+    with pytest.raises(DatasetCheckError, match=r"\(the file has no annotations\)"):
+        _check(train_dataloader=_loader(tmp_path, none, filter_cfg=dict(filter_empty_gt=True)))
+
+
+def test_image_info_files_and_other_formats(tmp_path):
+    """A COCO test-dev image-info file (no annotations) serves a test_mode dataset and a format_only CocoMetric;
+    training and scoring still need annotations. JSON files of other readers (mmdet's panoptic dataset, MMPretrain's
+    OpenMMLab 2.0 lists) are only found, not read as COCO instances."""
+    from stvit_det.datasets import DatasetCheckError
+
+    info = _coco(tmp_path, lambda c: c.pop('annotations'), 'image_info.json')
+    assert _check(test_dataloader=_loader(tmp_path, info, test_mode=True),
+                  test_evaluator=dict(type='CocoMetric', ann_file=info, format_only=True, outfile_prefix='x'))
+    with pytest.raises(DatasetCheckError, match=r"image_info\.json: not a COCO annotation file, lacks 'annotations'"):
+        _check(test_dataloader=_loader(tmp_path, info, test_mode=True),
+               test_evaluator=dict(type='CocoMetric', ann_file=info))
+    with pytest.raises(DatasetCheckError, match=r"lacks 'annotations'"):
+        _check(train_dataloader=_loader(tmp_path, info))
+    listing = tmp_path / 'list.json'
+    listing.write_text(json.dumps({'metainfo': {'classes': ['a']}, 'data_list': [{'img_path': 'a.png'}]}))
+    panoptic = dict(type='CocoPanopticDataset', ann_file=str(listing), data_prefix=dict(img=str(tmp_path)))
+    assert _check(train_dataloader=dict(dataset=panoptic),
+                  test_evaluator=dict(type='CocoPanopticMetric', ann_file=str(listing)))
+    (tmp_path / 'gone.json').write_text('{}')
+    with pytest.raises(DatasetCheckError, match=r"not a COCO annotation file"):  # a CocoDataset still reads it
+        _check(train_dataloader=_loader(tmp_path, str(tmp_path / 'gone.json')))
+
+
+def test_image_link_whose_target_is_gone(tmp_path):
+    from stvit_det.datasets import DatasetCheckError
+
+    path = _coco(tmp_path, _ann(category_id=1))
+    loader = _loader(tmp_path, path)
+    (tmp_path / 'a.png').unlink()
+    (tmp_path / 'a.png').symlink_to(tmp_path / 'moved' / 'a.png')
+    with pytest.raises(DatasetCheckError, match=r"1 of its 1 images are not in .*images\[0\] file_name 'a\.png' "
+                                                r"\(a link whose target is missing\)"):
+        _check(train_dataloader=loader)
+    (tmp_path / 'moved').mkdir()
+    (tmp_path / 'moved' / 'a.png').touch()
+    assert _check(train_dataloader=loader)
 
 
 # ------------------------------------------------------------------------------------------ checkpoint files
@@ -152,6 +301,22 @@ def test_checkpoint_files_that_are_not_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match=r'truncated\.pth: not a readable PyTorch checkpoint'):
         read_checkpoint(str(truncated))
     assert torch.equal(read_checkpoint(str(good), mmap=True)['state_dict']['w'], torch.ones(2))
+
+
+def test_numpy_values_beside_the_weights(tmp_path):
+    """Numeric numpy scalars and arrays of any width (a hook's logged np.float32, an int32 count) are plain values:
+    read. A type the weights-only unpickler still refuses (complex numbers) is named, not called a truncated
+    file."""
+    ok = tmp_path / 'numpy_meta.pth'
+    meta = {'lr': np.float32(0.5), 'n': np.int32(3), 'flag': np.bool_(True), 'hist': np.ones(3, np.float16)}
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': meta}, ok)
+    meta = read_checkpoint(str(ok))['meta']
+    assert meta['lr'] == np.float32(0.5) and meta['n'] == 3 and meta['hist'].dtype == np.float16
+    odd = tmp_path / 'complex.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'z': np.complex64(1j)}, odd)
+    with pytest.raises(CheckpointError, match=r"complex\.pth: refused by the weights-only unpickler .*: it holds "
+                                              r"<class 'numpy\.dtypes\.Complex64DType'>; if the file is trusted"):
+        read_checkpoint(str(odd))
 
 
 def test_plain_pickle_gives_the_error_without_a_warning_before_it(tmp_path):

@@ -12,6 +12,7 @@ element: the right shapes in a file of a few hundred kB.
 import copy
 import os
 import os.path as osp
+import re
 import sys
 from collections import OrderedDict
 
@@ -278,7 +279,7 @@ def test_another_detector_type_names_the_tensors(tmp_path):
     src = tmp_path / 'mask_rcnn_s_2x.pth'
     save_2x_checkpoint(src, mask_rcnn_layout('s'))
     msg = _convert_error(['--detector', CFG['s'], src, tmp_path / 'out.pth'])
-    assert 'not in the checkpoint (another detector type?)' in msg
+    assert 'not in the checkpoint (another model type?)' in msg
     assert 'roi_head.bbox_head.0.shared_convs.0.conv.weight' in msg and 'roi_head.mask_head.2' in msg
     assert 'no place in the model' in msg and 'roi_head.bbox_head.shared_fcs.1.weight' in msg
 
@@ -295,6 +296,26 @@ def test_other_class_order_is_refused(tmp_path):
                                               r"'person', 1: 'person' vs 'bicycle'"):
         check_checkpoint_for_config(cfg, str(src))
     assert check_checkpoint_for_config(cfg, str(src), strict=False)['missing'] == []
+
+
+def test_mmdet3_checkpoint_keeps_its_classes(tmp_path):
+    """An mmdet 3.x file (meta.dataset_meta, no 2.x CLASSES) given to --detector keeps its class names (they were
+    dropped, and with them the class-order check and mmdet's init_detector names), also when converted again."""
+    def save(path, classes):
+        torch.save(dict(state_dict=tiny_tensors(released_cascade_layout('s')),
+                        meta=dict(dataset_meta=dict(classes=classes, palette=[(0, 0, 0)] * 80))), path)
+
+    src, out, again = tmp_path / 'mmdet3.pth', tmp_path / 'out.pth', tmp_path / 'again.pth'
+    save(src, COCO_2X_CLASSES)
+    _convert(['--detector', CFG['s'], src, out])
+    _convert(['--detector', CFG['s'], out, again])
+    for path in (out, again):
+        meta = torch.load(path, weights_only=True)['meta']['dataset_meta']
+        assert tuple(meta['classes']) == COCO_2X_CLASSES and len(meta['palette']) == 80
+    swapped = tmp_path / 'swapped.pth'
+    save(swapped, ('bicycle', 'person') + COCO_2X_CLASSES[2:])
+    assert "0: 'bicycle' vs 'person'" in _convert_error(['--detector', CFG['s'], swapped, tmp_path / 'x.pth'])
+    assert not (tmp_path / 'x.pth').exists()
 
 
 def test_dataset_classes_of_every_spelling(tmp_path):
@@ -399,3 +420,12 @@ def test_evaluation_refuses_a_checkpoint_that_does_not_fit(released_s, tmp_path)
                                      'cascade-mask-rcnn_stvit-r-t_fpn_4conv1fc-giou_ms-crop-3x_coco.py'))
     with pytest.raises(CheckpointError, match=r'checkpoint tensors have no place in the model: backbone\.layers\.2 '):
         check_checkpoint_for_config(cfg_t, released_s, strict=False)
+    # ... and a shallower one (T weights for the S config: stage-3 blocks 6..17 have nothing), where most of the
+    # backbone fits and the rest would train from random weights
+    shallow = tmp_path / 'shallow.pth'
+    save_2x_checkpoint(shallow, OrderedDict((k, v) for k, v in released_cascade_layout('s').items()
+                                            if not re.match(r'backbone\.layers\.2\.blocks\.([6-9]|1\d)\.', k)))
+    with pytest.raises(CheckpointError, match=r"shallow\.pth holds no tensor of 12 backbone blocks of the config's "
+                                              r"model .*e\.g\. backbone\.layers\.2\.blocks\.6, "
+                                              r"backbone\.layers\.2\.blocks\.7, backbone\.layers\.2\.blocks\.8:"):
+        check_checkpoint_for_config(cfg_s, str(shallow), strict=False)

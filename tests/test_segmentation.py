@@ -26,7 +26,7 @@ from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample  # installed by tools/install.sh (requirements/seg.txt)
 
 import stvit_det
-from stvit_det.datasets import SegDatasetError, check_seg_dataset_cfgs
+from stvit_det.datasets import DatasetCheckError, SegDatasetError, check_seg_dataset_cfgs
 from stvit_det.models.backbones.stvit_r import ARCH_SETTINGS
 from stvit_det.toolboxes.scope import ToolboxMissingError, init_toolbox_scope, load_config
 
@@ -421,9 +421,53 @@ def test_unlabelled_inference_needs_images_only(seg_root):
     images_only = _seg_cfg(seg_root, pipeline=[dict(type='LoadImageFromFile'), dict(type='PackSegInputs')])
     assert check_seg_dataset_cfgs(images_only, phases=('train', )) == [('train_dataloader.dataset', 3)]
     _expect(_seg_cfg(seg_root), 'label map not found', str(seg_root / 'ann' / 'a0.png'))
+    from stvit_det.datasets import check_dataset_cfgs
+    assert check_dataset_cfgs(images_only, phases=('train', )) == [('train_dataloader.dataset', str(seg_root / 'img'))]
+    with pytest.raises(DatasetCheckError, match='image directory not found: .*ann'):  # labels read: folder needed
+        check_dataset_cfgs(_seg_cfg(seg_root), phases=('train', ))
     (seg_root / 'split.txt').write_text('a0\na9\n')
     images_only['train_dataloader']['dataset']['ann_file'] = 'split.txt'
     _expect(images_only, 'image file not found', str(seg_root / 'img' / 'a9.png'))
+
+
+def test_hidden_files_are_not_samples(seg_root):
+    """mmengine lists no hidden file (macOS '._a0.png' resource forks), and a hidden folder of label maps
+    (.ipynb_checkpoints) holds copies, not labels of missing images: neither stops the check."""
+    for folder in ('img', 'ann'):
+        (seg_root / folder / '._a0.png').write_bytes(b'\0' * 10)
+    _png(seg_root / 'ann' / '.ipynb_checkpoints' / 'a0-checkpoint.png', np.zeros((24, 32), np.uint8))
+    assert check_seg_dataset_cfgs(_seg_cfg(seg_root), phases=('train', )) == [('train_dataloader.dataset', 3)]
+    _png(seg_root / 'ann' / 'a7.png', np.zeros((24, 32), np.uint8))  # a visible one still is a missing image's
+    _expect(_seg_cfg(seg_root), 'image file not found', str(seg_root / 'img' / 'a7.png'))
+
+
+def test_dataset_mmseg_refuses_is_one_line(seg_root):
+    _expect(_seg_cfg(seg_root, type='ADE20KDataset', metainfo=dict(classes=('wall', 'bulding'))),
+            'train_dataloader.dataset cannot be built: ValueError: ', 'bulding')
+
+
+def test_image_size_follows_the_pipeline_decoder(tmp_path):
+    """The size a sample's label map must have is the image as LoadImageFromFile decodes it: the EXIF rotation
+    applies for cv2 / pillow with color_type 'color' or 'grayscale', not 'unchanged'; tifffile gives H x W x bands
+    of a multi-band image. Checked against mmcv itself."""
+    import mmcv
+    import tifffile
+    from PIL import Image
+
+    from stvit_det.datasets.seg_check import image_size
+
+    rotated = tmp_path / 'rotated.jpg'
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 24x32, shown 32x24
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(rotated, exif=exif)
+    for backend in ('cv2', 'pillow'):
+        for color_type in ('color', 'grayscale', 'unchanged'):
+            expected = mmcv.imread(str(rotated), flag=color_type, backend=backend).shape[:2]
+            assert image_size(str(rotated), backend, color_type) == expected, (backend, color_type)
+    assert image_size(str(rotated)) == (32, 24)
+    bands = tmp_path / 'bands.tif'
+    tifffile.imwrite(bands, np.zeros((24, 32, 5), np.float32))
+    assert image_size(str(bands), 'tifffile') == mmcv.imread(str(bands), backend='tifffile').shape[:2] == (24, 32)
 
 
 def test_no_images_with_the_suffix(seg_root):

@@ -9,6 +9,7 @@ except the forward-failure cases, which run the narrow demo config at 64 x 64.
 import hashlib
 import os
 import os.path as osp
+import re
 import runpy
 import sys
 
@@ -131,7 +132,34 @@ def test_convert_ckpt_saves_atomically(monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         tool['main']([src, dst])
     assert str(info.value.code).startswith(f'convert_ckpt: error: cannot write {dst}: [enforce fail')
+    assert re.search(r'unexpected pos 64 vs 0 \(\d+\.\d MiB free on its file system: is the disk full\?\)$',
+                     str(info.value.code))
     assert _md5(dst) == before and sorted(os.listdir(tmp_path)) == ['out.pth', 'swin.pth']
+    deep = str(tmp_path / 'new' / 'folders' / 'out.pth')  # made for the output, removed with the failed write
+    with pytest.raises(SystemExit, match='is the disk full'):
+        tool['main']([src, deep])
+    assert sorted(os.listdir(tmp_path)) == ['out.pth', 'swin.pth']
+
+
+def test_home_folder_in_checkpoint_paths(tmp_path, monkeypatch):
+    """'~' (quoted, or in a config's load_from) is the home folder, as mmengine's loader reads it: found by the
+    tools' checks, never replaced by the converter's output spelt with '~', and never a folder named '~'."""
+    from stvit_det.utils.paths import missing_file_error
+
+    tool = runpy.run_path(osp.join(ROOT, 'tools', 'convert_ckpt.py'))
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    torch.save({'w': torch.zeros(1)}, tmp_path / 'det.pth')
+    before = _md5(str(tmp_path / 'det.pth'))
+    assert missing_file_error('checkpoint', '~/det.pth') is None
+    assert missing_file_error('checkpoint', '~/gone.pth') == 'checkpoint file not found: ~/gone.pth'
+    with pytest.raises(SystemExit) as info:
+        tool['main'](['~/det.pth', str(tmp_path / 'det.pth')])
+    assert str(info.value.code).endswith('it is the same file as the source checkpoint ' + str(tmp_path / 'det.pth'))
+    report = dict(layout='swin', missing=[], unexpected=[], dropped=[], split_qkv=0)
+    monkeypatch.setitem(tool['main'].__globals__, 'convert_backbone', lambda args: ({'x': torch.zeros(3)}, {}, report))
+    tool['main'](['~/det.pth', '~/out.pth'])
+    assert sorted(os.listdir(tmp_path)) == ['det.pth', 'out.pth'] and _md5(str(tmp_path / 'det.pth')) == before
 
 
 def test_atomic_output_through_a_link_replaces_its_target(tmp_path):

@@ -445,6 +445,24 @@ def _tool_exit(monkeypatch, script, *args):
     return str(info.value.code)
 
 
+def test_test_time_augmentation_takes_the_plain_model_checkpoint(tmp_path):
+    """test.py --tta wraps the model (DetTTAModel(module=model)); MMEngine loads the checkpoint into the wrapped
+    model, so the early check compares with its tensors, not the wrapper's 'module.' names (it refused every
+    checkpoint)."""
+    from mmengine.config import Config, ConfigDict
+
+    from stvit_det.utils.ckpt_file import check_checkpoint_for_config, model_tensor_shapes
+
+    cfg = Config.fromfile(DEMO_CONFIG)
+    shapes = model_tensor_shapes(cfg)
+    ckpt = str(tmp_path / 'plain.pth')
+    torch.save({'state_dict': {k: torch.zeros(()).expand(s) for k, s in shapes.items()}}, ckpt)  # one element each
+    cfg.model = ConfigDict(type='DetTTAModel', module=cfg.model,
+                           tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+    assert model_tensor_shapes(cfg) == shapes
+    assert check_checkpoint_for_config(cfg, ckpt) == dict(missing=[], unexpected=[], mismatched=[])
+
+
 def test_launch_options_that_cannot_work_stop_in_one_line(tmp_path, monkeypatch):
     """Before the Runner: --cfg-options that cannot merge into the config (a key under a None or into a tuple),
     mixed precision without a GPU, --tta without a tta_pipeline, a --show-dir that cannot be made."""

@@ -37,7 +37,7 @@ from stvit_det.utils.ckpt_convert import (compare_state_dicts, convert_to_stvit,
                                           detector_2x_to_3x, drop_classifier_head, imagenet_to_classifier)
 from stvit_det.utils.ckpt_file import CheckpointError, class_order_error, head_classes_error, read_checkpoint
 from stvit_det.utils.errors import first_line
-from stvit_det.utils.paths import atomic_output, unwritable_reason
+from stvit_det.utils.paths import atomic_output, unwritable_reason, write_error
 
 
 def parse_args(argv=None):
@@ -54,6 +54,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.drop_head and not args.classifier:
         p.error('--drop-head goes with --classifier CONFIG')
+    # '~' is the home folder, also when quoted (as mmengine's loader reads it): the source, and the output, which
+    # must neither replace the source spelt another way nor make a folder named '~'
+    args.src, args.dst = os.path.expanduser(args.src), os.path.expanduser(args.dst)
     return args
 
 
@@ -104,7 +107,7 @@ def convert_detector(args):
 def convert_classifier(args):
     ckpt = read_checkpoint(args.src)
     try:
-        sd, info = imagenet_to_classifier(ckpt)
+        sd, info = imagenet_to_classifier(ckpt, need_head=not args.drop_head)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f'{args.src}: {e}') from None
     model, cfg = build_model(args.classifier)
@@ -158,7 +161,7 @@ def main(argv=None):
         with atomic_output(args.dst) as part:  # an interrupted save leaves an existing dst as it was
             torch.save(dict(state_dict=sd, meta=meta), part)
     except (OSError, RuntimeError) as e:  # a full disk: torch.save raises RuntimeError ("enforce fail ...")
-        sys.exit(f'convert_ckpt: error: cannot write {args.dst}: {getattr(e, "strerror", None) or first_line(e)}')
+        sys.exit(f'convert_ckpt: error: cannot write {args.dst}: {write_error(args.dst, e)}')
     if args.detector or args.classifier:
         print(f'{args.src} -> {args.dst}: {len(sd)} tensors; {len(report["missing"])} missing, '
               f'{len(report["unexpected"])} unexpected, {len(report["mismatched"])} reshaped against '

@@ -8,10 +8,11 @@ the file backend, a ``JSONDecodeError`` without the file name, or a ``KeyError``
 import json
 import os
 import os.path as osp
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..utils.paths import is_remote
 from ..utils.values import is_finite_number, is_int
+from .pipelines import find_step
 
 REQUIRED_KEYS = ('images', 'annotations', 'categories')
 # Annotation files larger than this are only checked for existence (json.load of a full COCO train file takes
@@ -67,38 +68,45 @@ def _check_image(where: str, image: dict) -> None:
 
 def _polygon_problem(polygons: list, segm_evaluated: bool) -> Optional[str]:
     """Why a polygon segmentation would stop mmdet or pycocotools: a polygon that is not a list of numbers (both
-    fail), or, in the ground truth of a ``segm`` COCOeval, no polygon or a first one of fewer than 4 values
-    (pycocotools' ``frPyObjects`` refuses them; a ``bbox`` evaluation never converts polygons). Degenerate polygons
-    (an odd count, fewer than 3 points) are otherwise let through, as mmdet's ``LoadAnnotations`` drops them in
-    training; refusing them would refuse files mmdet trains on. None when fine."""
+    fail), or, in the ground truth of a ``segm`` COCOeval, no polygon or a first one of 4 values or fewer
+    (pycocotools' ``frPyObjects`` fails on them: it reads a first entry of exactly 4 values as a box and refuses a
+    list there; a ``bbox`` evaluation never converts polygons). Degenerate polygons (an odd count, fewer than 3
+    points) are otherwise let through, as mmdet's ``LoadAnnotations`` drops them in training (an annotation left
+    with none becomes an ignored instance); refusing them would refuse files mmdet trains on. None when fine."""
     for i, polygon in enumerate(polygons):
         if not isinstance(polygon, list):
             return f'polygon {i} is {polygon!r}, not a list of x, y numbers'
         wrong = [v for v in polygon if not is_finite_number(v)]
         if wrong:
             return f'polygon {i} holds {wrong[0]!r}, not a number'
-    if segm_evaluated and (not polygons or len(polygons[0]) < 4):
+    if segm_evaluated and (not polygons or len(polygons[0]) <= 4):
         what = f'polygon 0 has {len(polygons[0])} values' if polygons else 'no polygon'
         return f'{what}, which pycocotools cannot read in the segm evaluation (x, y of 3 or more points expected)'
 
     return None
 
 
-def check_coco_annotations(path: str, evaluated: bool = False, segm_evaluated: bool = False) -> dict:
+def check_coco_annotations(path: str, evaluated: bool = False, segm_evaluated: bool = False,
+                           annotated: bool = True) -> dict:
     """Load a COCO-format annotation file and check its structure.
 
     Checked: the file exists and is JSON; it is an object with the lists ``images`` (non-empty; each with ``id``,
     a non-empty ``file_name``, a positive ``height`` and ``width``), ``annotations`` and ``categories`` (each with
     ``id`` and ``name``); ids are unique ints or strings; every annotation has an ``image_id`` and a
     ``category_id`` that exist, a ``bbox`` of four finite numbers with non-negative width and height and a numeric
-    ``area`` (MMDetection's ``CocoDataset`` reads it); a ``segmentation``, when present, is an RLE dict or a list
-    of polygons, each a list of numbers (see :func:`_polygon_problem`).
+    ``area`` (MMDetection's ``CocoDataset`` reads it); a ``segmentation``, when present, is an RLE dict whose
+    ``size`` is its image's ``[height, width]`` (mmdet would reshape a mask of another size without a word) or a
+    list of polygons, each a list of numbers (see :func:`_polygon_problem`).
 
     Args:
         path: the annotation file.
         evaluated: the file is the ground truth of a COCO evaluation: pycocotools' ``COCOeval`` also reads every
             annotation's ``iscrowd``, and its ``id`` must be an int.
-        segm_evaluated: ... of a ``segm`` evaluation, which converts every polygon list with pycocotools.
+        segm_evaluated: ... of a ``segm`` evaluation, which converts every annotation's ``segmentation`` with
+            pycocotools (so each must have one).
+        annotated: ``annotations`` is required. False for an image-info file (COCO test-dev: images and categories
+            only) read by a ``test_mode`` dataset or a ``format_only`` metric; the returned dict then has an empty
+            ``annotations`` list.
 
     Returns:
         the parsed annotation dict.
@@ -117,16 +125,18 @@ def check_coco_annotations(path: str, evaluated: bool = False, segm_evaluated: b
     if not isinstance(coco, dict):
         raise CocoAnnotationError(f'{path}: top level is a JSON {type(coco).__name__}, expected an object with '
                                   f'{", ".join(REQUIRED_KEYS)}')
-    missing = [k for k in REQUIRED_KEYS if k not in coco]
+    missing = [k for k in REQUIRED_KEYS if k not in coco and (annotated or k != 'annotations')]
     if missing:
         raise CocoAnnotationError(f'{path}: not a COCO annotation file, lacks {", ".join(map(repr, missing))}')
+    coco.setdefault('annotations', [])
     for key in REQUIRED_KEYS:
         if not isinstance(coco[key], list):
             raise CocoAnnotationError(f'{path}: {key!r} is a {type(coco[key]).__name__}, expected a list')
     if not coco['images']:
         raise CocoAnnotationError(f'{path}: "images" is empty')
 
-    image_ids = _check_records(path, coco, 'images', ('id', 'file_name', 'height', 'width'))
+    _check_records(path, coco, 'images', ('id', 'file_name', 'height', 'width'))
+    images = {image['id']: image for image in coco['images']}
     for index, image in enumerate(coco['images']):
         _check_image(f'{path}: images[{index}] (id {image["id"]!r})', image)
     category_ids = _check_records(path, coco, 'categories', ('id', 'name'))
@@ -140,7 +150,7 @@ def check_coco_annotations(path: str, evaluated: bool = False, segm_evaluated: b
                                           'expected an integer or a string')
         if not is_finite_number(ann['area']):
             raise CocoAnnotationError(f'{where} has a non-numeric area {ann["area"]!r}')
-        if ann['image_id'] not in image_ids:
+        if ann['image_id'] not in images:
             raise CocoAnnotationError(f'{where} refers to unknown image_id {ann["image_id"]!r}')
         if ann['category_id'] not in category_ids:
             raise CocoAnnotationError(f'{where} refers to unknown category_id {ann["category_id"]!r}')
@@ -149,10 +159,22 @@ def check_coco_annotations(path: str, evaluated: bool = False, segm_evaluated: b
                 and bbox[2] >= 0 and bbox[3] >= 0):
             raise CocoAnnotationError(f'{where} has a malformed bbox {bbox!r}; expected [x, y, w, h] with w, h >= 0')
         seg = ann.get('segmentation')
+        if seg is None and segm_evaluated:
+            raise CocoAnnotationError(f'{where} has no segmentation, which the segm evaluation reads for every '
+                                      'annotation (pycocotools stops with KeyError)')
         if seg is not None and not isinstance(seg, list) and not (isinstance(seg, dict) and 'counts' in seg
                                                                    and 'size' in seg):
             raise CocoAnnotationError(f'{where} has a malformed segmentation; expected polygons or an RLE dict '
                                       'with "counts" and "size"')
+        if isinstance(seg, dict):
+            image = images[ann['image_id']]
+            size = seg['size']
+            if not (isinstance(size, list) and len(size) == 2 and all(is_int(v) for v in size)
+                    and size == [image['height'], image['width']]):
+                raise CocoAnnotationError(
+                    f'{where} has an RLE segmentation of size {size!r}, but its image {image["file_name"]!r} is '
+                    f'[{image["height"]}, {image["width"]}] ([height, width]): the mask would be reshaped to the '
+                    'image without an error')
         problem = _polygon_problem(seg, segm_evaluated) if isinstance(seg, list) else None
         if problem:
             raise CocoAnnotationError(f'{where} has a malformed segmentation: {problem}')
@@ -180,14 +202,16 @@ def iter_leaf_datasets(dataset_cfg: Any) -> Iterator[dict]:
         yield dataset_cfg
 
 
-def _check_ann_file(path: str, what: str, evaluated: bool = False, segm_evaluated: bool = False) -> Optional[dict]:
-    """Check an annotation file; returns the parsed COCO dict of a JSON file small enough to parse, else None."""
+def _check_ann_file(path: str, what: str, evaluated: bool = False, segm_evaluated: bool = False,
+                    coco_format: bool = True, annotated: bool = True) -> Optional[dict]:
+    """Check an annotation file: it exists; for a reader of COCO instance files (``coco_format``), a JSON file small
+    enough to parse is checked in full (:func:`check_coco_annotations`) and returned, else None."""
     if is_remote(path):
         return None
     if not osp.isfile(path):
         raise CocoAnnotationError(f'annotation file not found: {path} ({what})')
-    if path.endswith('.json') and osp.getsize(path) <= MAX_PARSE_BYTES:
-        return check_coco_annotations(path, evaluated, segm_evaluated)
+    if coco_format and path.endswith('.json') and osp.getsize(path) <= MAX_PARSE_BYTES:
+        return check_coco_annotations(path, evaluated, segm_evaluated, annotated)
     return None
 
 
@@ -223,37 +247,149 @@ def config_classes(dataset_cfg: dict, scope: Optional[str] = None) -> Optional[T
     return None if classes is None else tuple(classes)
 
 
-def _check_coco_dataset(coco: dict, dataset_cfg: dict, path: str, img_dir: Optional[str], what: str,
-                        scope: Optional[str]) -> None:
-    """For MMDetection's ``CocoDataset`` (and subclasses): the config's classes are category names of the file
-    (mmdet silently drops the others and shifts the labels of the rest, or finds no image at all), and every
-    image it lists is in the image directory (else a missing one stops training whenever it is sampled)."""
+def reads_coco_instances(dataset_cfg: dict, scope: Optional[str] = None) -> bool:
+    """Whether the dataset config names MMDetection's ``CocoDataset`` or a subclass that reads its file the same
+    way (a user's class that only sets ``METAINFO``, ``CityscapesDataset``); not those with their own format
+    (``CocoPanopticDataset``, LVIS, Objects365 patches) nor other toolboxes' datasets."""
     from mmdet.datasets import CocoDataset
 
     cls = registered_dataset(dataset_cfg, scope)
-    if not (isinstance(cls, type) and issubclass(cls, CocoDataset)):
-        return
-    classes = config_classes(dataset_cfg, scope)
+    return (isinstance(cls, type) and issubclass(cls, CocoDataset)
+            and cls.load_data_list is CocoDataset.load_data_list and cls.parse_data_info is CocoDataset.parse_data_info)
+
+
+def _kept_by_mmdet(ann: dict, image: dict, cat_ids: set) -> bool:
+    """Whether ``CocoDataset.parse_data_info`` makes an instance of the annotation (it skips ``ignore`` ones, boxes
+    outside the image or under 1 px, non-positive areas and categories outside the classes)."""
+    if ann.get('ignore', False) or ann['category_id'] not in cat_ids:
+        return False
+    x, y, w, h = ann['bbox']
+    inter_w = max(0, min(x + w, image['width']) - max(x, 0))
+    inter_h = max(0, min(y + h, image['height']) - max(y, 0))
+    return inter_w * inter_h > 0 and ann['area'] > 0 and w >= 1 and h >= 1
+
+
+def _check_classes(coco: dict, classes: Tuple[str, ...], path: str, what: str,
+                   head_classes: Dict[str, int]) -> List[Any]:
+    """The config's classes against the file's categories and the model's heads; returns the category ids mmdet
+    will use, in its label order. mmdet selects the categories by name in the file's order
+    (``get_cat_ids(cat_names=classes)``): a class the file lacks shifts the labels of the rest (or leaves no image:
+    the default COCO classes on a custom file), a name two categories share makes two labels of one class, and
+    classes listed in another order give every label the wrong name; a head with another class count stops
+    training (a label out of range) or evaluation (a prediction with no category)."""
     names = [c['name'] for c in coco['categories']]
-    absent = [c for c in classes or () if c not in names]
+    absent = [c for c in classes if c not in names]
     if absent:
         shown = ', '.join(map(repr, absent[:5])) + (f' and {len(absent) - 5} more' if len(absent) > 5 else '')
         raise DatasetCheckError(f'{path}: {len(absent)} of the {len(classes)} classes of {what} are not category '
                                 f'names of the file: {shown} (its categories: {names[:10]}); set '
                                 f'{what}.metainfo=dict(classes=(...)) to the names to train / evaluate')
-    if img_dir is None or is_remote(img_dir):
+    chosen = [c for c in coco['categories'] if c['name'] in classes]
+    shared = next((name for name in classes if names.count(name) > 1), None)
+    if shared is not None:
+        ids = [c['id'] for c in chosen if c['name'] == shared]
+        raise DatasetCheckError(f'{path}: {len(ids)} categories (ids {", ".join(map(repr, ids))}) are named '
+                                f'{shared!r}, a class of {what}: mmdet would make {len(ids)} labels of it; give '
+                                'each category its own name (or merge them)')
+    order = [c['name'] for c in chosen]
+    if order != list(classes):
+        shown = ', '.join(map(repr, order[:8])) + (', ...' if len(order) > 8 else '')
+        raise DatasetCheckError(f'{path}: the classes of {what} are listed in another order than the file\'s '
+                                f'categories; mmdet numbers the labels in the file\'s order, so every label would '
+                                f'carry another class\'s name: list them as ({shown})')
+    for where, n in head_classes.items():
+        if n != len(classes):
+            shown = ', '.join(map(repr, classes[:6])) + (', ...' if len(classes) > 6 else '')
+            raise DatasetCheckError(f'{where} is {n}, but {what} has {len(classes)} classes ({shown}): set '
+                                    f'{where}={len(classes)}, or the dataset\'s metainfo classes to the model\'s')
+    return [c['id'] for c in chosen]
+
+
+def _check_instances(coco: dict, dataset_cfg: dict, cat_ids: List[Any], path: str, what: str) -> None:
+    """What mmdet's ``CocoDataset`` makes of the annotations: with a pipeline that loads masks, every instance it
+    keeps has a segmentation (else ``LoadAnnotations`` stops with ``KeyError: 'mask'`` at the first sample); outside
+    ``test_mode``, its ``filter_cfg`` leaves at least one image (else the Runner stops in numpy: 'need at least one
+    array to concatenate')."""
+    images = {image['id']: image for image in coco['images']}
+    wanted = set(cat_ids)
+    step = find_step(dataset_cfg.get('pipeline'), 'LoadAnnotations')
+    if step is not None and step.get('with_mask', False):
+        for index, ann in enumerate(coco['annotations']):
+            if not ann.get('segmentation') and _kept_by_mmdet(ann, images[ann['image_id']], wanted):
+                none = 'an empty' if 'segmentation' in ann else 'no'
+                raise DatasetCheckError(
+                    f'{path}: annotations[{index}] (id {ann["id"]!r}) has {none} segmentation, but the pipeline of '
+                    f'{what} loads masks (LoadAnnotations with_mask=True): mmdet would stop with KeyError \'mask\'; '
+                    'give it a polygon or RLE, or mark it "ignore": 1')
+    filter_cfg = dataset_cfg.get('filter_cfg')
+    if dataset_cfg.get('test_mode', False) or not isinstance(filter_cfg, dict):
         return
+    min_size = filter_cfg.get('min_size', 0)
+    with_classes = {ann['image_id'] for ann in coco['annotations'] if ann['category_id'] in wanted}
+    candidates, which = coco['images'], 'image'
+    if filter_cfg.get('filter_empty_gt', False):
+        if not with_classes:
+            held = '' if coco['annotations'] else ' (the file has no annotations)'
+            raise DatasetCheckError(f'{path}: no image has an annotation of the classes of {what}{held}, so its '
+                                    'filter_cfg (filter_empty_gt=True) leaves no image to train on')
+        candidates, which = [images[i] for i in with_classes], 'image with annotations of the classes'
+    if is_finite_number(min_size) and all(min(im['width'], im['height']) < min_size for im in candidates):
+        raise DatasetCheckError(f'{path}: every {which} is smaller than the min_size={min_size} of the filter_cfg '
+                                f'of {what}, which leaves no image to train on')
+
+
+def _check_image_files(coco: dict, img_dir: str, path: str, what: str) -> None:
+    """Every image the file lists is in the image directory (else a missing one stops training whenever it is
+    sampled); a link whose target is gone counts as missing."""
     listed: dict = {}
     for index, image in enumerate(coco['images']):
         listed.setdefault(osp.dirname(str(image['file_name'])), []).append(index)
     for sub, indices in listed.items():
         folder = osp.join(img_dir, sub)
-        present = set(os.listdir(folder)) if osp.isdir(folder) else set()
+        present, broken = set(), set()
+        if osp.isdir(folder):
+            with os.scandir(folder) as entries:
+                for entry in entries:  # is_file() follows links: a dangling one is not a file
+                    (present if entry.is_file() else broken if entry.is_symlink() else set()).add(entry.name)
         gone = [i for i in indices if osp.basename(str(coco['images'][i]['file_name'])) not in present]
         if gone:
             first = coco['images'][gone[0]]['file_name']
+            link = ' (a link whose target is missing)' if osp.basename(str(first)) in broken else ''
             raise DatasetCheckError(f'{path}: {len(gone)} of its {len(coco["images"])} images are not in {img_dir} '
-                                    f'({what}), e.g. images[{gone[0]}] file_name {first!r}')
+                                    f'({what}), e.g. images[{gone[0]}] file_name {first!r}{link}')
+
+
+def _check_coco_dataset(coco: dict, dataset_cfg: dict, path: str, img_dir: Optional[str], what: str,
+                        scope: Optional[str], head_classes: Dict[str, int]) -> None:
+    """For MMDetection's ``CocoDataset`` (:func:`reads_coco_instances`): its classes (:func:`_check_classes`), the
+    instances it makes (:func:`_check_instances`) and its image files (:func:`_check_image_files`)."""
+    classes = config_classes(dataset_cfg, scope)
+    if classes is not None:
+        cat_ids = _check_classes(coco, classes, path, what, head_classes)
+        _check_instances(coco, dataset_cfg, cat_ids, path, what)
+    if img_dir is not None and not is_remote(img_dir):
+        _check_image_files(coco, img_dir, path, what)
+
+
+def detector_head_classes(cfg: Any) -> Dict[str, int]:
+    """``{'model.roi_head.bbox_head.num_classes': n, ...}``: the class counts of a detector config's box and mask
+    heads (two-stage ``roi_head``, cascades' lists numbered, one-stage ``bbox_head``); the RPN's is not a class
+    count."""
+    model = cfg.get('model') or {}
+    out = {}
+    places = [('model.roi_head', (model.get('roi_head') or {}), ('bbox_head', 'mask_head')),
+              ('model', model, ('bbox_head', ))]
+    for prefix, node, names in places:
+        if not isinstance(node, dict):
+            continue
+        for name in names:
+            heads = node.get(name)
+            many = isinstance(heads, (list, tuple))
+            for i, head in enumerate(heads if many else [heads]):
+                n = head.get('num_classes') if isinstance(head, dict) else None
+                if is_int(n):
+                    out[f'{prefix}.{name}' + (f'.{i}' if many else '') + '.num_classes'] = n
+    return out
 
 
 #: MMPretrain's ``CustomDataset`` default ``extensions``
@@ -293,16 +429,21 @@ def _check_image_folder(path: str, dataset_cfg: dict, where: str) -> None:
     raise DatasetCheckError(f'no image files ({", ".join(extensions)}) in {inside}: {path} ({where})')
 
 
-def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[str] = None) -> List[str]:
-    """Check one leaf dataset config: its ``ann_file`` (COCO JSON checked in full) and its image directories:
-    ``data_prefix`` (a dict as in MMDetection and MMSegmentation, or MMPretrain's one folder) or, for MMPretrain's
-    ``ImageNet(data_root=..., split=...)``, ``data_root/split``.
+def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[str] = None,
+                      head_classes: Optional[Dict[str, int]] = None) -> List[str]:
+    """Check one leaf dataset config: its ``ann_file`` (checked in full for MMDetection's ``CocoDataset``, else
+    only found) and its image directories: ``data_prefix`` (a dict as in MMDetection and MMSegmentation, or
+    MMPretrain's one folder) or, for MMPretrain's ``ImageNet(data_root=..., split=...)``, ``data_root/split``. A
+    label folder (``data_prefix.seg_map_path``) need not exist when the pipeline loads no labels (inference on
+    unlabelled images: mmseg only joins the path).
 
     Args:
         dataset_cfg: a dataset config with optional ``data_root``, ``ann_file``, ``data_prefix``.
         what: where the config comes from, used in messages (e.g. 'train_dataloader.dataset').
         scope: the config's default scope, to find the dataset class (for MMDetection's ``CocoDataset``: its
-            classes against the file's categories, its images in ``data_prefix.img``).
+            classes against the file's categories, its instances, its images in ``data_prefix.img``).
+        head_classes: the detector's class counts (:func:`detector_head_classes`), each to equal the classes of a
+            ``CocoDataset``.
 
     Returns:
         the paths checked.
@@ -317,9 +458,11 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[
     checked = []
     ann_file = dataset_cfg.get('ann_file') or ''
     coco = None
+    coco_format = reads_coco_instances(dataset_cfg, scope)
     if ann_file:
         path = _join(root, ann_file)
-        coco = _check_ann_file(path, what)
+        coco = _check_ann_file(path, what, coco_format=coco_format,
+                               annotated=not dataset_cfg.get('test_mode', False))
         checked.append(path)
     prefixes = dataset_cfg.get('data_prefix') or {}
     folders = {}  # where the config names it -> folder
@@ -334,9 +477,12 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[
     # MMPretrain's ImageNet reads data_root/meta/{split}.txt as its ann_file when the config names none
     listed = bool(ann_file) or bool(imagenet and split and isinstance(split, str)
                                     and osp.isfile(_join(root, osp.join('meta', f'{split}.txt'))))
+    labels_read = find_step(dataset_cfg.get('pipeline'), 'LoadAnnotations') is not None
     for where, prefix in folders.items():
         if not isinstance(prefix, str) or not (prefix or root):
             continue
+        if where == 'data_prefix.seg_map_path' and not labels_read:
+            continue  # mmseg only joins the label path: inference on unlabelled images needs no label folder
         path = _join(root, prefix)
         if not is_remote(path) and not osp.isdir(path):
             raise DatasetCheckError(f'image directory not found: {path} ({what}.{where})')
@@ -351,7 +497,7 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[
     if coco is not None:
         img = prefixes.get('img') if isinstance(prefixes, dict) else None
         _check_coco_dataset(coco, dataset_cfg, checked[0], _join(root, img) if isinstance(img, str) else None,
-                            what, scope)
+                            what, scope, head_classes or {})
     return checked
 
 
@@ -373,19 +519,26 @@ def check_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 'test'
         DatasetCheckError: naming the missing or malformed file or directory.
     """
     checked = []
+    head_classes = detector_head_classes(cfg)
     for phase in phases:
         loader = cfg.get(f'{phase}_dataloader')
         if not loader:
             continue
         for index, leaf in enumerate(iter_leaf_datasets(loader.get('dataset'))):
             what = f'{phase}_dataloader.dataset' + (f' #{index}' if index else '')
-            checked += [(what, p) for p in check_dataset_cfg(leaf, what, cfg.get('default_scope'))]
+            checked += [(what, p) for p in check_dataset_cfg(leaf, what, cfg.get('default_scope'), head_classes)]
         evaluators = cfg.get(f'{phase}_evaluator') or []
         for metric in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
             ann_file: Optional[str] = metric.get('ann_file') if isinstance(metric, dict) else None
             if ann_file:
+                # CocoMetric reads COCO instance files (other metrics' files are only found); format_only: results
+                # are written, not evaluated, so an image-info file (test-dev) is enough
+                kind = metric.get('type')
+                coco_metric = getattr(kind, '__name__', str(kind)).split('.')[-1] == 'CocoMetric'
+                scored = not metric.get('format_only', False)
                 metrics = metric.get('metric', 'bbox')  # CocoMetric's default
                 segm = 'segm' in (metrics if isinstance(metrics, (list, tuple)) else [metrics])
-                _check_ann_file(ann_file, f'{phase}_evaluator.ann_file', evaluated=True, segm_evaluated=segm)
+                _check_ann_file(ann_file, f'{phase}_evaluator.ann_file', evaluated=scored,
+                                segm_evaluated=scored and segm, coco_format=coco_metric, annotated=scored)
                 checked.append((f'{phase}_evaluator', ann_file))
     return checked

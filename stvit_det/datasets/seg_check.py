@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..utils.errors import error_summary
 from .coco_check import DatasetCheckError, iter_leaf_datasets
 from .pipelines import find_step
 
@@ -44,13 +45,24 @@ class SegDatasetError(DatasetCheckError):
     """A segmentation dataset has a missing or malformed image or label map; the message names the file."""
 
 
-def image_size(path: str) -> Tuple[int, int]:
-    """(H, W) of an image as mmengine's ``LoadImageFromFile`` (cv2, EXIF orientation applied) will decode it, read
-    from the file header only.
+def image_size(path: str, backend: str = 'cv2', color_type: str = 'color') -> Tuple[int, int]:
+    """(H, W) of an image as mmcv's ``LoadImageFromFile(imdecode_backend=backend, color_type=color_type)`` will
+    decode it, read from the file header only: cv2 and pillow apply the EXIF orientation for ``'color'`` and
+    ``'grayscale'`` (not for ``'unchanged'``), turbojpeg never; tifffile gives the stored array, whose first two
+    dimensions are the size (a multi-band image is H x W x bands).
 
     Raises:
         SegDatasetError: when the file is not a readable image.
     """
+    if backend == 'tifffile':
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+        except Exception as e:  # noqa: BLE001  (any decoder error: the file is unusable either way)
+            raise SegDatasetError(f'image file cannot be read: {path} ({type(e).__name__}: {e})') from None
+        return tuple(shape[:2]) if len(shape) >= 2 else (shape[0], 1)
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -59,7 +71,8 @@ def image_size(path: str) -> Tuple[int, int]:
             orientation = img.getexif().get(EXIF_ORIENTATION, 1)
     except (UnidentifiedImageError, OSError) as e:
         raise SegDatasetError(f'image file cannot be read: {path} ({e})') from None
-    return (w, h) if orientation in TRANSPOSING_ORIENTATIONS else (h, w)
+    rotated = backend in ('cv2', 'pillow') and color_type in ('color', 'grayscale')
+    return (w, h) if rotated and orientation in TRANSPOSING_ORIENTATIONS else (h, w)
 
 
 def read_label_map(path: str, backend: str = 'pillow') -> np.ndarray:
@@ -100,7 +113,7 @@ def training_values(values: np.ndarray, reduce_zero_label: bool, label_map: Opti
 
 
 def check_sample(info: Dict[str, Any], num_classes: int, ignore_index: int, backend: str = 'pillow',
-                 with_labels: bool = True) -> None:
+                 with_labels: bool = True, image_decoding: Tuple[str, str] = ('cv2', 'color')) -> None:
     """Check one sample of a segmentation dataset (a ``data_list`` entry of mmseg's ``BaseSegDataset``).
 
     Args:
@@ -110,6 +123,8 @@ def check_sample(info: Dict[str, Any], num_classes: int, ignore_index: int, back
         backend: image decoder of the pipeline's ``LoadAnnotations`` (``imdecode_backend``).
         with_labels: whether the pipeline loads the label map (else only the image must exist: inference on
             unlabelled images, e.g. a test-server submission).
+        image_decoding: ``imdecode_backend`` and ``color_type`` of the pipeline's ``LoadImageFromFile``, which
+            decide the image's size (:func:`image_size`).
 
     Raises:
         SegDatasetError: naming the file and the problem.
@@ -124,7 +139,7 @@ def check_sample(info: Dict[str, Any], num_classes: int, ignore_index: int, back
     if not osp.isfile(seg_path):
         raise SegDatasetError(f'label map not found: {seg_path} (for image {img_path})')
     label = read_label_map(seg_path, backend)
-    img_hw = image_size(img_path)
+    img_hw = image_size(img_path, *image_decoding)
     if label.shape != img_hw:
         raise SegDatasetError(f'label map {seg_path} is {label.shape[0]}x{label.shape[1]} (HxW) but its image '
                               f'{img_path} is {img_hw[0]}x{img_hw[1]}')
@@ -213,8 +228,9 @@ def _orphan_label(dataset, data_list: Sequence[dict]) -> Optional[str]:
         return None
     have = {osp.normpath(d['seg_map_path']) for d in data_list}
     suffix = dataset.seg_map_suffix
-    for root, _, files in os.walk(seg_dir):
-        for name in sorted(files):
+    for root, dirs, files in os.walk(seg_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))  # .ipynb_checkpoints and the like
+        for name in sorted(f for f in files if not f.startswith('.')):  # mmengine lists no hidden file (._a.png)
             path = osp.normpath(osp.join(root, name))
             if name.endswith(suffix) and path not in have:
                 rel = osp.relpath(path, seg_dir)
@@ -231,6 +247,12 @@ def _load_annotations(dataset_cfg: dict) -> Optional[dict]:
 def _decode_backend(dataset_cfg: dict) -> str:
     step = _load_annotations(dataset_cfg)
     return 'pillow' if step is None else step.get('imdecode_backend', 'pillow')
+
+
+def _image_decoding(dataset_cfg: dict) -> Tuple[str, str]:
+    """``(imdecode_backend, color_type)`` of the pipeline's ``LoadImageFromFile`` (mmcv's defaults without one)."""
+    step = find_step(dataset_cfg.get('pipeline'), 'LoadImageFromFile') or {}
+    return step.get('imdecode_backend') or 'cv2', step.get('color_type', 'color')
 
 
 def _ignore_index(cfg: Any) -> int:
@@ -288,11 +310,14 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
     cfg['lazy_init'] = True
     cfg['serialize_data'] = False  # serialising an empty data list fails in numpy, before our message below
     # read the pipeline before building: wrappers (mmcv's TestTimeAug) replace their nested dicts with transforms
-    backend = _decode_backend(cfg)
+    backend, image_decoding = _decode_backend(cfg), _image_decoding(cfg)
     with_labels = _load_annotations(cfg) is not None
-    with DefaultScope.overwrite_default_scope('mmseg'):
-        dataset = DATASETS.build(cfg)
-        dataset.full_init()
+    try:
+        with DefaultScope.overwrite_default_scope('mmseg'):
+            dataset = DATASETS.build(cfg)
+            dataset.full_init()
+    except Exception as e:  # noqa: BLE001  (mmseg's own refusals: classes not in the dataset, an unknown type)
+        raise SegDatasetError(f'{what} cannot be built: {error_summary(e)}') from None
     data_list = [dataset.get_data_info(i) for i in range(len(dataset))]
     num_classes = len(dataset.metainfo['classes'])
     for where, n in (head_classes or {}).items():
@@ -306,7 +331,8 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
                               f'{dataset.img_suffix!r} ({what})')
 
     setting = dict(num_classes=num_classes, ignore_index=ignore_index, backend=backend, ann_file=dataset.ann_file,
-                   seg_dir=osp.abspath(dataset.data_prefix['seg_map_path']), with_labels=with_labels)
+                   seg_dir=osp.abspath(dataset.data_prefix['seg_map_path']), with_labels=with_labels,
+                   image_decoding=list(image_decoding))
     passed = _PassedSamples(check_cache_dir() if cache_dir == '' else cache_dir, setting)
 
     def run(info):  # -> (problem or None, stamp if the sample is good, whether it had to be read)
@@ -314,7 +340,7 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
         if passed.holds(info, stamp):
             return None, stamp, False
         try:
-            check_sample(info, num_classes, ignore_index, backend, with_labels)
+            check_sample(info, num_classes, ignore_index, backend, with_labels, image_decoding)
         except SegDatasetError as e:
             return str(e), None, True
         return None, stamp, True

@@ -24,6 +24,8 @@ from typing import Any, Callable, List, Tuple, Union
 import numpy as np
 
 SafeGlobal = Union[Callable, Tuple[Callable, str]]
+NUMERIC_DTYPES = (np.float64, np.int64, np.float16, np.float32, np.int8, np.int16, np.int32, np.uint8, np.uint16,
+                  np.uint32, np.uint64, np.bool_)
 # HistoryBuffer.__init__ registers these; custom ones come from HistoryBuffer.register_statistics
 BUILTIN_STATISTICS = ('current', 'max', 'mean', 'min')
 
@@ -51,8 +53,10 @@ def mmengine_checkpoint_globals() -> List[SafeGlobal]:
         (multiarray.scalar, 'numpy.core.multiarray.scalar'),  # numpy scalars
         np.ndarray,
         np.dtype,
-        type(np.dtype(np.float64)),  # numpy.dtypes.Float64DType: HistoryBuffer._log_history
-        type(np.dtype(np.int64)),  # numpy.dtypes.Int64DType: HistoryBuffer._count_history
+        # numpy.dtypes.Float64DType (HistoryBuffer._log_history), Int64DType (_count_history), and the other
+        # numeric and bool dtypes, which a hook's logged value or a user's meta entry may carry (np.float32(0.5)):
+        # plain value types, nothing in them runs
+        *(type(np.dtype(t)) for t in NUMERIC_DTYPES),
     ]
 
 

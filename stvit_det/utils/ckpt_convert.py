@@ -259,7 +259,8 @@ def detector_2x_to_3x(checkpoint: Mapping) -> Tuple['OrderedDict[str, torch.Tens
 
     Returns:
         (state dict with :data:`DETECTOR_2X_TO_3X_RENAMES` applied, meta): meta holds ``dataset_meta.classes``
-        (from the 2.x ``CLASSES``, when present) and ``converted_from`` (the 2.x versions).
+        (from the 2.x ``CLASSES``, or a 3.x checkpoint's ``dataset_meta`` as it is, when present) and
+        ``converted_from`` (the 2.x versions).
 
     Raises:
         TypeError: no state dict; ValueError: no ``backbone.`` keys (not a detector checkpoint).
@@ -279,17 +280,21 @@ def detector_2x_to_3x(checkpoint: Mapping) -> Tuple['OrderedDict[str, torch.Tens
                                                                             'epoch') if k in old_meta})
     if old_meta.get('CLASSES') is not None:
         meta['dataset_meta'] = dict(classes=tuple(old_meta['CLASSES']))
+    elif isinstance(old_meta.get('dataset_meta'), Mapping):  # already mmdet 3.x: its dataset meta is kept whole
+        meta['dataset_meta'] = dict(old_meta['dataset_meta'])
     return out, meta
 
 
-def imagenet_to_classifier(checkpoint: Mapping) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[str, object]]:
+def imagenet_to_classifier(checkpoint: Mapping,
+                           need_head: bool = True) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[str, object]]:
     """An official STViT-R ImageNet checkpoint -> the state dict of an MMPretrain ``ImageClassifier`` (STViTR
     backbone with ``out_indices=(3,)``, ``GlobalAveragePooling``, ``LinearClsHead``).
 
     ``patch_embed.* / layers.*`` -> ``backbone.*``; the final LayerNorm ``norm.*`` -> ``backbone.norm3.*`` (the
     norm of the last stage output, which the classifier pools); ``head.*`` -> ``head.fc.*``; the recomputed
     ``attn_mask`` buffers are dropped. A checkpoint that is already in classifier layout (``backbone.*``,
-    ``head.fc.*``, e.g. trained with ``configs/stvit-r-cls``) is returned unchanged.
+    ``head.fc.*``, e.g. trained with ``configs/stvit-r-cls``) is returned unchanged; without ``need_head`` (the
+    head is dropped anyway) also one without ``head.fc.*`` (what ``--drop-head`` wrote).
 
     Returns:
         (state dict, report) with ``layout`` (``'official'`` or ``'classifier'``) and ``dropped`` keys.
@@ -299,7 +304,7 @@ def imagenet_to_classifier(checkpoint: Mapping) -> Tuple['OrderedDict[str, torch
     """
     sd = unwrap_state_dict(checkpoint)
     if any(k.startswith('backbone.') for k in sd):
-        if not any(k.startswith('head.fc.') for k in sd):
+        if need_head and not any(k.startswith('head.fc.') for k in sd):
             raise ValueError('a checkpoint with backbone.* keys but no head.fc.*: a detector or a backbone, not an '
                              'ImageNet classifier (a detector: tools/convert_ckpt.py --detector)')
         return sd, dict(layout='classifier', dropped=[])
@@ -353,7 +358,7 @@ def describe_mismatch(report: Mapping[str, list], names_up_to: int = 6) -> str:
         shown = '; '.join(f'{k} {s} vs {o}' for k, s, o in report['mismatched'][:names_up_to])
         parts.append(f'{len(report["mismatched"])} tensors have other shapes than the config\'s model (checkpoint '
                      f'vs model; another arch or another number of classes?): {shown}')
-    for name, what in (('missing', 'model tensors are not in the checkpoint (another detector type?)'),
+    for name, what in (('missing', 'model tensors are not in the checkpoint (another model type?)'),
                        ('unexpected', 'checkpoint tensors have no place in the model')):
         keys = report[name]
         if keys:

@@ -5,6 +5,7 @@ The conversions themselves are the pure functions of :mod:`stvit_det.utils.ckpt_
 """
 import os
 import pickle
+import re
 import warnings
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -47,6 +48,19 @@ def _unreadable_reason(path: str, exc: Exception) -> str:
     return f'{type(exc).__name__}: {first}'
 
 
+def _weights_only_refusal(exc: Exception) -> Optional[str]:
+    """The weights-only unpickler's reason for refusing a readable file (``Unsupported global: GLOBAL x.y``, or
+    ``... but got <class 'numpy.dtypes.Complex64DType'>``), or None when ``exc`` is not such a refusal."""
+    if not isinstance(exc, pickle.UnpicklingError):
+        return None
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    which = next((line for line in lines if 'Unsupported global' in line), None)
+    if which is None and 'Weights only load failed' in str(exc):
+        got = next((line for line in lines if 'but got' in line), None)
+        which = f'it holds {got.split("but got", 1)[1].strip()}' if got else None
+    return which
+
+
 def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
     """``torch.load(path, weights_only=True)`` with one clear error for a missing, truncated or non-checkpoint file.
 
@@ -81,10 +95,12 @@ def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
         except Exception as e:  # noqa: BLE001 - torch raises many kinds (RuntimeError, UnpicklingError, IndexError...)
             if isinstance(e, PermissionError):  # not any OSError: a truncated zip is one too ("Invalid argument")
                 raise CheckpointError(f'{path}: cannot read the file: {e.strerror or e}') from None
-            if isinstance(e, pickle.UnpicklingError) and 'Unsupported global' in str(e):
-                which = next(line.strip() for line in str(e).splitlines() if 'Unsupported global' in line)
+            refusal = _weights_only_refusal(e)
+            if refusal:
                 raise CheckpointError(f'{path}: refused by the weights-only unpickler (it stores objects other than '
-                                      f'tensors and plain containers): {which}') from None
+                                      f'tensors and plain containers): {refusal}; if the file is trusted, re-save '
+                                      'its weights alone (torch.load with weights_only=False, then torch.save of '
+                                      'the state dict)') from None
             raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another kind of file): '
                                   f'{_unreadable_reason(path, e)}') from None
     try:
@@ -175,11 +191,17 @@ def _bare(cfg: Mapping, model_cfg: Optional[Mapping] = None):
 
 
 def model_tensor_shapes(cfg: Mapping) -> Dict[str, Tuple[int, ...]]:
-    """Name -> shape of every tensor in the state dict of ``cfg.model`` (built by :func:`_bare`). As the bare build
-    drops every ``init_cfg``, an STViTR backbone's is checked first (:func:`check_backbone_init_cfg`): the Runner
-    builds the model with it."""
+    """Name -> shape of every tensor in the state dict of ``cfg.model`` (built by :func:`_bare`) as the Runner loads
+    a checkpoint into it: into the wrapped model of a test-time-augmentation wrapper (``test.py --tta``), as
+    MMEngine does. As the bare build drops every ``init_cfg``, an STViTR backbone's is checked first
+    (:func:`check_backbone_init_cfg`): the Runner builds the model with it."""
+    from mmengine.model import BaseTTAModel
+
     check_backbone_init_cfg(cfg)
-    return {k: tuple(v.shape) for k, v in _bare(cfg).state_dict().items()}
+    model = _bare(cfg)
+    if isinstance(model, BaseTTAModel):
+        model = model.module
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 NO_CHECKPOINT = ("model.backbone.init_cfg is type='Pretrained' without a checkpoint path: give the weights with "
@@ -306,7 +328,8 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
             Otherwise (``tools/train.py`` with ``load_from``: fine-tuning, where heads for other classes do
             not fit and are left at their initialisation): refused are a classifier head of another size (see
             :func:`head_classes_error`), a backbone-only or unconverted checkpoint, a backbone tensor of another
-            shape, backbone tensors the model has no place for (another depth), a checkpoint that holds less than
+            shape, backbone tensors the model has no place for (a deeper arch), backbone blocks of which it holds no
+            tensor (a shallower arch), a checkpoint that holds less than
             half of the backbone (another backbone type), and one of which nothing fits. (A classifier's checkpoint
             lacks the detection backbone's norms 0-2: accepted.)
         shapes: :func:`model_tensor_shapes` of the config, when the caller has them.
@@ -342,9 +365,28 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
     if problem and (strict or not fits or backbone_wrong):
         raise CheckpointError(f'{path} does not fit the model of the config ({len(fits)} of {len(own)} tensors '
                               f'fit). {problem}')
+    absent = absent_blocks(sd, own)
+    if absent and len(absent) < len(_blocks(own)):  # (none there at all: another backbone type, refused above)
+        raise CheckpointError(f'{path} holds no tensor of {len(absent)} backbone blocks of the config\'s model '
+                              f'(another, shallower arch: e.g. STViT-R-T weights for STViT-R-S?), e.g. '
+                              f'{", ".join(absent[:3])}: they would train from their random initialisation')
     return report
+
+
+_BLOCK = re.compile(r'^(backbone\.(?:layers|stages)\.\d+\.blocks\.\d+)\.')
+
+
+def _blocks(keys) -> set:
+    """``backbone.layers.i.blocks.k`` (or ``stages``) of every backbone block with a tensor among ``keys``."""
+    return {m.group(1) for m in map(_BLOCK.match, keys) if m}
+
+
+def absent_blocks(sd: Mapping[str, torch.Tensor], own: Mapping[str, Tuple[int, ...]]) -> list:
+    """The backbone blocks of the model (``own``: its tensor shapes) of which ``sd`` has no tensor, in order."""
+    have = _blocks(sd)
+    return sorted((b for b in _blocks(own) if b not in have), key=lambda b: [int(p) for p in re.findall(r'\d+', b)])
 
 
 __all__ = ['CheckpointError', 'read_checkpoint', 'runner_state_dict', 'head_classes_error', 'dataset_classes',
            'class_order_error', 'model_tensor_shapes', 'pretrained_init', 'init_cfg_problem', 'check_backbone_init_cfg',
-           'check_backbone_init_checkpoint', 'check_checkpoint_for_config']
+           'check_backbone_init_checkpoint', 'check_checkpoint_for_config', 'absent_blocks']

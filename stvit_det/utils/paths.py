@@ -2,6 +2,7 @@
 fail on a typo in its path, nor replace a file the tool read)."""
 import contextlib
 import os
+import shutil
 import tempfile
 from typing import Iterator, List, Mapping, Optional
 
@@ -27,18 +28,20 @@ def missing_file_error(what: str, path: str) -> Optional[str]:
     """``'{what} file not found: PATH'``, or ``'{what} PATH is a directory, not a file'`` (a folder given for a
     checkpoint is not a missing file), or that PATH is a download URL (nothing is downloaded at run time); None
     when ``path`` is a file."""
-    if os.path.isfile(path):
+    if os.path.isfile(os.path.expanduser(path)):  # '~' is the home folder, as mmengine's checkpoint loader has it
         return None
     if is_download_url(path):
         return (f'{what} {path} is a download URL: files are read locally, never downloaded at run time; download '
                 'it once and give its path')
-    return f'{what} {path} is a directory, not a file' if os.path.isdir(path) else f'{what} file not found: {path}'
+    folder = os.path.isdir(os.path.expanduser(path))
+    return f'{what} {path} is a directory, not a file' if folder else f'{what} file not found: {path}'
 
 
 def same_file(a: str, b: str) -> bool:
-    """Whether ``a`` and ``b`` name one existing file, however spelt (relative, through a link, a hard link)."""
+    """Whether ``a`` and ``b`` name one existing file, however spelt (relative, through a link, a hard link, with
+    ``~`` for the home folder)."""
     try:
-        return os.path.samefile(a, b)
+        return os.path.samefile(os.path.expanduser(a), os.path.expanduser(b))
     except (OSError, ValueError):  # either does not exist: nothing there to lose
         return False
 
@@ -148,6 +151,7 @@ def atomic_output(path: str) -> Iterator[str]:
     block ends, and is removed when the block raises: an interrupted write (a full disk, Ctrl-C) leaves an existing
     ``path`` as it was instead of truncated. A link is followed: its target is replaced, as a plain write would."""
     path = os.path.realpath(path)
+    new_dirs = missing_folders(os.path.dirname(path))
     make_parent_dir(path)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f'.{os.path.basename(path)}.',
                                suffix='.part')
@@ -156,10 +160,29 @@ def atomic_output(path: str) -> Iterator[str]:
         yield tmp
         os.chmod(tmp, _new_file_mode(path))
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
+        remove_new_folders(new_dirs)  # the folders made for the output, where still empty
+        raise
+
+
+def write_error(path: str, exc: BaseException) -> str:
+    """Why writing ``path`` failed, in words: the OS's reason (``No space left on device``), or, for a library's
+    own words without one (``torch.save`` on a full disk: ``[enforce fail at inline_container.cc:672] . unexpected
+    pos ...``), its first line and the free space of the file system."""
+    reason = getattr(exc, 'strerror', None)
+    if reason:
+        return reason
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    try:
+        folder = os.path.dirname(os.path.abspath(path))
+        free = shutil.disk_usage(nearest_existing(folder, missing_folders(folder))).free
+    except OSError:
+        return reason
+    return f'{reason} ({free / 2**20:.1f} MiB free on its file system: is the disk full?)'
 
 
 __all__ = ['is_remote', 'missing_file_error', 'same_file', 'input_clash_reason', 'unwritable_reason', 'make_parent_dir',
-           'uncreatable_dir_reason', 'atomic_output', 'missing_folders', 'remove_new_folders']
+           'uncreatable_dir_reason', 'atomic_output', 'missing_folders', 'remove_new_folders', 'write_error']

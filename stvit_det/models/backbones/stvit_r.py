@@ -449,9 +449,12 @@ class STViTR(BaseModule):
         """
         if prefix:
             checkpoint = select_prefix(checkpoint, prefix, source)
-        sd, report = convert_to_stvit(
-            checkpoint, sparsify=any(p != 'window' and p != 'shifted' for p in self.layers[SPARSE_STAGE].pattern),
-            patch_stem=isinstance(self.patch_embed, PatchStem))
+        try:
+            sd, report = convert_to_stvit(
+                checkpoint, sparsify=any(p != 'window' and p != 'shifted' for p in self.layers[SPARSE_STAGE].pattern),
+                patch_stem=isinstance(self.patch_embed, PatchStem))
+        except ValueError as e:  # an unrecognised layout: named with its file
+            raise ValueError(f'{source}: {e}') from None
         own = self.state_dict()
         shape_mismatch = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
         if shape_mismatch:
@@ -472,7 +475,23 @@ class STViTR(BaseModule):
         if blocks and absent:  # a shallower arch: those blocks would silently keep their random initialisation
             raise ValueError(f'{source}: holds no tensor of {len(absent)} blocks of this STViTR (depths {depths}: '
                              f'another, shallower arch?), e.g. {", ".join(absent[:3])}')
+        frozen = self._frozen_prefixes()
+        stuck = [k for k in report['missing'] if k.startswith(frozen)]
+        if stuck:  # e.g. Swin's weights for the conv stem: random, then frozen for the whole run
+            stem = (' (a Swin checkpoint has no conv stem: stem=\'patch\' takes its patch embedding)'
+                    if any(k.startswith('patch_embed.') for k in stuck) else '')
+            raise ValueError(f'{source}: lacks {len(stuck)} tensors of what frozen_stages={self.frozen_stages} '
+                             f'freezes: {summarise_keys(stuck, depth=2)}, e.g. {", ".join(stuck[:3])}; they would '
+                             'stay at their initial (random) values for the whole run: load weights that have '
+                             f'them{stem} or freeze fewer stages')
         return sd, report
+
+    def _frozen_prefixes(self) -> Tuple[str, ...]:
+        """State-dict prefixes of what ``frozen_stages`` freezes (:meth:`_frozen_modules`)."""
+        prefixes = ['patch_embed.'] if self.frozen_stages >= 0 else []
+        for i in range(min(self.frozen_stages, 4)):
+            prefixes += [f'layers.{i}.', f'norm{i}.']
+        return tuple(prefixes)
 
     def _has_block_of(self, key: str) -> bool:
         """Whether the stage / block that ``key`` names (``layers.i[.blocks.k].*``) exists here (other keys: True)."""
