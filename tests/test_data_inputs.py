@@ -263,6 +263,22 @@ def test_image_info_files_and_other_formats(tmp_path):
         _check(train_dataloader=_loader(tmp_path, str(tmp_path / 'gone.json')))
 
 
+def test_classes_written_as_a_string(tmp_path):
+    """('nucleus') is the string 'nucleus', not a tuple: mmengine would keep it and count 7 classes. A string that
+    names a file of names stays allowed."""
+    from stvit_det.datasets import DatasetCheckError
+
+    path = _coco(tmp_path)
+    with pytest.raises(DatasetCheckError, match=r"^train_dataloader\.dataset\.metainfo\.classes is the string "
+                                                r"'nucleus', which names no file of class names: .*\('nucleus', \)"):
+        _check(train_dataloader=_loader(tmp_path, path, classes='nucleus'))
+    (tmp_path / 'names.txt').write_text('nucleus\n')
+    assert _check(train_dataloader=_loader(tmp_path, path, classes=str(tmp_path / 'names.txt')))
+    with pytest.raises(DatasetCheckError, match=r"^test_dataloader\.dataset\.classes is the string 'cat'"):
+        _check(test_dataloader=dict(dataset=dict(type='mmpretrain.CustomDataset', data_prefix=str(tmp_path),
+                                                 classes='cat')))
+
+
 def test_image_link_whose_target_is_gone(tmp_path):
     from stvit_det.datasets import DatasetCheckError
 
@@ -317,6 +333,28 @@ def test_numpy_values_beside_the_weights(tmp_path):
     with pytest.raises(CheckpointError, match=r"complex\.pth: refused by the weights-only unpickler .*: it holds "
                                               r"<class 'numpy\.dtypes\.Complex64DType'>; if the file is trusted"):
         read_checkpoint(str(odd))
+
+
+def test_safetensors_weights(tmp_path):
+    """The hub's weight format (timm's Swin weights are model.safetensors), which torch.load reads: loaded by a
+    backbone's init_cfg; a damaged one is named as such, not as 'neither a zip archive nor a pickle'."""
+    from safetensors.torch import save_file
+
+    from stvit_det import STViTR
+
+    narrow = dict(embed_dims=16, depths=(1, 1, 6, 1), num_heads=(1, 1, 2, 2))
+    src = STViTR(**narrow)
+    torch.nn.init.normal_(src.layers[2].blocks[0].attn.qkv.weight)
+    path = tmp_path / 'model.safetensors'
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    model = STViTR(**narrow, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in src.state_dict().items())
+    damaged = tmp_path / 'damaged.safetensors'
+    damaged.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r'damaged\.safetensors: not a readable PyTorch checkpoint \(truncated or '
+                                              r'another kind of file\): a safetensors file torch cannot read'):
+        read_checkpoint(str(damaged))
 
 
 def test_plain_pickle_gives_the_error_without_a_warning_before_it(tmp_path):

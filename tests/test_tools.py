@@ -463,6 +463,24 @@ def test_test_time_augmentation_takes_the_plain_model_checkpoint(tmp_path):
     assert check_checkpoint_for_config(cfg, ckpt) == dict(missing=[], unexpected=[], mismatched=[])
 
 
+def test_storage_backend_checkpoints_are_left_to_mmengine(monkeypatch):
+    """An s3:// (petrel://, ...) checkpoint is read by mmengine's file backends, as the README says: no local 'file
+    not found' for it in test.py / train.py (load_from, --resume); a download URL stays refused."""
+    from mmengine.config import Config
+
+    from stvit_det.utils.paths import missing_file_error
+
+    assert missing_file_error('checkpoint', 's3://bucket/run/epoch_12.pth') is None
+    assert 'is a download URL' in missing_file_error('checkpoint', 'https://example.org/epoch_12.pth')
+    monkeypatch.syspath_prepend(osp.join(ROOT, 'tools'))
+    from _launch import check_inputs
+
+    cfg = Config.fromfile(DEMO_CONFIG)
+    check_inputs('test.py', cfg, (), checkpoint='s3://bucket/run/epoch_12.pth')  # nothing local to check
+    with pytest.raises(SystemExit, match=r'^test\.py: error: https://example\.org/x\.pth: a download URL'):
+        check_inputs('test.py', cfg, (), checkpoint='https://example.org/x.pth')
+
+
 def test_launch_options_that_cannot_work_stop_in_one_line(tmp_path, monkeypatch):
     """Before the Runner: --cfg-options that cannot merge into the config (a key under a None or into a tuple),
     mixed precision without a GPU, --tta without a tta_pipeline, a --show-dir that cannot be made."""

@@ -26,7 +26,7 @@ from stvit_det.utils import allow_checkpoint_globals, prepare_cpu_distributed
 from stvit_det.utils.ckpt_file import (CheckpointError, check_backbone_init_checkpoint, check_checkpoint_for_config,
                                       model_tensor_shapes)
 from stvit_det.utils.errors import first_line
-from stvit_det.utils.paths import uncreatable_dir_reason, unwritable_reason
+from stvit_det.utils.paths import is_storage_path, uncreatable_dir_reason, unwritable_reason
 from stvit_det.utils.values import is_count, is_finite_number, is_int
 
 
@@ -146,7 +146,7 @@ def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Opti
             check_backbone_init_checkpoint(cfg)
         check_dataset_cfgs(cfg, phases=phases)
         check_seg_dataset_cfgs(cfg, phases=phases)
-        if checkpoint:
+        if checkpoint and not is_storage_path(checkpoint):  # s3:// and the like: mmengine reads it, we cannot
             check_checkpoint_for_config(cfg, checkpoint, strict=tool == 'test.py' if strict is None else strict,
                                         shapes=shapes)
     except (DatasetCheckError, CheckpointError) as e:

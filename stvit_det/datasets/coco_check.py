@@ -359,6 +359,19 @@ def _check_image_files(coco: dict, img_dir: str, path: str, what: str) -> None:
                                     f'({what}), e.g. images[{gone[0]}] file_name {first!r}{link}')
 
 
+def _classes_string_problem(dataset_cfg: dict, what: str) -> Optional[str]:
+    """A dataset's classes given as one string that names no file (``metainfo=dict(classes=('nucleus'))``: the
+    parentheses make no tuple): mmengine keeps the string, whose length then counts as the number of classes."""
+    metainfo = dataset_cfg.get('metainfo')
+    for where, value in ((f'{what}.classes', dataset_cfg.get('classes')),
+                         (f'{what}.metainfo.classes', metainfo.get('classes') if isinstance(metainfo, dict) else None)):
+        if isinstance(value, str) and not (osp.isfile(osp.expanduser(value))
+                                           or osp.isfile(_join(dataset_cfg.get('data_root') or '', value))):
+            return (f'{where} is the string {value!r}, which names no file of class names: give the names as a '
+                    f'tuple, ({value!r}, ) for one class (without its comma a one-class tuple is just the string)')
+    return None
+
+
 def _check_coco_dataset(coco: dict, dataset_cfg: dict, path: str, img_dir: Optional[str], what: str,
                         scope: Optional[str], head_classes: Dict[str, int]) -> None:
     """For MMDetection's ``CocoDataset`` (:func:`reads_coco_instances`): its classes (:func:`_check_classes`), the
@@ -455,6 +468,9 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[
     root = dataset_cfg.get('data_root') or ''
     if is_remote(root):
         return []
+    problem = _classes_string_problem(dataset_cfg, what)
+    if problem:
+        raise DatasetCheckError(problem)
     checked = []
     ann_file = dataset_cfg.get('ann_file') or ''
     coco = None

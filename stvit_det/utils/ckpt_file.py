@@ -33,6 +33,8 @@ def _unreadable_reason(path: str, exc: Exception) -> str:
         return error_summary(exc)
     if not head:
         return 'the file is empty'
+    if head[8:9] == b'{' and int.from_bytes(head[:8], 'little') < 2**32:  # safetensors: header length, JSON
+        return f'a safetensors file torch cannot read (truncated or damaged?): {error_summary(exc)}'
     if not head.startswith((b'PK', b'\x80')):  # neither a zip archive (torch.save) nor a pickle (legacy torch.save)
         try:
             head.decode('utf-8')
@@ -62,7 +64,8 @@ def _weights_only_refusal(exc: Exception) -> Optional[str]:
 
 
 def read_checkpoint(path: str, mmap: bool = False) -> Mapping:
-    """``torch.load(path, weights_only=True)`` with one clear error for a missing, truncated or non-checkpoint file.
+    """``torch.load(path, weights_only=True)`` with one clear error for a missing, truncated or non-checkpoint file
+    (torch also reads a safetensors file, as its flat dict of tensors).
 
     Args:
         path: a local ``.pth`` file.

@@ -24,11 +24,17 @@ def is_download_url(path) -> bool:
     return bool(sep) and scheme.lower() in DOWNLOAD_SCHEMES
 
 
+def is_storage_path(path) -> bool:
+    """Whether ``path`` names a file in a storage backend mmengine reads (``s3://``, ``petrel://``): allowed, and
+    not checkable locally (a download URL is not one: it is refused)."""
+    return is_remote(path) and not is_download_url(path)
+
+
 def missing_file_error(what: str, path: str) -> Optional[str]:
     """``'{what} file not found: PATH'``, or ``'{what} PATH is a directory, not a file'`` (a folder given for a
     checkpoint is not a missing file), or that PATH is a download URL (nothing is downloaded at run time); None
-    when ``path`` is a file."""
-    if os.path.isfile(os.path.expanduser(path)):  # '~' is the home folder, as mmengine's checkpoint loader has it
+    when ``path`` is a file, or in a storage backend (:func:`is_storage_path`: mmengine reads it)."""
+    if os.path.isfile(os.path.expanduser(path)) or is_storage_path(path):  # '~': home, as mmengine's loader has it
         return None
     if is_download_url(path):
         return (f'{what} {path} is a download URL: files are read locally, never downloaded at run time; download '
@@ -184,5 +190,5 @@ def write_error(path: str, exc: BaseException) -> str:
     return f'{reason} ({free / 2**20:.1f} MiB free on its file system: is the disk full?)'
 
 
-__all__ = ['is_remote', 'missing_file_error', 'same_file', 'input_clash_reason', 'unwritable_reason', 'make_parent_dir',
+__all__ = ['is_remote', 'is_storage_path', 'missing_file_error', 'same_file', 'input_clash_reason', 'unwritable_reason', 'make_parent_dir',
            'uncreatable_dir_reason', 'atomic_output', 'missing_folders', 'remove_new_folders', 'write_error']
