@@ -153,8 +153,15 @@ def test_the_evaluator_metric_decides_whether_polygons_must_convert(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ CocoDataset configs
+def _png(path, h=8, w=8, exif=None):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(path, exif=exif or Image.Exif())
+
+
 def _loader(tmp_path, ann, classes=('nucleus', ), with_mask=False, **dataset):
-    (tmp_path / 'a.png').touch()
+    if not (tmp_path / 'a.png').exists():
+        _png(tmp_path / 'a.png')
     pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True, with_mask=with_mask)]
     return dict(dataset=dict(type='CocoDataset', ann_file=ann, data_prefix=dict(img=str(tmp_path)),
                              metainfo=dict(classes=classes), pipeline=pipeline, **dataset))
@@ -290,8 +297,46 @@ def test_image_link_whose_target_is_gone(tmp_path):
                                                 r"\(a link whose target is missing\)"):
         _check(train_dataloader=loader)
     (tmp_path / 'moved').mkdir()
-    (tmp_path / 'moved' / 'a.png').touch()
+    _png(tmp_path / 'moved' / 'a.png')
     assert _check(train_dataloader=loader)
+
+
+def test_images_that_decode_to_another_size_than_listed(tmp_path, monkeypatch):
+    """mmdet never compares an image with the height and width its file lists: a resized image, or a phone photo
+    whose EXIF orientation cv2 applies, gets misplaced boxes and masks silently. Sizes are read from the headers,
+    as LoadImageFromFile decodes (its color_type decides the EXIF turn), and remembered by file stamp."""
+    from PIL import Image
+
+    from stvit_det.datasets import DatasetCheckError
+
+    monkeypatch.setenv('STVIT_DATA_CHECK_CACHE', str(tmp_path / 'cache'))
+    path = _coco(tmp_path, _image(height=8, width=12))
+    _png(tmp_path / 'a.png', 8, 12)
+    assert _check(train_dataloader=_loader(tmp_path, path))
+    _png(tmp_path / 'a.png', 8, 10)  # resized after annotation
+    with pytest.raises(DatasetCheckError, match=r"ann\.json: 1 of its 1 images are not the size it gives "
+                                                r"\(train_dataloader\.dataset\), e\.g\. images\[0\] file_name "
+                                                r"'a\.png': 8x12 \(HxW\) in the file, 8x10 as the pipeline decodes "
+                                                r"it; its boxes"):
+        _check(train_dataloader=_loader(tmp_path, path))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 8x12 (as annotated), shown (and decoded by cv2) 12x8
+    _png(tmp_path / 'a.png', 8, 12, exif)
+    with pytest.raises(DatasetCheckError, match=r"8x12 \(HxW\) in the file, 12x8 as the pipeline decodes it: its "
+                                                r"EXIF orientation turns it; .*color_type='color_ignore_orientation'"):
+        _check(train_dataloader=_loader(tmp_path, path))
+    unturned = _loader(tmp_path, path)
+    unturned['dataset']['pipeline'][0]['color_type'] = 'color_ignore_orientation'
+    assert _check(train_dataloader=unturned)
+    reads = []
+    monkeypatch.setattr('stvit_det.datasets.seg_check.image_size', lambda *a: reads.append(a) or (8, 12))
+    assert _check(train_dataloader=unturned) and reads == []  # remembered
+    (tmp_path / 'a.png').write_bytes(b'not a png')
+    monkeypatch.undo()
+    monkeypatch.setenv('STVIT_DATA_CHECK_CACHE', '')
+    with pytest.raises(DatasetCheckError, match=r"ann\.json: image file cannot be read: .*a\.png .*"
+                                                r"\(train_dataloader\.dataset\)"):
+        _check(train_dataloader=unturned)
 
 
 # ------------------------------------------------------------------------------------------ checkpoint files

@@ -359,6 +359,85 @@ def _check_image_files(coco: dict, img_dir: str, path: str, what: str) -> None:
                                     f'({what}), e.g. images[{gone[0]}] file_name {first!r}{link}')
 
 
+def _decoded_sizes(paths: Sequence[str], decoding: Tuple[str, str], listing: str) -> List[Tuple[int, int]]:
+    """(H, W) of each image as ``LoadImageFromFile`` decodes it (:func:`seg_check.image_size`, a header read), read
+    by up to 8 threads; sizes read before are remembered (in :func:`seg_check.check_cache_dir`, one file per
+    annotation file ``listing`` and decoding, holding exactly its images, each keyed by the path, file size and
+    modification time), so a later launch only stats the files."""
+    import hashlib
+    import json as json_
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .seg_check import check_cache_dir, image_size
+
+    cache_dir = check_cache_dir()
+    key = hashlib.sha1(json_.dumps([*decoding, osp.abspath(listing)]).encode()).hexdigest()[:16]
+    memory_path = osp.join(cache_dir, f'img-{key}.json') if cache_dir else None
+    try:
+        with open(memory_path) as f:  # type: ignore[arg-type]
+            memory = json_.load(f)
+        memory = memory if isinstance(memory, dict) else {}
+    except (OSError, TypeError, ValueError):
+        memory = {}
+
+    def size(path):  # -> ((h, w), memory entry or None)
+        try:
+            st = os.stat(path)
+            stamp = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            stamp = None
+        known = memory.get(path)
+        if stamp and isinstance(known, list) and len(known) == 4 and known[:2] == stamp:
+            return tuple(known[2:]), None
+        hw = image_size(path, *decoding)
+        return hw, (stamp + list(hw) if stamp else None)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(size, paths))
+    if any(entry for _, entry in results) and memory_path:
+        tmp = None
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix='.tmp')
+            with os.fdopen(fd, 'w') as f:  # this dataset's images now, remembered or read
+                json_.dump({p: entry or memory[p] for p, (_, entry) in zip(paths, results) if entry or p in memory},
+                           f)
+            os.replace(tmp, memory_path)  # atomic: concurrent ranks never read half a file
+        except OSError:  # an unwritable cache only costs the reads next time
+            if tmp and osp.exists(tmp):
+                os.remove(tmp)
+    return [hw for hw, _ in results]
+
+
+def _check_image_sizes(coco: dict, img_dir: str, dataset_cfg: dict, path: str, what: str) -> None:
+    """Every listed image decodes, as the pipeline's ``LoadImageFromFile`` reads it, to the ``height`` and ``width``
+    the file gives (mmdet never compares them: boxes and masks of a resized image, or of a photo its EXIF orientation
+    turns, land in the wrong place without an error); an unreadable image is named too."""
+    step = find_step(dataset_cfg.get('pipeline'), 'LoadImageFromFile')
+    if step is None:
+        return
+    decoding = (step.get('imdecode_backend') or 'cv2', step.get('color_type', 'color'))
+    images = coco['images']
+    try:
+        decoded = _decoded_sizes([osp.join(img_dir, str(image['file_name'])) for image in images], decoding, path)
+    except DatasetCheckError as e:  # an unreadable image (seg_check's message names it)
+        raise DatasetCheckError(f'{path}: {e} ({what})') from None
+    wrong = [i for i, (image, hw) in enumerate(zip(images, decoded)) if hw != (image['height'], image['width'])]
+    if not wrong:
+        return
+    image, (h, w) = images[wrong[0]], decoded[wrong[0]]
+    turned = (w, h) == (image['height'], image['width'])
+    why = ''
+    if turned and decoding[1] in ('color', 'grayscale'):
+        why = (': its EXIF orientation turns it; annotate the image as it is shown, or read it unturned with '
+               "LoadImageFromFile(color_type='color_ignore_orientation')")
+    raise DatasetCheckError(f'{path}: {len(wrong)} of its {len(images)} images are not the size it gives ({what}), '
+                            f'e.g. images[{wrong[0]}] file_name {image["file_name"]!r}: {image["height"]}x'
+                            f'{image["width"]} (HxW) in the file, {h}x{w} as the pipeline decodes it{why}; its boxes '
+                            'and masks would be misplaced')
+
+
 def _classes_string_problem(dataset_cfg: dict, what: str) -> Optional[str]:
     """A dataset's classes given as one string that names no file (``metainfo=dict(classes=('nucleus'))``: the
     parentheses make no tuple): mmengine keeps the string, whose length then counts as the number of classes."""
@@ -375,13 +454,15 @@ def _classes_string_problem(dataset_cfg: dict, what: str) -> Optional[str]:
 def _check_coco_dataset(coco: dict, dataset_cfg: dict, path: str, img_dir: Optional[str], what: str,
                         scope: Optional[str], head_classes: Dict[str, int]) -> None:
     """For MMDetection's ``CocoDataset`` (:func:`reads_coco_instances`): its classes (:func:`_check_classes`), the
-    instances it makes (:func:`_check_instances`) and its image files (:func:`_check_image_files`)."""
+    instances it makes (:func:`_check_instances`) and its image files (:func:`_check_image_files`,
+    :func:`_check_image_sizes`)."""
     classes = config_classes(dataset_cfg, scope)
     if classes is not None:
         cat_ids = _check_classes(coco, classes, path, what, head_classes)
         _check_instances(coco, dataset_cfg, cat_ids, path, what)
     if img_dir is not None and not is_remote(img_dir):
         _check_image_files(coco, img_dir, path, what)
+        _check_image_sizes(coco, img_dir, dataset_cfg, path, what)
 
 
 def detector_head_classes(cfg: Any) -> Dict[str, int]:
