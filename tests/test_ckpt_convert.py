@@ -78,6 +78,15 @@ def test_imagenet_checkpoint_reports_exactly_its_differences():
     report = model.load_pretrained({'model': sd})
     assert sorted(report['missing']) == sorted(f'norm{i}.{n}' for i in range(4) for n in LIN)
     assert sorted(report['unexpected']) == ['head.bias', 'head.weight', 'norm.bias', 'norm.weight']
+    # a classifier's backbone (out_indices=(3,): norm3 is its only output norm) takes the final norm there, as
+    # imagenet_to_classifier does; frozen stages may lack their output norms (LayerNorm's identity, as mmdet's Swin)
+    sd['norm.weight'] = torch.full((768, ), 2.0)
+    classifier = STViTR(arch='small', out_indices=(-1, ))
+    report = classifier.load_pretrained({'model': sd})
+    assert report['missing'] == [] and sorted(report['unexpected']) == ['head.bias', 'head.weight']
+    assert torch.equal(classifier.norm3.weight, sd['norm.weight'])
+    report = STViTR(arch='small', frozen_stages=2).load_pretrained({'model': sd})  # norm0, norm1 frozen at 1 / 0
+    assert sorted(report['missing']) == sorted(f'norm{i}.{n}' for i in range(4) for n in LIN)
 
 
 def test_wrong_arch_fails_naming_the_tensors():
@@ -197,7 +206,7 @@ def test_weights_that_leave_a_frozen_part_random_are_refused():
     sd = {'state_dict': _mmdet_swin().state_dict()}
     for frozen in (0, 2):
         with pytest.raises(ValueError, match=rf"lacks \d+ tensors of what frozen_stages={frozen} freezes: "
-                                             r"patch_embed\.proj \(\d+ tensors\), .*initial \(random\) values "
+                                             r"patch_embed\.proj \(\d+ tensors\), .*initialisation \(random, for weights\) "
                                              r".*stem='patch'"):
             STViTR(arch='tiny', frozen_stages=frozen).load_pretrained(sd)
     STViTR(arch='tiny', frozen_stages=-1).load_pretrained(sd)

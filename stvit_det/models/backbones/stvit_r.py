@@ -455,6 +455,10 @@ class STViTR(BaseModule):
                 patch_stem=isinstance(self.patch_embed, PatchStem))
         except ValueError as e:  # an unrecognised layout: named with its file
             raise ValueError(f'{source}: {e}') from None
+        if tuple(self.out_indices) == (3, ) and 'norm.weight' in sd and 'norm3.weight' not in sd:
+            # an ImageNet checkpoint's final LayerNorm is what a classifier's only output norm is (as
+            # imagenet_to_classifier maps it); detection's norm3 starts from its initialisation, as released
+            sd = OrderedDict((f'norm3.{k[5:]}' if k.startswith('norm.') else k, v) for k, v in sd.items())
         own = self.state_dict()
         shape_mismatch = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
         if shape_mismatch:
@@ -476,14 +480,15 @@ class STViTR(BaseModule):
             raise ValueError(f'{source}: holds no tensor of {len(absent)} blocks of this STViTR (depths {depths}: '
                              f'another, shallower arch?), e.g. {", ".join(absent[:3])}')
         frozen = self._frozen_prefixes()
-        stuck = [k for k in report['missing'] if k.startswith(frozen)]
+        # (an output norm an ImageNet checkpoint lacks freezes at LayerNorm's identity, as mmdet's Swin does)
+        stuck = [k for k in report['missing'] if k.startswith(frozen) and not re.match(r'norm\d\.', k)]
         if stuck:  # e.g. Swin's weights for the conv stem: random, then frozen for the whole run
             stem = (' (a Swin checkpoint has no conv stem: stem=\'patch\' takes its patch embedding)'
                     if any(k.startswith('patch_embed.') for k in stuck) else '')
             raise ValueError(f'{source}: lacks {len(stuck)} tensors of what frozen_stages={self.frozen_stages} '
                              f'freezes: {summarise_keys(stuck, depth=2)}, e.g. {", ".join(stuck[:3])}; they would '
-                             'stay at their initial (random) values for the whole run: load weights that have '
-                             f'them{stem} or freeze fewer stages')
+                             'stay at their initialisation (random, for weights) for the whole run: load weights '
+                             f'that have them{stem} or freeze fewer stages')
         return sd, report
 
     def _frozen_prefixes(self) -> Tuple[str, ...]:
