@@ -380,3 +380,39 @@ def test_train_and_test_tools_run_a_classification_config(tmp_path):
     report = det.load_pretrained(torch.load(ckpt, weights_only=True), source=str(ckpt))
     assert sorted(report['missing']) == sorted(f'norm{i}.{n}' for i in range(3) for n in ('weight', 'bias'))
     assert report['unexpected'] == [] and sorted(report['outside_backbone']) == ['head.fc.bias', 'head.fc.weight']
+
+
+def test_layer_wise_lr_decay_counts_depths_as_mmpretrain_swin():
+    """MMPretrain's fine-tuning recipes decay the lr by layer depth (LearningRateDecayOptimWrapperConstructor needs
+    get_layer_depth): a Swin-like STViTR counts every parameter's depth as MMPretrain's own Swin does for the same
+    parameter, and the constructor builds its groups, the stem slowest and the head fastest."""
+    from mmengine.optim import build_optim_wrapper
+    from mmpretrain.models import SwinTransformer
+
+    from stvit_det import STViTR
+
+    ours = STViTR(embed_dims=16, depths=(2, 2, 6, 2), num_heads=(1, 1, 2, 2), stem='patch', sparsify=False,
+                  out_indices=(3, ))
+    swin = SwinTransformer(arch=dict(embed_dims=16, depths=[2, 2, 6, 2], num_heads=[1, 1, 2, 2]))
+    theirs = dict(swin.named_parameters())
+    compared = 0
+    for name, _ in ours.named_parameters():
+        twin = name.replace('layers.', 'stages.').replace('attn.', 'attn.w_msa.')
+        if twin in theirs:
+            assert ours.get_layer_depth('backbone.' + name, 'backbone.') == \
+                swin.get_layer_depth('backbone.' + twin, 'backbone.'), name
+            compared += 1
+    assert compared > 50
+    assert ours.get_layer_depth('head.fc.weight', 'backbone.') == swin.get_layer_depth('head.fc.weight', 'backbone.')
+
+    model = MODELS.build(dict(type='mmpretrain.ImageClassifier', backbone=dict(
+        type='STViTR', embed_dims=16, depths=(2, 2, 6, 2), num_heads=(1, 1, 2, 2), out_indices=(3, )),
+        neck=dict(type='mmpretrain.GlobalAveragePooling'),
+        head=dict(type='mmpretrain.LinearClsHead', num_classes=10, in_channels=128)))
+    wrapper = build_optim_wrapper(model, dict(
+        optimizer=dict(type='AdamW', lr=1.0, weight_decay=0.05), paramwise_cfg=dict(layer_decay_rate=0.5),
+        constructor='mmpretrain.LearningRateDecayOptimWrapperConstructor'))
+    lrs = {id(p): g['lr'] for g in wrapper.optimizer.param_groups for p in g['params']}
+    stem = lrs[id(model.backbone.patch_embed.proj[0].c.weight)]
+    assert stem == pytest.approx(0.5 ** 13) and lrs[id(model.head.fc.weight)] == pytest.approx(1.0)
+    assert stem < lrs[id(model.backbone.layers[2].blocks[0].attn.qkv.weight)] < lrs[id(model.head.fc.weight)]

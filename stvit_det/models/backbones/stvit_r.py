@@ -498,6 +498,26 @@ class STViTR(BaseModule):
             prefixes += [f'layers.{i}.', f'norm{i}.']
         return tuple(prefixes)
 
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """(depth, number of depths) of a parameter for layer-wise learning-rate decay (MMPretrain's
+        ``LearningRateDecayOptimWrapperConstructor``, fine-tuning recipes), counted as for MMPretrain's Swin: the
+        stem 0, block ``k`` of stage ``i`` ``sum(depths[:i]) + k + 1``, the patch merging after stage ``i`` with that
+        stage's last block, and the output norms and anything outside the backbone (``prefix``: its name in the
+        whole model, e.g. ``'backbone.'``) the last, ``sum(depths) + 1``."""
+        depths = [len(layer.blocks) for layer in self.layers]
+        num_layers = sum(depths) + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        parts = param_name[len(prefix):].split('.')
+        if parts[0] == 'patch_embed':
+            return 0, num_layers
+        if parts[0] == 'layers' and len(parts) > 3 and parts[2] == 'blocks':
+            stage = int(parts[1])
+            return sum(depths[:stage]) + int(parts[3]) + 1, num_layers
+        if parts[0] == 'layers' and len(parts) > 2 and parts[2] == 'downsample':
+            return sum(depths[:int(parts[1]) + 1]), num_layers
+        return num_layers - 1, num_layers
+
     def _has_block_of(self, key: str) -> bool:
         """Whether the stage / block that ``key`` names (``layers.i[.blocks.k].*``) exists here (other keys: True)."""
         parts = key.split('.')
