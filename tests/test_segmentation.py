@@ -9,7 +9,6 @@ import copy
 import glob
 import os
 import os.path as osp
-import pickle
 import re
 import shutil
 import subprocess
@@ -622,7 +621,7 @@ def _run_tool_in_process(monkeypatch, script, *args):
 def test_seg_demo_end_to_end(tmp_path, monkeypatch):
     """The demo's steps at smoke scale: build the semantic dataset (tools/make_demo_dataset.py --semantic), a bad
     label map stops tools/train.py in one line before anything is built, train 2 iterations with tools/train.py,
-    test with tools/test.py: mIoU, a painted PNG and a results pickle."""
+    test with tools/test.py: mIoU, a painted PNG and the predicted label maps (--out DIR)."""
     from stvit_det.datasets.demo_nuclei_seg import make_seg_demo_dataset
 
     data = tmp_path / 'data' / 'nuclei_demo'
@@ -647,7 +646,7 @@ def test_seg_demo_end_to_end(tmp_path, monkeypatch):
     assert rc == 0, (out + err)[-4000:]
     ckpt = (tmp_path / 'work' / 'last_checkpoint').read_text().strip()
     rc, out, err = _tool('test.py', DEMO, ckpt, '--work-dir', str(tmp_path / 'test'), '--show-dir',
-                         str(tmp_path / 'vis'), '--out', str(tmp_path / 'preds.pkl'), cwd=tmp_path)
+                         str(tmp_path / 'vis'), '--out', str(tmp_path / 'preds'), cwd=tmp_path)
     assert rc == 0, (out + err)[-4000:]
     miou = re.findall(r'Iter\(test\).*mIoU: ([\d.]+)', out + err)
     assert miou and float(miou[-1]) > 0
@@ -657,6 +656,7 @@ def test_seg_demo_end_to_end(tmp_path, monkeypatch):
     assert float(background[-1]) > 10
     pngs = glob.glob(str(tmp_path / 'vis' / '**' / '*nuclei_val_000*.png'), recursive=True)
     assert len(pngs) == 1
-    with open(tmp_path / 'preds.pkl', 'rb') as f:
-        preds = pickle.load(f)
-    assert len(preds) == 1 and tuple(preds[0]['pred_sem_seg']['data'].shape) == (1, 256, 256)
+    # --out DIR, as mmseg's tools/test.py: the predicted label maps as PNGs (a .pkl file: the pickled results)
+    import cv2
+    pred = cv2.imread(str(tmp_path / 'preds' / 'nuclei_val_000.png'), cv2.IMREAD_UNCHANGED)
+    assert pred.shape == (256, 256) and set(np.unique(pred)) <= {0, 1}

@@ -500,4 +500,9 @@ def test_launch_options_that_cannot_work_stop_in_one_line(tmp_path, monkeypatch)
     assert msg == 'test.py: error: --tta needs `tta_model` and `tta_pipeline` in the config', msg
     msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--show-dir', str(tmp_path / 'a_file' / 'vis'))
     assert msg == f'test.py: error: --show-dir {tmp_path}/a_file/vis: {tmp_path}/a_file is a file', msg
+    msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--out', str(tmp_path / 'preds'))
+    assert msg == f'test.py: error: --out must be a .pkl or .pickle file, got {tmp_path}/preds', msg
+    seg = osp.join(ROOT, 'configs', 'stvit-r-seg', 'stvit-r-demo_upernet_1xb4-400_nuclei-224x224.py')
+    msg = _tool_exit(monkeypatch, 'test.py', seg, ckpt, *wd, '--out', str(tmp_path / 'a_file' / 'preds'))
+    assert msg == f'test.py: error: --out {tmp_path}/a_file/preds: {tmp_path}/a_file is a file', msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file', 'fake.pth']

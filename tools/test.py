@@ -41,7 +41,9 @@ def parse_args():
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument(
         '--work-dir', help='the directory to save the file containing evaluation metrics')
-    parser.add_argument('--out', type=str, help='dump predictions to a pickle file for offline evaluation')
+    parser.add_argument('--out', type=str,
+                        help='dump predictions to a .pkl file for offline evaluation; segmentation (mmseg) also takes '
+                        'a directory, as mmseg\'s tools/test.py: the predicted label maps are kept there as PNGs')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir',
@@ -93,13 +95,23 @@ def main():
     missing = missing_file_error('checkpoint', args.checkpoint)
     if missing:
         raise SystemExit(f'test.py: error: {missing}')
-    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
-        raise SystemExit(f'test.py: error: --out must be a .pkl or .pickle file, got {args.out}')
-    # the results are written after the whole evaluation, and must not replace what it reads
-    check_output_file('test.py', args.out, inputs={'config': args.config, 'checkpoint': args.checkpoint})
     cfg = load_tool_config('test.py', args)
     scope = config_scope(cfg)
     cfg.load_from = args.checkpoint
+    pickled = args.out is not None and args.out.endswith(('.pkl', '.pickle'))
+    if args.out is not None and not pickled:
+        if scope != 'mmseg':
+            raise SystemExit(f'test.py: error: --out must be a .pkl or .pickle file, got {args.out}')
+        # mmseg's tools/test.py: --out DIR keeps the predicted label maps there (its IoUMetric's output_dir)
+        reason = uncreatable_dir_reason(args.out)
+        if reason:
+            raise SystemExit(f'test.py: error: --out {args.out}: {reason}')
+        evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
+        for evaluator in evaluators:
+            evaluator.update(output_dir=args.out, keep_results=True)
+    # the results are written after the whole evaluation, and must not replace what it reads
+    check_output_file('test.py', args.out if pickled else None,
+                      inputs={'config': args.config, 'checkpoint': args.checkpoint})
 
     if args.show or args.show_dir:
         cfg = VISUALIZATION_TRIGGERS.get(scope, trigger_visualization_hook)(cfg, args)
@@ -125,7 +137,7 @@ def main():
     runner = build_runner(cfg)
 
     # add `DumpResults` dummy metric
-    if args.out is not None:
+    if pickled:
         dump = DumpDetResults if scope == 'mmdet' else DumpResults
         runner.test_evaluator.metrics.append(dump(out_file_path=args.out))
 
