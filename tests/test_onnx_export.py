@@ -532,6 +532,19 @@ def test_static_batch_graph_says_so(tmp_path):
         run_session(load_session(path), {'image': np.zeros((2, 3, 64, 64), np.float32)})
 
 
+def test_static_batch_export_with_a_shifted_block_on_one_window(tmp_path):
+    """224x224 leaves stage 4 one 7x7 window, and its second block a shifted one: Swin's first mask slice is empty
+    there, which stopped the static-batch export in PyTorch's ONNX shape inference ('shape_has_zero = true &&
+    minus_one_pos == -1'); the mask is now built without it. Also equal to PyTorch."""
+    model = randomize_(STViTR(**dict(NARROW, depths=(1, 1, 6, 2)))).eval()
+    x = torch.randn(1, 3, 224, 224)
+    path = export_onnx(model, (x, ), str(tmp_path / 'b.onnx'), ['image'], [f'out{i}' for i in range(4)],
+                       dynamic_batch=False)
+    with torch.no_grad():
+        ref = [o.numpy() for o in model(x)]
+    assert compare(ref, run_session(load_session(path), {'image': x.numpy()}))['max_rel'] <= 1e-4
+
+
 def test_onnx_file_that_fails_to_load(tmp_path):
     bad = tmp_path / 'broken.onnx'
     bad.write_bytes(b'not a protobuf')

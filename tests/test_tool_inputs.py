@@ -214,7 +214,10 @@ def test_image_demo_with_a_config_without_a_test_dataset(monkeypatch, capsys, sc
 @pytest.mark.parametrize('option,message', [('model.backbone.depths=[1,1', 'Imbalanced brackets'),
                                             ('noequals', "must be key=value, got 'noequals'"),
                                             ('model.backbone.init_cfg=dict(type=Pretrained,checkpoint=x)',
-                                             'give dict keys one by one')])
+                                             'give dict keys one by one'),
+                                            ('model.backbone=dict(depths=1)',  # one key: mmengine kept a string
+                                             'it would stay a string): give dict keys one by one '
+                                             '(model.backbone.a=1')])
 def test_cfg_options_that_cannot_be_parsed(monkeypatch, capsys, scratch, tmp_path, option, message):
     photo, ckpt, out = scratch['photo'], scratch['ckpt'], str(tmp_path / 'o.png')
     cases = [('train.py', (DEMO_CONFIG, ), 'train.py: error: '),

@@ -42,6 +42,23 @@ def test_shift_mask_blocks_across_regions():
     assert set(mask.unique().tolist()) == {0.0, -100.0}
 
 
+def test_shift_mask_equals_swin_slices_also_on_one_window():
+    """The regions as Swin writes them (three slices per axis, filled in turn) at several sizes, down to a map of
+    one window, where the first slice is empty: the mask is built without it (an empty slice stopped the static
+    ONNX export of a 224x224 backbone in PyTorch's shape inference)."""
+    for Hp, Wp, ws, shift in ((14, 14, 7, 3), (7, 7, 7, 3), (7, 21, 7, 3), (28, 14, 7, 2), (10, 15, 5, 2)):
+        img = torch.zeros(1, Hp, Wp, 1)
+        cnt = 0
+        for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+            for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+                img[:, hs, wsl, :] = cnt
+                cnt += 1
+        win = window_partition(img, ws).squeeze(0).squeeze(-1)
+        diff = win.unsqueeze(1) - win.unsqueeze(2)
+        expected = diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+        assert torch.equal(shift_window_mask(Hp, Wp, ws, shift), expected), (Hp, Wp, ws, shift)
+
+
 def test_shift_masks_held_by_the_cache_stay_small_over_multiscale_training():
     """The masks live in a process-wide cache: over the sizes of mmdet's multi-scale training (short side 480-800,
     long side <= 1333, padded to 32) the cache must not keep hundreds of MB alive (64 entries held ~320 MB)."""

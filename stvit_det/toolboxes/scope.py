@@ -152,6 +152,9 @@ def parse_cfg_option(item: str) -> Tuple[str, Any]:
     key, sep, value = item.partition('=')
     if not sep or not key:
         raise ValueError(f"must be key=value, got '{item}'")
+    if value.replace(' ', '').startswith('dict('):  # mmengine keeps 'dict(a=1)' a string, recurses on 'dict(a=1,b=2)'
+        raise ValueError(f"cannot parse '{item}': a dict(...) value is not parsed (it would stay a string): give "
+                         f'dict keys one by one ({key}.a=1 {key}.b=2)')
     try:
         return key, DictAction._parse_iterable(value)
     except (AssertionError, ValueError) as e:  # mmengine asserts balanced brackets

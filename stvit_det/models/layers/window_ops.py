@@ -109,12 +109,12 @@ def shift_window_mask(Hp: int, Wp: int, ws: int, shift: int, device: Optional[to
     Returns:
         Float mask of shape (nW, ws*ws, ws*ws) on ``device`` (cached: do not modify it in place).
     """
-    img = torch.zeros(1, Hp, Wp, 1, device=device)
-    cnt = 0
-    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-            img[:, hs, wsl, :] = cnt
-            cnt += 1
+    # region of each row / column: [0, Hp - ws) -> 0, [Hp - ws, Hp - shift) -> 1, [Hp - shift, Hp) -> 2 (Swin's three
+    # slices, as arithmetic: no empty slice where the map is one window, which ONNX shape inference cannot take)
+    rows, cols = torch.arange(Hp, device=device), torch.arange(Wp, device=device)
+    region_h = (rows >= Hp - ws).long() + (rows >= Hp - shift).long()  # (Hp, )
+    region_w = (cols >= Wp - ws).long() + (cols >= Wp - shift).long()  # (Wp, )
+    img = (3 * region_h[:, None] + region_w[None, :]).float()[None, :, :, None]  # (1, Hp, Wp, 1): region ids
     win = window_partition(img, ws).squeeze(0).squeeze(-1)  # (nW, ws*ws)
     mask = win.unsqueeze(1) - win.unsqueeze(2)  # (nW, ws*ws, ws*ws)
     return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
