@@ -121,7 +121,8 @@ def test_degenerate_polygons_pass_unless_pycocotools_evaluation_cannot_read_them
 
 def test_rle_of_another_size_than_its_image(tmp_path):
     """mmdet reshapes a decoded RLE to its image's height and width without a check: a transposed or foreign mask
-    would train silently scrambled."""
+    would train silently scrambled, and COCOeval would compare masks of different sizes. Checked where masks are
+    read: a pipeline that loads them, a segm evaluation of its category."""
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(np.ones((8, 16), np.uint8)))
@@ -129,9 +130,16 @@ def test_rle_of_another_size_than_its_image(tmp_path):
     wide = _image(height=8, width=16)
     check_coco_annotations(_coco(tmp_path, lambda c: (wide(c), _ann(segmentation=rle)(c)), 'fits.json'))
     path = _coco(tmp_path, lambda c: (_image(height=16, width=8)(c), _ann(segmentation=rle)(c)))
+    check_coco_annotations(path, evaluated=True)  # boxes only: the mask is never read
     with pytest.raises(CocoAnnotationError, match=r"annotations\[0\] \(id 1\) has an RLE segmentation of size "
                                                   r"\[8, 16\], but its image 'a\.png' is \[16, 8\]"):
-        check_coco_annotations(path)
+        check_coco_annotations(path, evaluated=True, segm_evaluated=True)
+    check_coco_annotations(path, evaluated=True, segm_evaluated=True, segm_classes=('other', ))  # not evaluated
+    from stvit_det.datasets import DatasetCheckError
+    with pytest.raises(DatasetCheckError, match=r"annotations\[0\] \(id 1\) has an RLE segmentation of size "
+                                                r"\[8, 16\].*\(train_dataloader\.dataset\)"):
+        _check(train_dataloader=_loader(tmp_path, path, with_mask=True))
+    assert _check(train_dataloader=_loader(tmp_path, path))
 
 
 def test_the_evaluator_metric_decides_whether_polygons_must_convert(tmp_path):
@@ -179,8 +187,8 @@ def _two_categories(c):
 
 def test_classes_are_checked_as_mmdet_numbers_them(tmp_path):
     """mmdet picks the categories by name in the file's order: classes listed in another order name every label
-    wrongly, a name two categories share makes two labels of one class; and the heads must have as many classes
-    (fewer stops training on a label out of range; more gives predictions no category has)."""
+    wrongly, a name two categories share makes two labels of one class; and no head may have fewer classes (training
+    stops on a label out of range)."""
     from stvit_det.datasets import DatasetCheckError
 
     path = _coco(tmp_path, _two_categories)
@@ -192,16 +200,18 @@ def test_classes_are_checked_as_mmdet_numbers_them(tmp_path):
     with pytest.raises(DatasetCheckError, match=r"2 categories \(ids 1, 2\) are named 'nucleus', a class of "
                                                 r"train_dataloader\.dataset: mmdet would make 2 labels of it"):
         _check(train_dataloader=_loader(tmp_path, shared))
-    model = dict(roi_head=dict(bbox_head=[dict(num_classes=2), dict(num_classes=3)], mask_head=dict(num_classes=2)),
+    model = dict(roi_head=dict(bbox_head=[dict(num_classes=2), dict(num_classes=1)],
+                               mask_head=dict(num_classes=1, class_agnostic=True)),  # one mask per box: no count
                  rpn_head=dict(num_classes=1))
     assert _check(train_dataloader=_loader(tmp_path, path, ('cat', 'dog')),
                   model=dict(model, roi_head=dict(model['roi_head'], bbox_head=[dict(num_classes=2)] * 2)))
-    with pytest.raises(DatasetCheckError, match=r"^model\.roi_head\.bbox_head\.1\.num_classes is 3, but "
-                                                r"train_dataloader\.dataset has 2 classes \('cat', 'dog'\): set "
+    with pytest.raises(DatasetCheckError, match=r"^model\.roi_head\.bbox_head\.1\.num_classes is 1, but "
+                                                r"train_dataloader\.dataset has 2 classes \('cat', 'dog'\): labels "
+                                                r"from 1 on would be out of range; set "
                                                 r"model\.roi_head\.bbox_head\.1\.num_classes=2"):
         _check(train_dataloader=_loader(tmp_path, path, ('cat', 'dog')), model=model)
-    with pytest.raises(DatasetCheckError, match=r"^model\.bbox_head\.num_classes is 80, but test_dataloader"):
-        _check(test_dataloader=_loader(tmp_path, path, ('cat', 'dog')), model=dict(bbox_head=dict(num_classes=80)))
+    # more classes in the head than in the dataset: mmdet's open-vocabulary configs evaluate 80-class heads so
+    assert _check(test_dataloader=_loader(tmp_path, path, ('cat', 'dog')), model=dict(bbox_head=dict(num_classes=80)))
 
 
 def test_instances_without_masks_when_the_pipeline_loads_masks(tmp_path):
@@ -303,21 +313,22 @@ def test_image_link_whose_target_is_gone(tmp_path):
 
 def test_images_that_decode_to_another_size_than_listed(tmp_path, monkeypatch):
     """mmdet never compares an image with the height and width its file lists: a resized image, or a phone photo
-    whose EXIF orientation cv2 applies, gets misplaced boxes and masks silently. Sizes are read from the headers,
-    as LoadImageFromFile decodes (its color_type decides the EXIF turn), and remembered by file stamp."""
+    whose EXIF orientation cv2 applies, gets misplaced boxes and masks silently. Refused where a box reaches beyond
+    the image as LoadImageFromFile decodes it (its color_type decides the EXIF turn); sizes are read from the
+    headers, only of images with instances, and remembered by file stamp."""
     from PIL import Image
 
     from stvit_det.datasets import DatasetCheckError
 
     monkeypatch.setenv('STVIT_DATA_CHECK_CACHE', str(tmp_path / 'cache'))
-    path = _coco(tmp_path, _image(height=8, width=12))
+    path = _coco(tmp_path, lambda c: (_image(height=8, width=12)(c), _ann(bbox=[0, 0, 12, 3], area=36)(c)))
     _png(tmp_path / 'a.png', 8, 12)
     assert _check(train_dataloader=_loader(tmp_path, path))
     _png(tmp_path / 'a.png', 8, 10)  # resized after annotation
-    with pytest.raises(DatasetCheckError, match=r"ann\.json: 1 of its 1 images are not the size it gives "
-                                                r"\(train_dataloader\.dataset\), e\.g\. images\[0\] file_name "
-                                                r"'a\.png': 8x12 \(HxW\) in the file, 8x10 as the pipeline decodes "
-                                                r"it; its boxes"):
+    with pytest.raises(DatasetCheckError, match=r"ann\.json: 1 of its 1 images are not the size it gives and have "
+                                                r"boxes beyond the image \(train_dataloader\.dataset\), e\.g\. "
+                                                r"images\[0\] file_name 'a\.png': 8x12 \(HxW\) in the file, 8x10 as "
+                                                r"the pipeline decodes it; its box \[0, 0, 12, 3\] would be misplaced"):
         _check(train_dataloader=_loader(tmp_path, path))
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 8x12 (as annotated), shown (and decoded by cv2) 12x8
@@ -328,6 +339,12 @@ def test_images_that_decode_to_another_size_than_listed(tmp_path, monkeypatch):
     unturned = _loader(tmp_path, path)
     unturned['dataset']['pipeline'][0]['color_type'] = 'color_ignore_orientation'
     assert _check(train_dataloader=unturned)
+    # boxes drawn on the turned photo while the file lists the stored size (some tools export so): they fit
+    drawn_turned = _coco(tmp_path, lambda c: (_image(height=8, width=12)(c), _ann(bbox=[0, 0, 7, 11], area=77)(c)),
+                         'turned.json')
+    assert _check(train_dataloader=_loader(tmp_path, drawn_turned))
+    background = _coco(tmp_path, lambda c: (_image(height=8, width=12)(c), c.update(annotations=[])), 'bg.json')
+    assert _check(test_dataloader=_loader(tmp_path, background, test_mode=True))  # nothing to misplace
     reads = []
     monkeypatch.setattr('stvit_det.datasets.seg_check.image_size', lambda *a: reads.append(a) or (8, 12))
     assert _check(train_dataloader=unturned) and reads == []  # remembered

@@ -445,10 +445,11 @@ def test_dataset_mmseg_refuses_is_one_line(seg_root):
             'train_dataloader.dataset cannot be built: ValueError: ', 'bulding')
 
 
-def test_image_size_follows_the_pipeline_decoder(tmp_path):
+def test_image_size_follows_the_pipeline_decoder(tmp_path, monkeypatch):
     """The size a sample's label map must have is the image as LoadImageFromFile decodes it: the EXIF rotation
     applies for cv2 / pillow with color_type 'color' or 'grayscale', not 'unchanged'; tifffile gives H x W x bands
-    of a multi-band image. Checked against mmcv itself."""
+    of a multi-band image; other formats with an orientation, and images over PIL's pixel limit, are decoded. Checked
+    against mmcv itself."""
     import mmcv
     import tifffile
     from PIL import Image
@@ -467,6 +468,15 @@ def test_image_size_follows_the_pipeline_decoder(tmp_path):
     bands = tmp_path / 'bands.tif'
     tifffile.imwrite(bands, np.zeros((24, 32, 5), np.float32))
     assert image_size(str(bands), 'tifffile') == mmcv.imread(str(bands), backend='tifffile').shape[:2] == (24, 32)
+    for suffix in ('tif', 'webp', 'png'):  # decoders differ on other formats' orientation: as mmcv decodes them
+        other = tmp_path / f'rotated.{suffix}'
+        Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(other, exif=exif)
+        for backend in ('cv2', 'pillow'):
+            expected = mmcv.imread(str(other), flag='color', backend=backend).shape[:2]
+            assert image_size(str(other), backend) == expected, (suffix, backend)
+    import PIL.Image
+    monkeypatch.setattr(PIL.Image, 'MAX_IMAGE_PIXELS', 100)  # 768 pixels: over twice the limit, PIL refuses
+    assert image_size(str(tmp_path / 'rotated.png')) == mmcv.imread(str(tmp_path / 'rotated.png')).shape[:2]
 
 
 def test_no_images_with_the_suffix(seg_root):

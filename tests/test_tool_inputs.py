@@ -217,7 +217,9 @@ def test_image_demo_with_a_config_without_a_test_dataset(monkeypatch, capsys, sc
                                              'give dict keys one by one'),
                                             ('model.backbone=dict(depths=1)',  # one key: mmengine kept a string
                                              'it would stay a string): give dict keys one by one '
-                                             '(model.backbone.a=1')])
+                                             '(model.backbone.a=1'),
+                                            ('custom_hooks=[dict(type=EMAHook)]',  # a list of one string
+                                             'a list item: custom_hooks.0.a=1')])
 def test_cfg_options_that_cannot_be_parsed(monkeypatch, capsys, scratch, tmp_path, option, message):
     photo, ckpt, out = scratch['photo'], scratch['ckpt'], str(tmp_path / 'o.png')
     cases = [('train.py', (DEMO_CONFIG, ), 'train.py: error: '),

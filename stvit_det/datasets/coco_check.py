@@ -86,24 +86,39 @@ def _polygon_problem(polygons: list, segm_evaluated: bool) -> Optional[str]:
     return None
 
 
+def _rle_size_problem(seg: Any, image: dict) -> Optional[str]:
+    """Why an RLE segmentation does not fit its image (its ``size`` is not the image's ``[height, width]``: mmdet
+    reshapes the decoded mask to the image without an error, COCOeval compares masks of different sizes), or
+    None (fits, or not an RLE)."""
+    if not isinstance(seg, dict):
+        return None
+    size = seg.get('size')
+    if isinstance(size, list) and len(size) == 2 and all(is_int(v) for v in size) \
+            and size == [image['height'], image['width']]:
+        return None
+    return (f'has an RLE segmentation of size {size!r}, but its image {image["file_name"]!r} is '
+            f'[{image["height"]}, {image["width"]}] ([height, width]): the mask would be read at the wrong size')
+
+
 def check_coco_annotations(path: str, evaluated: bool = False, segm_evaluated: bool = False,
-                           annotated: bool = True) -> dict:
+                           annotated: bool = True, segm_classes: Optional[Sequence[str]] = None) -> dict:
     """Load a COCO-format annotation file and check its structure.
 
     Checked: the file exists and is JSON; it is an object with the lists ``images`` (non-empty; each with ``id``,
     a non-empty ``file_name``, a positive ``height`` and ``width``), ``annotations`` and ``categories`` (each with
     ``id`` and ``name``); ids are unique ints or strings; every annotation has an ``image_id`` and a
     ``category_id`` that exist, a ``bbox`` of four finite numbers with non-negative width and height and a numeric
-    ``area`` (MMDetection's ``CocoDataset`` reads it); a ``segmentation``, when present, is an RLE dict whose
-    ``size`` is its image's ``[height, width]`` (mmdet would reshape a mask of another size without a word) or a
-    list of polygons, each a list of numbers (see :func:`_polygon_problem`).
+    ``area`` (MMDetection's ``CocoDataset`` reads it); a ``segmentation``, when present, is an RLE dict or a list of
+    polygons, each a list of numbers (see :func:`_polygon_problem`).
 
     Args:
         path: the annotation file.
         evaluated: the file is the ground truth of a COCO evaluation: pycocotools' ``COCOeval`` also reads every
             annotation's ``iscrowd``, and its ``id`` must be an int.
-        segm_evaluated: ... of a ``segm`` evaluation, which converts every annotation's ``segmentation`` with
-            pycocotools (so each must have one).
+        segm_evaluated: ... of a ``segm`` evaluation, which converts the ``segmentation`` of every annotation of
+            the evaluated categories with pycocotools: each must have one, readable, and an RLE must be its image's
+            ``[height, width]`` (else the masks are compared at another size).
+        segm_classes: the names of the evaluated categories (the dataset's classes; None: all).
         annotated: ``annotations`` is required. False for an image-info file (COCO test-dev: images and categories
             only) read by a ``test_mode`` dataset or a ``format_only`` metric; the returned dict then has an empty
             ``annotations`` list.
@@ -140,6 +155,8 @@ def check_coco_annotations(path: str, evaluated: bool = False, segm_evaluated: b
     for index, image in enumerate(coco['images']):
         _check_image(f'{path}: images[{index}] (id {image["id"]!r})', image)
     category_ids = _check_records(path, coco, 'categories', ('id', 'name'))
+    segm_ids = category_ids if segm_classes is None else {c['id'] for c in coco['categories']
+                                                          if c['name'] in segm_classes}
     _check_records(path, coco, 'annotations', ('id', 'image_id', 'category_id', 'bbox', 'area')
                    + (('iscrowd', ) if evaluated else ()), int_ids=evaluated)
     for index, ann in enumerate(coco['annotations']):
@@ -159,23 +176,18 @@ def check_coco_annotations(path: str, evaluated: bool = False, segm_evaluated: b
                 and bbox[2] >= 0 and bbox[3] >= 0):
             raise CocoAnnotationError(f'{where} has a malformed bbox {bbox!r}; expected [x, y, w, h] with w, h >= 0')
         seg = ann.get('segmentation')
-        if seg is None and segm_evaluated:
+        segm = segm_evaluated and ann['category_id'] in segm_ids  # COCOeval converts its segmentation
+        if seg is None and segm:
             raise CocoAnnotationError(f'{where} has no segmentation, which the segm evaluation reads for every '
                                       'annotation (pycocotools stops with KeyError)')
         if seg is not None and not isinstance(seg, list) and not (isinstance(seg, dict) and 'counts' in seg
                                                                    and 'size' in seg):
             raise CocoAnnotationError(f'{where} has a malformed segmentation; expected polygons or an RLE dict '
                                       'with "counts" and "size"')
-        if isinstance(seg, dict):
-            image = images[ann['image_id']]
-            size = seg['size']
-            if not (isinstance(size, list) and len(size) == 2 and all(is_int(v) for v in size)
-                    and size == [image['height'], image['width']]):
-                raise CocoAnnotationError(
-                    f'{where} has an RLE segmentation of size {size!r}, but its image {image["file_name"]!r} is '
-                    f'[{image["height"]}, {image["width"]}] ([height, width]): the mask would be reshaped to the '
-                    'image without an error')
-        problem = _polygon_problem(seg, segm_evaluated) if isinstance(seg, list) else None
+        problem = _rle_size_problem(seg, images[ann['image_id']]) if segm else None
+        if problem:
+            raise CocoAnnotationError(f'{where} {problem}')
+        problem = _polygon_problem(seg, segm) if isinstance(seg, list) else None
         if problem:
             raise CocoAnnotationError(f'{where} has a malformed segmentation: {problem}')
     return coco
@@ -203,7 +215,8 @@ def iter_leaf_datasets(dataset_cfg: Any) -> Iterator[dict]:
 
 
 def _check_ann_file(path: str, what: str, evaluated: bool = False, segm_evaluated: bool = False,
-                    coco_format: bool = True, annotated: bool = True) -> Optional[dict]:
+                    coco_format: bool = True, annotated: bool = True,
+                    segm_classes: Optional[Sequence[str]] = None) -> Optional[dict]:
     """Check an annotation file: it exists; for a reader of COCO instance files (``coco_format``), a JSON file small
     enough to parse is checked in full (:func:`check_coco_annotations`) and returned, else None."""
     if is_remote(path):
@@ -211,7 +224,7 @@ def _check_ann_file(path: str, what: str, evaluated: bool = False, segm_evaluate
     if not osp.isfile(path):
         raise CocoAnnotationError(f'annotation file not found: {path} ({what})')
     if coco_format and path.endswith('.json') and osp.getsize(path) <= MAX_PARSE_BYTES:
-        return check_coco_annotations(path, evaluated, segm_evaluated, annotated)
+        return check_coco_annotations(path, evaluated, segm_evaluated, annotated, segm_classes)
     return None
 
 
@@ -275,8 +288,8 @@ def _check_classes(coco: dict, classes: Tuple[str, ...], path: str, what: str,
     will use, in its label order. mmdet selects the categories by name in the file's order
     (``get_cat_ids(cat_names=classes)``): a class the file lacks shifts the labels of the rest (or leaves no image:
     the default COCO classes on a custom file), a name two categories share makes two labels of one class, and
-    classes listed in another order give every label the wrong name; a head with another class count stops
-    training (a label out of range) or evaluation (a prediction with no category)."""
+    classes listed in another order give every label the wrong name; a head with fewer classes stops training on
+    a label out of range."""
     names = [c['name'] for c in coco['categories']]
     absent = [c for c in classes if c not in names]
     if absent:
@@ -298,16 +311,18 @@ def _check_classes(coco: dict, classes: Tuple[str, ...], path: str, what: str,
                                 f'categories; mmdet numbers the labels in the file\'s order, so every label would '
                                 f'carry another class\'s name: list them as ({shown})')
     for where, n in head_classes.items():
-        if n != len(classes):
+        if n < len(classes):  # (more is allowed: open-vocabulary configs evaluate an 80-class head on fewer)
             shown = ', '.join(map(repr, classes[:6])) + (', ...' if len(classes) > 6 else '')
-            raise DatasetCheckError(f'{where} is {n}, but {what} has {len(classes)} classes ({shown}): set '
-                                    f'{where}={len(classes)}, or the dataset\'s metainfo classes to the model\'s')
+            raise DatasetCheckError(f'{where} is {n}, but {what} has {len(classes)} classes ({shown}): labels from '
+                                    f'{n} on would be out of range; set {where}={len(classes)}, or the dataset\'s '
+                                    'metainfo classes to the model\'s')
     return [c['id'] for c in chosen]
 
 
 def _check_instances(coco: dict, dataset_cfg: dict, cat_ids: List[Any], path: str, what: str) -> None:
     """What mmdet's ``CocoDataset`` makes of the annotations: with a pipeline that loads masks, every instance it
-    keeps has a segmentation (else ``LoadAnnotations`` stops with ``KeyError: 'mask'`` at the first sample); outside
+    keeps has a segmentation (else ``LoadAnnotations`` stops with ``KeyError: 'mask'`` at the first sample), an RLE
+    one of its image's size (else reshaped to it without an error); outside
     ``test_mode``, its ``filter_cfg`` leaves at least one image (else the Runner stops in numpy: 'need at least one
     array to concatenate')."""
     images = {image['id']: image for image in coco['images']}
@@ -315,7 +330,12 @@ def _check_instances(coco: dict, dataset_cfg: dict, cat_ids: List[Any], path: st
     step = find_step(dataset_cfg.get('pipeline'), 'LoadAnnotations')
     if step is not None and step.get('with_mask', False):
         for index, ann in enumerate(coco['annotations']):
-            if not ann.get('segmentation') and _kept_by_mmdet(ann, images[ann['image_id']], wanted):
+            if not _kept_by_mmdet(ann, images[ann['image_id']], wanted):
+                continue
+            problem = _rle_size_problem(ann.get('segmentation'), images[ann['image_id']])
+            if problem:
+                raise DatasetCheckError(f'{path}: annotations[{index}] (id {ann["id"]!r}) {problem} ({what})')
+            if not ann.get('segmentation'):
                 none = 'an empty' if 'segmentation' in ann else 'no'
                 raise DatasetCheckError(
                     f'{path}: annotations[{index}] (id {ann["id"]!r}) has {none} segmentation, but the pipeline of '
@@ -410,32 +430,50 @@ def _decoded_sizes(paths: Sequence[str], decoding: Tuple[str, str], listing: str
     return [hw for hw, _ in results]
 
 
-def _check_image_sizes(coco: dict, img_dir: str, dataset_cfg: dict, path: str, what: str) -> None:
-    """Every listed image decodes, as the pipeline's ``LoadImageFromFile`` reads it, to the ``height`` and ``width``
-    the file gives (mmdet never compares them: boxes and masks of a resized image, or of a photo its EXIF orientation
-    turns, land in the wrong place without an error); an unreadable image is named too."""
+def _check_image_sizes(coco: dict, img_dir: str, dataset_cfg: dict, path: str, what: str,
+                       cat_ids: Optional[List[Any]]) -> None:
+    """Images whose boxes would be misplaced: an image with instances mmdet keeps that decodes, as the pipeline's
+    ``LoadImageFromFile`` reads it, to another size than the ``height`` and ``width`` the file gives, and has a box
+    reaching beyond the decoded image (a resized image; a phone photo its EXIF orientation turns, annotated
+    unturned). mmdet never compares them. Where every box fits the decoded image (a tool that wrote the unturned
+    size but drew on the turned photo), nothing is refused; images without kept instances are not read (nothing
+    of theirs can be misplaced). An unreadable image is named too."""
     step = find_step(dataset_cfg.get('pipeline'), 'LoadImageFromFile')
     if step is None:
         return
     decoding = (step.get('imdecode_backend') or 'cv2', step.get('color_type', 'color'))
-    images = coco['images']
+    images = {image['id']: image for image in coco['images']}
+    wanted = set(cat_ids if cat_ids is not None else (c['id'] for c in coco['categories']))
+    boxes: dict = {}  # image id -> boxes of the instances mmdet keeps
+    for ann in coco['annotations']:
+        if _kept_by_mmdet(ann, images[ann['image_id']], wanted):
+            boxes.setdefault(ann['image_id'], []).append(ann['bbox'])
+    order = [i for i, image in enumerate(coco['images']) if image['id'] in boxes]
     try:
-        decoded = _decoded_sizes([osp.join(img_dir, str(image['file_name'])) for image in images], decoding, path)
+        decoded = _decoded_sizes([osp.join(img_dir, str(coco['images'][i]['file_name'])) for i in order], decoding,
+                                 path)
     except DatasetCheckError as e:  # an unreadable image (seg_check's message names it)
         raise DatasetCheckError(f'{path}: {e} ({what})') from None
-    wrong = [i for i, (image, hw) in enumerate(zip(images, decoded)) if hw != (image['height'], image['width'])]
+    wrong = []  # (index, decoded size, a box beyond it)
+    for i, (h, w) in zip(order, decoded):
+        image = coco['images'][i]
+        if (h, w) == (image['height'], image['width']):
+            continue
+        beyond = next((b for b in boxes[image['id']] if b[0] + b[2] > w + 1 or b[1] + b[3] > h + 1), None)
+        if beyond is not None:
+            wrong.append((i, (h, w), beyond))
     if not wrong:
         return
-    image, (h, w) = images[wrong[0]], decoded[wrong[0]]
-    turned = (w, h) == (image['height'], image['width'])
+    index, (h, w), box = wrong[0]
+    image = coco['images'][index]
     why = ''
-    if turned and decoding[1] in ('color', 'grayscale'):
+    if (w, h) == (image['height'], image['width']) and decoding[1] in ('color', 'grayscale'):
         why = (': its EXIF orientation turns it; annotate the image as it is shown, or read it unturned with '
                "LoadImageFromFile(color_type='color_ignore_orientation')")
-    raise DatasetCheckError(f'{path}: {len(wrong)} of its {len(images)} images are not the size it gives ({what}), '
-                            f'e.g. images[{wrong[0]}] file_name {image["file_name"]!r}: {image["height"]}x'
-                            f'{image["width"]} (HxW) in the file, {h}x{w} as the pipeline decodes it{why}; its boxes '
-                            'and masks would be misplaced')
+    raise DatasetCheckError(f'{path}: {len(wrong)} of its {len(coco["images"])} images are not the size it gives and '
+                            f'have boxes beyond the image ({what}), e.g. images[{index}] file_name '
+                            f'{image["file_name"]!r}: {image["height"]}x{image["width"]} (HxW) in the file, {h}x{w} as '
+                            f'the pipeline decodes it{why}; its box {box} would be misplaced')
 
 
 def _classes_string_problem(dataset_cfg: dict, what: str) -> Optional[str]:
@@ -457,18 +495,19 @@ def _check_coco_dataset(coco: dict, dataset_cfg: dict, path: str, img_dir: Optio
     instances it makes (:func:`_check_instances`) and its image files (:func:`_check_image_files`,
     :func:`_check_image_sizes`)."""
     classes = config_classes(dataset_cfg, scope)
+    cat_ids = None
     if classes is not None:
         cat_ids = _check_classes(coco, classes, path, what, head_classes)
         _check_instances(coco, dataset_cfg, cat_ids, path, what)
     if img_dir is not None and not is_remote(img_dir):
         _check_image_files(coco, img_dir, path, what)
-        _check_image_sizes(coco, img_dir, dataset_cfg, path, what)
+        _check_image_sizes(coco, img_dir, dataset_cfg, path, what, cat_ids)
 
 
 def detector_head_classes(cfg: Any) -> Dict[str, int]:
     """``{'model.roi_head.bbox_head.num_classes': n, ...}``: the class counts of a detector config's box and mask
     heads (two-stage ``roi_head``, cascades' lists numbered, one-stage ``bbox_head``); the RPN's is not a class
-    count."""
+    count, nor a ``class_agnostic`` mask head's (one mask per box)."""
     model = cfg.get('model') or {}
     out = {}
     places = [('model.roi_head', (model.get('roi_head') or {}), ('bbox_head', 'mask_head')),
@@ -481,7 +520,7 @@ def detector_head_classes(cfg: Any) -> Dict[str, int]:
             many = isinstance(heads, (list, tuple))
             for i, head in enumerate(heads if many else [heads]):
                 n = head.get('num_classes') if isinstance(head, dict) else None
-                if is_int(n):
+                if is_int(n) and not head.get('class_agnostic', False):
                     out[f'{prefix}.{name}' + (f'.{i}' if many else '') + '.num_classes'] = n
     return out
 
@@ -635,7 +674,10 @@ def check_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 'test'
                 scored = not metric.get('format_only', False)
                 metrics = metric.get('metric', 'bbox')  # CocoMetric's default
                 segm = 'segm' in (metrics if isinstance(metrics, (list, tuple)) else [metrics])
+                leaves = list(iter_leaf_datasets(loader.get('dataset')))  # CocoMetric evaluates the dataset's classes
+                classes = config_classes(leaves[0], cfg.get('default_scope')) if len(leaves) == 1 else None
                 _check_ann_file(ann_file, f'{phase}_evaluator.ann_file', evaluated=scored,
-                                segm_evaluated=scored and segm, coco_format=coco_metric, annotated=scored)
+                                segm_evaluated=scored and segm, coco_format=coco_metric, annotated=scored,
+                                segm_classes=classes)
                 checked.append((f'{phase}_evaluator', ann_file))
     return checked

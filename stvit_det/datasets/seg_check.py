@@ -47,9 +47,11 @@ class SegDatasetError(DatasetCheckError):
 
 def image_size(path: str, backend: str = 'cv2', color_type: str = 'color') -> Tuple[int, int]:
     """(H, W) of an image as mmcv's ``LoadImageFromFile(imdecode_backend=backend, color_type=color_type)`` will
-    decode it, read from the file header only: cv2 and pillow apply the EXIF orientation for ``'color'`` and
+    decode it, read from the file header only: cv2 and pillow apply a JPEG's EXIF orientation for ``'color'`` and
     ``'grayscale'`` (not for ``'unchanged'``), turbojpeg never; tifffile gives the stored array, whose first two
-    dimensions are the size (a multi-band image is H x W x bands).
+    dimensions are the size (a multi-band image is H x W x bands). Other formats with a turning EXIF orientation
+    (decoders differ: Pillow turns a TIFF's size itself, cv2 ignores a WebP's), and images over PIL's pixel limit,
+    are decoded whole.
 
     Raises:
         SegDatasetError: when the file is not a readable image.
@@ -68,11 +70,31 @@ def image_size(path: str, backend: str = 'cv2', color_type: str = 'color') -> Tu
     try:
         with Image.open(path) as img:
             w, h = img.size
+            kind = img.format
             orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Image.DecompressionBombError:  # over PIL's pixel limit (a whole-slide or aerial image): cv2 reads it
+        return _decoded_size(path, backend, color_type)
     except (UnidentifiedImageError, OSError) as e:
         raise SegDatasetError(f'image file cannot be read: {path} ({e})') from None
+    if orientation in TRANSPOSING_ORIENTATIONS and kind != 'JPEG':
+        return _decoded_size(path, backend, color_type)  # whether a decoder turns TIFF, WebP, PNG varies: decode
     rotated = backend in ('cv2', 'pillow') and color_type in ('color', 'grayscale')
     return (w, h) if rotated and orientation in TRANSPOSING_ORIENTATIONS else (h, w)
+
+
+def _decoded_size(path: str, backend: str, color_type: str) -> Tuple[int, int]:
+    """(H, W) of the image decoded whole, as mmcv's ``LoadImageFromFile`` decodes it (for the rare files whose size
+    the header does not settle)."""
+    import mmcv
+
+    try:
+        with open(path, 'rb') as f:
+            img = mmcv.imfrombytes(f.read(), flag=color_type, backend=backend)
+    except Exception as e:  # noqa: BLE001  (any decoder error: the file is unusable either way)
+        raise SegDatasetError(f'image file cannot be read: {path} ({type(e).__name__}: {e})') from None
+    if img is None:
+        raise SegDatasetError(f'image file cannot be read: {path} (not an image)')
+    return tuple(img.shape[:2])
 
 
 def read_label_map(path: str, backend: str = 'pillow') -> np.ndarray:

@@ -152,16 +152,27 @@ def parse_cfg_option(item: str) -> Tuple[str, Any]:
     key, sep, value = item.partition('=')
     if not sep or not key:
         raise ValueError(f"must be key=value, got '{item}'")
+    dict_value = ValueError(f"cannot parse '{item}': a dict(...) value is not parsed (it would stay a string): give "
+                            f'dict keys one by one ({key}.a=1 {key}.b=2; a list item: {key}.0.a=1)')
     if value.replace(' ', '').startswith('dict('):  # mmengine keeps 'dict(a=1)' a string, recurses on 'dict(a=1,b=2)'
-        raise ValueError(f"cannot parse '{item}': a dict(...) value is not parsed (it would stay a string): give "
-                         f'dict keys one by one ({key}.a=1 {key}.b=2)')
+        raise dict_value
     try:
-        return key, DictAction._parse_iterable(value)
+        parsed = DictAction._parse_iterable(value)
     except (AssertionError, ValueError) as e:  # mmengine asserts balanced brackets
         raise ValueError(f"cannot parse '{item}': {first_line(e)}") from None
     except RecursionError:  # mmengine recurses for ever on dict(a=1,b=2) or [1,2],[3,4]
         raise ValueError(f"cannot parse '{item}' (mmengine's parser recursed without end): give dict keys one by one "
                          '(a.b=1 a.c=2), and nested values outer brackets (a=[[1,2],[3,4]])') from None
+    if _holds_dict_text(parsed):  # [dict(type=EMAHook)]: a list of strings
+        raise dict_value
+    return key, parsed
+
+
+def _holds_dict_text(value: Any) -> bool:
+    """Whether a parsed --cfg-options value holds a ``dict(...)`` left as text (inside a list or tuple)."""
+    if isinstance(value, str):
+        return value.replace(' ', '').startswith('dict(')
+    return isinstance(value, (list, tuple)) and any(_holds_dict_text(v) for v in value)
 
 
 class CfgOptionsAction(DictAction):
