@@ -481,6 +481,28 @@ def test_storage_backend_checkpoints_are_left_to_mmengine(monkeypatch):
         check_inputs('test.py', cfg, (), checkpoint='https://example.org/x.pth')
 
 
+def test_data_is_checked_by_torchrun_rank_0_only(tmp_path, monkeypatch):
+    """Under torchrun every process ran the data checks (each GPU's process read every label map and image header
+    on a first launch, and each printed the same error); rank 0 checks, and torchrun stops the others if it
+    fails."""
+    from mmengine.config import Config
+
+    monkeypatch.syspath_prepend(osp.join(ROOT, 'tools'))
+    from _launch import check_inputs
+
+    cfg = Config.fromfile(DEMO_CONFIG)
+    cfg.train_dataloader.dataset.data_root = str(tmp_path / 'nowhere') + '/'
+    monkeypatch.setenv('RANK', '1')
+    check_inputs('train.py', cfg, ('train', ))
+    for rank in ('0', None):
+        if rank is None:
+            monkeypatch.delenv('RANK')
+        else:
+            monkeypatch.setenv('RANK', rank)
+        with pytest.raises(SystemExit, match=r'^train\.py: error: annotation file not found: .*nowhere'):
+            check_inputs('train.py', cfg, ('train', ))
+
+
 def test_launch_options_that_cannot_work_stop_in_one_line(tmp_path, monkeypatch):
     """Before the Runner: --cfg-options that cannot merge into the config (a key under a None or into a tuple),
     mixed precision without a GPU, --tta without a tta_pipeline, a --show-dir that cannot be made."""

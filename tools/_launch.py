@@ -108,6 +108,13 @@ RUN_VALUES = (
 )
 
 
+def launch_rank() -> int:
+    """This process's rank in a run torchrun launched (``RANK``, set before any process group exists; torchrun stops
+    every process when one fails), else 0 (also under slurm, whose other tasks would wait for a failed rank 0)."""
+    value = os.environ.get('RANK', '')
+    return int(value) if value.isdigit() else 0
+
+
 def run_value_problem(cfg: Config, phases: Sequence[str]) -> Optional[str]:
     """The first setting of :data:`RUN_VALUES` used by ``phases`` that the config sets to a value of the wrong type
     or range (``--cfg-options train_cfg.max_iters=ten``), named with its value; None when all are fine (a setting
@@ -144,8 +151,9 @@ def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Opti
     try:
         if 'train' in phases:  # first: a COCO config without its ImageNet weights says so before the data
             check_backbone_init_checkpoint(cfg)
-        check_dataset_cfgs(cfg, phases=phases)
-        check_seg_dataset_cfgs(cfg, phases=phases)
+        if launch_rank() == 0:  # torchrun's other processes leave the data to rank 0: a problem stops it, and
+            check_dataset_cfgs(cfg, phases=phases)  # torchrun the rest (one message; the files read once, not once
+            check_seg_dataset_cfgs(cfg, phases=phases)  # per GPU)
         if checkpoint and not is_storage_path(checkpoint):  # s3:// and the like: mmengine reads it, we cannot
             check_checkpoint_for_config(cfg, checkpoint, strict=tool == 'test.py' if strict is None else strict,
                                         shapes=shapes)
