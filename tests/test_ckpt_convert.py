@@ -206,8 +206,8 @@ def test_weights_that_leave_a_frozen_part_random_are_refused():
     sd = {'state_dict': _mmdet_swin().state_dict()}
     for frozen in (0, 2):
         with pytest.raises(ValueError, match=rf"lacks \d+ tensors of what frozen_stages={frozen} freezes: "
-                                             r"patch_embed\.proj \(\d+ tensors\), .*initialisation \(random, for weights\) "
-                                             r".*stem='patch'"):
+                                             r"patch_embed\.proj \(\d+ tensors\), .*initialisation "
+                                             r"\(random, for weights\) .*stem='patch'"):
             STViTR(arch='tiny', frozen_stages=frozen).load_pretrained(sd)
     STViTR(arch='tiny', frozen_stages=-1).load_pretrained(sd)
     patch = STViTR(arch='tiny', stem='patch', sparsify=False, frozen_stages=2)

@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..utils.paths import is_remote
 from ..utils.values import is_finite_number, is_int
-from .pipelines import find_step
+from .pipelines import find_step, image_decoding
 
 REQUIRED_KEYS = ('images', 'annotations', 'categories')
 # Annotation files larger than this are only checked for existence (json.load of a full COCO train file takes
@@ -319,13 +319,13 @@ def _check_classes(coco: dict, classes: Tuple[str, ...], path: str, what: str,
     return [c['id'] for c in chosen]
 
 
-def _check_instances(coco: dict, dataset_cfg: dict, cat_ids: List[Any], path: str, what: str) -> None:
+def _check_instances(coco: dict, images: Dict[Any, dict], dataset_cfg: dict, cat_ids: List[Any], path: str,
+                     what: str) -> None:
     """What mmdet's ``CocoDataset`` makes of the annotations: with a pipeline that loads masks, every instance it
     keeps has a segmentation (else ``LoadAnnotations`` stops with ``KeyError: 'mask'`` at the first sample), an RLE
     one of its image's size (else reshaped to it without an error); outside
     ``test_mode``, its ``filter_cfg`` leaves at least one image (else the Runner stops in numpy: 'need at least one
-    array to concatenate')."""
-    images = {image['id']: image for image in coco['images']}
+    array to concatenate'). ``images``: the file's images by id."""
     wanted = set(cat_ids)
     step = find_step(dataset_cfg.get('pipeline'), 'LoadAnnotations')
     if step is not None and step.get('with_mask', False):
@@ -381,25 +381,15 @@ def _check_image_files(coco: dict, img_dir: str, path: str, what: str) -> None:
 
 def _decoded_sizes(paths: Sequence[str], decoding: Tuple[str, str], listing: str) -> List[Tuple[int, int]]:
     """(H, W) of each image as ``LoadImageFromFile`` decodes it (:func:`seg_check.image_size`, a header read), read
-    by up to 8 threads; sizes read before are remembered (in :func:`seg_check.check_cache_dir`, one file per
-    annotation file ``listing`` and decoding, holding exactly its images, each keyed by the path, file size and
-    modification time), so a later launch only stats the files."""
-    import hashlib
-    import json as json_
-    import tempfile
+    by up to 8 threads; sizes read before are remembered (:func:`seg_check.memory_path`: one file per annotation
+    file ``listing`` and decoding, holding exactly its images, each keyed by the path, file size and modification
+    time), so a later launch only stats the files."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .seg_check import check_cache_dir, image_size
+    from .seg_check import check_cache_dir, image_size, load_memory, memory_path, save_memory
 
-    cache_dir = check_cache_dir()
-    key = hashlib.sha1(json_.dumps([*decoding, osp.abspath(listing)]).encode()).hexdigest()[:16]
-    memory_path = osp.join(cache_dir, f'img-{key}.json') if cache_dir else None
-    try:
-        with open(memory_path) as f:  # type: ignore[arg-type]
-            memory = json_.load(f)
-        memory = memory if isinstance(memory, dict) else {}
-    except (OSError, TypeError, ValueError):
-        memory = {}
+    memory_file = memory_path(check_cache_dir(), 'img', dict(decoding=list(decoding), listing=osp.abspath(listing)))
+    memory = load_memory(memory_file)
 
     def size(path):  # -> ((h, w), memory entry or None)
         try:
@@ -415,22 +405,13 @@ def _decoded_sizes(paths: Sequence[str], decoding: Tuple[str, str], listing: str
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(size, paths))
-    if any(entry for _, entry in results) and memory_path:
-        tmp = None
-        try:
-            os.makedirs(cache_dir, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix='.tmp')
-            with os.fdopen(fd, 'w') as f:  # this dataset's images now, remembered or read
-                json_.dump({p: entry or memory[p] for p, (_, entry) in zip(paths, results) if entry or p in memory},
-                           f)
-            os.replace(tmp, memory_path)  # atomic: concurrent ranks never read half a file
-        except OSError:  # an unwritable cache only costs the reads next time
-            if tmp and osp.exists(tmp):
-                os.remove(tmp)
+    if any(entry for _, entry in results):  # this dataset's images now, remembered or read
+        save_memory(memory_file, {p: entry or memory[p] for p, (_, entry) in zip(paths, results)
+                                  if entry or p in memory})
     return [hw for hw, _ in results]
 
 
-def _check_image_sizes(coco: dict, img_dir: str, dataset_cfg: dict, path: str, what: str,
+def _check_image_sizes(coco: dict, images: Dict[Any, dict], img_dir: str, dataset_cfg: dict, path: str, what: str,
                        cat_ids: Optional[List[Any]]) -> None:
     """Images whose boxes would be misplaced: an image with instances mmdet keeps that decodes, as the pipeline's
     ``LoadImageFromFile`` reads it, to another size than the ``height`` and ``width`` the file gives, and has a box
@@ -438,11 +419,9 @@ def _check_image_sizes(coco: dict, img_dir: str, dataset_cfg: dict, path: str, w
     unturned). mmdet never compares them. Where every box fits the decoded image (a tool that wrote the unturned
     size but drew on the turned photo), nothing is refused; images without kept instances are not read (nothing
     of theirs can be misplaced). An unreadable image is named too."""
-    step = find_step(dataset_cfg.get('pipeline'), 'LoadImageFromFile')
-    if step is None:
+    if find_step(dataset_cfg.get('pipeline'), 'LoadImageFromFile') is None:
         return
-    decoding = (step.get('imdecode_backend') or 'cv2', step.get('color_type', 'color'))
-    images = {image['id']: image for image in coco['images']}
+    decoding = image_decoding(dataset_cfg.get('pipeline'))
     wanted = set(cat_ids if cat_ids is not None else (c['id'] for c in coco['categories']))
     boxes: dict = {}  # image id -> boxes of the instances mmdet keeps
     for ann in coco['annotations']:
@@ -494,14 +473,15 @@ def _check_coco_dataset(coco: dict, dataset_cfg: dict, path: str, img_dir: Optio
     """For MMDetection's ``CocoDataset`` (:func:`reads_coco_instances`): its classes (:func:`_check_classes`), the
     instances it makes (:func:`_check_instances`) and its image files (:func:`_check_image_files`,
     :func:`_check_image_sizes`)."""
+    images = {image['id']: image for image in coco['images']}
     classes = config_classes(dataset_cfg, scope)
     cat_ids = None
     if classes is not None:
         cat_ids = _check_classes(coco, classes, path, what, head_classes)
-        _check_instances(coco, dataset_cfg, cat_ids, path, what)
+        _check_instances(coco, images, dataset_cfg, cat_ids, path, what)
     if img_dir is not None and not is_remote(img_dir):
         _check_image_files(coco, img_dir, path, what)
-        _check_image_sizes(coco, img_dir, dataset_cfg, path, what, cat_ids)
+        _check_image_sizes(coco, images, img_dir, dataset_cfg, path, what, cat_ids)
 
 
 def detector_head_classes(cfg: Any) -> Dict[str, int]:
@@ -660,9 +640,12 @@ def check_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 'test'
         loader = cfg.get(f'{phase}_dataloader')
         if not loader:
             continue
-        for index, leaf in enumerate(iter_leaf_datasets(loader.get('dataset'))):
+        leaves = list(iter_leaf_datasets(loader.get('dataset')))
+        for index, leaf in enumerate(leaves):
             what = f'{phase}_dataloader.dataset' + (f' #{index}' if index else '')
             checked += [(what, p) for p in check_dataset_cfg(leaf, what, cfg.get('default_scope'), head_classes)]
+        # a COCO metric evaluates the classes of the phase's dataset
+        classes = config_classes(leaves[0], cfg.get('default_scope')) if len(leaves) == 1 else None
         evaluators = cfg.get(f'{phase}_evaluator') or []
         for metric in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
             ann_file: Optional[str] = metric.get('ann_file') if isinstance(metric, dict) else None
@@ -674,8 +657,6 @@ def check_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 'test'
                 scored = not metric.get('format_only', False)
                 metrics = metric.get('metric', 'bbox')  # CocoMetric's default
                 segm = 'segm' in (metrics if isinstance(metrics, (list, tuple)) else [metrics])
-                leaves = list(iter_leaf_datasets(loader.get('dataset')))  # CocoMetric evaluates the dataset's classes
-                classes = config_classes(leaves[0], cfg.get('default_scope')) if len(leaves) == 1 else None
                 _check_ann_file(ann_file, f'{phase}_evaluator.ann_file', evaluated=scored,
                                 segm_evaluated=scored and segm, coco_format=coco_metric, annotated=scored,
                                 segm_classes=classes)

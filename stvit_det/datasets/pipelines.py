@@ -5,7 +5,7 @@ dataset check (``seg_check.py``) need to know about a config's pipeline, whateve
 a transform's type: ``'LoadAnnotations'``, a scoped ``'mmdet.LoadAnnotations'`` or the class itself (pure-Python
 configs).
 """
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List, Optional, Tuple
 
 #: the annotation loaders of the toolboxes, removed for inference on an image without labels (as mmdet's
 #: ``DetInferencer`` removes ``LoadAnnotations``)
@@ -33,6 +33,13 @@ def pipeline_steps(pipeline: Any) -> Iterator[dict]:
 def find_step(pipeline: Any, name: str) -> Optional[dict]:
     """The first step of type ``name`` (searched through wrappers), None without one."""
     return next((step for step in pipeline_steps(pipeline) if step_type(step) == name), None)
+
+
+def image_decoding(pipeline: Any) -> Tuple[str, str]:
+    """``(imdecode_backend, color_type)`` of the pipeline's ``LoadImageFromFile``, which decide an image's decoded
+    size (mmcv's defaults, ``('cv2', 'color')``, without one)."""
+    step = find_step(pipeline, 'LoadImageFromFile') or {}
+    return step.get('imdecode_backend') or 'cv2', step.get('color_type', 'color')
 
 
 def without_annotation_loading(pipeline: Any) -> List[dict]:

@@ -25,15 +25,15 @@ import hashlib
 import json
 import os
 import os.path as osp
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..utils.errors import error_summary
+from ..utils.paths import atomic_output
 from .coco_check import DatasetCheckError, iter_leaf_datasets
-from .pipelines import find_step
+from .pipelines import find_step, image_decoding
 
 #: changes whenever what a sample check accepts changes, so that older cache files are not trusted
 CHECK_VERSION = 1
@@ -135,7 +135,7 @@ def training_values(values: np.ndarray, reduce_zero_label: bool, label_map: Opti
 
 
 def check_sample(info: Dict[str, Any], num_classes: int, ignore_index: int, backend: str = 'pillow',
-                 with_labels: bool = True, image_decoding: Tuple[str, str] = ('cv2', 'color')) -> None:
+                 with_labels: bool = True, decoding: Tuple[str, str] = ('cv2', 'color')) -> None:
     """Check one sample of a segmentation dataset (a ``data_list`` entry of mmseg's ``BaseSegDataset``).
 
     Args:
@@ -145,8 +145,8 @@ def check_sample(info: Dict[str, Any], num_classes: int, ignore_index: int, back
         backend: image decoder of the pipeline's ``LoadAnnotations`` (``imdecode_backend``).
         with_labels: whether the pipeline loads the label map (else only the image must exist: inference on
             unlabelled images, e.g. a test-server submission).
-        image_decoding: ``imdecode_backend`` and ``color_type`` of the pipeline's ``LoadImageFromFile``, which
-            decide the image's size (:func:`image_size`).
+        decoding: ``imdecode_backend`` and ``color_type`` of the pipeline's ``LoadImageFromFile``, which decide
+            the image's size (:func:`image_size`, :func:`~.pipelines.image_decoding`).
 
     Raises:
         SegDatasetError: naming the file and the problem.
@@ -161,7 +161,7 @@ def check_sample(info: Dict[str, Any], num_classes: int, ignore_index: int, back
     if not osp.isfile(seg_path):
         raise SegDatasetError(f'label map not found: {seg_path} (for image {img_path})')
     label = read_label_map(seg_path, backend)
-    img_hw = image_size(img_path, *image_decoding)
+    img_hw = image_size(img_path, *decoding)
     if label.shape != img_hw:
         raise SegDatasetError(f'label map {seg_path} is {label.shape[0]}x{label.shape[1]} (HxW) but its image '
                               f'{img_path} is {img_hw[0]}x{img_hw[1]}')
@@ -202,42 +202,50 @@ def _entry(info: Dict[str, Any], stamp: list) -> list:
     return [info['img_path'], bool(info.get('reduce_zero_label')), [list(kv) for kv in label_map], *stamp]
 
 
+def memory_path(cache_dir: Optional[str], kind: str, setting: Dict[str, Any]) -> Optional[str]:
+    """The file in ``cache_dir`` that remembers checked files of one ``kind`` (``'seg'``, ``'img'``) and setting
+    (a different setting, or :data:`CHECK_VERSION`, is another file); None without a cache dir."""
+    key = hashlib.sha1(json.dumps(dict(setting, version=CHECK_VERSION), sort_keys=True,
+                                  default=str).encode()).hexdigest()[:16]
+    return osp.join(cache_dir, f'{kind}-{key}.json') if cache_dir else None
+
+
+def load_memory(path: Optional[str]) -> Dict[str, Any]:
+    """The entries of a memory file (:func:`memory_path`); a missing, unreadable or foreign file counts as empty."""
+    try:
+        with open(path) as f:  # type: ignore[arg-type]
+            entries = json.load(f)
+    except (OSError, TypeError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def save_memory(path: Optional[str], entries: Dict[str, Any]) -> None:
+    """Replace a memory file with ``entries``, whole (concurrent ranks never read half a file); an unwritable cache
+    only costs the re-reads next time."""
+    if not path:
+        return
+    try:
+        with atomic_output(path) as part, open(part, 'w') as f:
+            json.dump(entries, f)
+    except OSError:
+        pass
+
+
 class _PassedSamples:
     """The samples of one dataset setting that passed :func:`check_sample`, in ``cache_dir/seg-<key>.json``;
-    ``{label map path: entry}`` (:func:`_entry`). Unreadable or foreign files count as empty, an unwritable
-    directory only costs the re-check next time."""
+    ``{label map path: entry}`` (:func:`_entry`)."""
 
     def __init__(self, cache_dir: Optional[str], setting: Dict[str, Any]):
-        key = hashlib.sha1(json.dumps(dict(setting, version=CHECK_VERSION), sort_keys=True,
-                                      default=str).encode()).hexdigest()[:16]
-        self.path = osp.join(cache_dir, f'seg-{key}.json') if cache_dir else None
-        self.entries: Dict[str, list] = {}
-        if self.path and osp.isfile(self.path):
-            try:
-                with open(self.path) as f:
-                    entries = json.load(f)
-                self.entries = entries if isinstance(entries, dict) else {}
-            except (OSError, ValueError):
-                self.entries = {}
+        self.path = memory_path(cache_dir, 'seg', setting)
+        self.entries: Dict[str, list] = load_memory(self.path)
 
     def holds(self, info: Dict[str, Any], stamp: Optional[list]) -> bool:
         return stamp is not None and self.entries.get(info['seg_map_path']) == _entry(info, stamp)
 
     def save(self, passed: Sequence[Tuple[Dict[str, Any], list]]) -> None:
         """Remember exactly these samples (the dataset's good ones now)."""
-        if not self.path:
-            return
-        entries = {info['seg_map_path']: _entry(info, stamp) for info, stamp in passed}
-        tmp = None
-        try:
-            os.makedirs(osp.dirname(self.path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=osp.dirname(self.path), suffix='.tmp')
-            with os.fdopen(fd, 'w') as f:
-                json.dump(entries, f)
-            os.replace(tmp, self.path)  # atomic: concurrent ranks never read half a file
-        except OSError:
-            if tmp and osp.exists(tmp):
-                os.remove(tmp)
+        save_memory(self.path, {info['seg_map_path']: _entry(info, stamp) for info, stamp in passed})
 
 
 def _orphan_label(dataset, data_list: Sequence[dict]) -> Optional[str]:
@@ -269,12 +277,6 @@ def _load_annotations(dataset_cfg: dict) -> Optional[dict]:
 def _decode_backend(dataset_cfg: dict) -> str:
     step = _load_annotations(dataset_cfg)
     return 'pillow' if step is None else step.get('imdecode_backend', 'pillow')
-
-
-def _image_decoding(dataset_cfg: dict) -> Tuple[str, str]:
-    """``(imdecode_backend, color_type)`` of the pipeline's ``LoadImageFromFile`` (mmcv's defaults without one)."""
-    step = find_step(dataset_cfg.get('pipeline'), 'LoadImageFromFile') or {}
-    return step.get('imdecode_backend') or 'cv2', step.get('color_type', 'color')
 
 
 def _ignore_index(cfg: Any) -> int:
@@ -332,7 +334,7 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
     cfg['lazy_init'] = True
     cfg['serialize_data'] = False  # serialising an empty data list fails in numpy, before our message below
     # read the pipeline before building: wrappers (mmcv's TestTimeAug) replace their nested dicts with transforms
-    backend, image_decoding = _decode_backend(cfg), _image_decoding(cfg)
+    backend, decoding = _decode_backend(cfg), image_decoding(cfg.get('pipeline'))
     with_labels = _load_annotations(cfg) is not None
     try:
         with DefaultScope.overwrite_default_scope('mmseg'):
@@ -354,7 +356,7 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
 
     setting = dict(num_classes=num_classes, ignore_index=ignore_index, backend=backend, ann_file=dataset.ann_file,
                    seg_dir=osp.abspath(dataset.data_prefix['seg_map_path']), with_labels=with_labels,
-                   image_decoding=list(image_decoding))
+                   image_decoding=list(decoding))
     passed = _PassedSamples(check_cache_dir() if cache_dir == '' else cache_dir, setting)
 
     def run(info):  # -> (problem or None, stamp if the sample is good, whether it had to be read)
@@ -362,7 +364,7 @@ def check_seg_dataset_cfg(dataset_cfg: dict, ignore_index: int = 255, what: str 
         if passed.holds(info, stamp):
             return None, stamp, False
         try:
-            check_sample(info, num_classes, ignore_index, backend, with_labels, image_decoding)
+            check_sample(info, num_classes, ignore_index, backend, with_labels, decoding)
         except SegDatasetError as e:
             return str(e), None, True
         return None, stamp, True

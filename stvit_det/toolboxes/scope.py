@@ -154,7 +154,7 @@ def parse_cfg_option(item: str) -> Tuple[str, Any]:
         raise ValueError(f"must be key=value, got '{item}'")
     dict_value = ValueError(f"cannot parse '{item}': a dict(...) value is not parsed (it would stay a string): give "
                             f'dict keys one by one ({key}.a=1 {key}.b=2; a list item: {key}.0.a=1)')
-    if value.replace(' ', '').startswith('dict('):  # mmengine keeps 'dict(a=1)' a string, recurses on 'dict(a=1,b=2)'
+    if _holds_dict_text(value):  # mmengine keeps 'dict(a=1)' a string, recurses for ever on 'dict(a=1,b=2)'
         raise dict_value
     try:
         parsed = DictAction._parse_iterable(value)

@@ -190,5 +190,6 @@ def write_error(path: str, exc: BaseException) -> str:
     return f'{reason} ({free / 2**20:.1f} MiB free on its file system: is the disk full?)'
 
 
-__all__ = ['is_remote', 'is_storage_path', 'missing_file_error', 'same_file', 'input_clash_reason', 'unwritable_reason', 'make_parent_dir',
-           'uncreatable_dir_reason', 'atomic_output', 'missing_folders', 'remove_new_folders', 'write_error']
+__all__ = ['is_remote', 'is_storage_path', 'missing_file_error', 'same_file', 'input_clash_reason', 'unwritable_reason',
+           'make_parent_dir', 'uncreatable_dir_reason', 'atomic_output', 'missing_folders', 'remove_new_folders',
+           'write_error']

@@ -492,11 +492,9 @@ class STViTR(BaseModule):
         return sd, report
 
     def _frozen_prefixes(self) -> Tuple[str, ...]:
-        """State-dict prefixes of what ``frozen_stages`` freezes (:meth:`_frozen_modules`)."""
-        prefixes = ['patch_embed.'] if self.frozen_stages >= 0 else []
-        for i in range(min(self.frozen_stages, 4)):
-            prefixes += [f'layers.{i}.', f'norm{i}.']
-        return tuple(prefixes)
+        """State-dict prefixes of what ``frozen_stages`` freezes (the names of :meth:`_frozen_modules`)."""
+        frozen = {id(m) for m in self._frozen_modules()}
+        return tuple(f'{name}.' for name, m in self.named_modules() if id(m) in frozen)
 
     def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
         """(depth, number of depths) of a parameter for layer-wise learning-rate decay (MMPretrain's
