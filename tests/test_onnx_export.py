@@ -24,7 +24,8 @@ from stvit_det.deployment import (CheckpointMismatchError, ExportError, Exportab
                                   OnnxLoadError, adaptive_max_pool2d_as_slices, build_detector, build_part, compare,
                                   export_onnx, load_exact, load_session, match_detections, run_session,
                                   sdpa_as_matmul)
-from stvit_det.deployment.equivalents import EXPORTABLE_REGION_ATTENTION, exportable_attention
+from stvit_det.deployment.equivalents import (EXPORTABLE_REGION_ATTENTION, adaptive_avg_pool2d_as_slices,
+                                              exportable_attention)
 from stvit_det.deployment.onnx_export import failing_operator
 from stvit_det.deployment.two_stage import TwoStageExport
 from stvit_det.models.layers.attention import ATTN_IMPLS
@@ -64,6 +65,13 @@ def test_adaptive_max_pool_equivalent_equals_kernel(hw, out):
     v2, i2 = adaptive_max_pool2d_as_slices(x, out)
     torch.testing.assert_close(v2, values, rtol=0, atol=0)
     torch.testing.assert_close(i2, indices, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('hw,out', [((7, 7), 1), ((7, 9), (2, 3)), ((13, 11), (6, 6)), ((6, 6), (3, None))])
+def test_adaptive_avg_pool_equivalent_equals_kernel(hw, out):
+    x = torch.randn(2, 3, *hw)
+    torch.testing.assert_close(adaptive_avg_pool2d_as_slices(x, out), F.adaptive_avg_pool2d(x, out),
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_sdpa_equivalent_equals_kernel():
@@ -416,7 +424,12 @@ def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, d
     shape = ['--shape', '224', '224', '--out', out]
     cases = [
         ([DEMO_CONFIG, *shape, '--part', 'head'],
-         "unknown part 'head': choose one of backbone, backbone+neck, detector"),
+         "unknown part 'head': choose one of backbone, backbone+neck, detector, segmentor"),
+        ([DEMO_CONFIG, *shape, '--part', 'segmentor'],
+         '--part segmentor exports MMSegmentation EncoderDecoder / CascadeEncoderDecoder models; this config '
+         'builds MaskRCNN'),
+        ([SEG_DEMO_CONFIG, *shape, '--part', 'detector'],
+         '--part detector: EncoderDecoder is a segmentor; its whole inference exports with --part segmentor'),
         ([DEMO_CONFIG, str(tmp_path / 'none.pth'), *shape, '--part', 'backbone'], 'checkpoint file not found'),
         ([DEMO_CONFIG, *shape, '--part', 'detector', '--image', demo_image],
          'preprocesses to (448, 448), not --shape 224 224'),
@@ -442,8 +455,10 @@ def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, d
          'out of memory at --shape 100000000 100000000 ('),
         ([DEMO_CONFIG, *shape, '--part', 'backbone+neck', '--cfg-options', 'model.backbone.embed_dims=64'],
          'the backbone+neck does not run on a (1, 3, 224, 224) input: RuntimeError'),  # FPN in_channels of 48
-        ([SEG_DEMO_CONFIG, *shape, '--part', 'backbone', '--image', demo_image],
-         "--image needs the test pipeline of an MMDetection config, and this config's cannot be built here"),
+        ([osp.join(ROOT, 'configs', '_base_', 'models', 'mask-rcnn_stvit-r-t_fpn.py'), *shape, '--part', 'backbone',
+          '--image', demo_image],  # a model config without dataloaders
+         "--image needs the config's test pipeline (test_dataloader.dataset.pipeline), and this config's cannot be "
+         'built here'),
     ]
     for argv, expected in cases:
         rc = tool.main(argv)
@@ -491,6 +506,58 @@ def test_tool_exports_backbone_neck_and_reports(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and 'error: ONNX Runtime does not reproduce PyTorch within the tolerances' in err, err
     assert 'The weights are random' not in err  # backbone parts compare features: no near-ties to blame
+
+
+# ------------------------------------------------------------------------------------------ segmentor
+
+
+@pytest.mark.parametrize('mode', ['whole', 'slide'])
+def test_segmentor_onnx_equals_predict(tmp_path, mode):
+    """UperNet + STViT-R (the segmentation demo config) at an odd size: the exported module equals mmseg's
+    ``predict`` (logits and labels), and ONNX Runtime equals the module; whole mode also at batch 2 (dynamic
+    batch), slide mode with overlapping windows unrolled into the graph."""
+    from mmseg.structures import SegDataSample
+
+    from stvit_det.deployment.segmentor import SegmentorExport
+
+    options = {} if mode == 'whole' else {'model.test_cfg': dict(mode='slide', crop_size=(64, 64), stride=(43, 43))}
+    segmentor, _ = build_detector(SEG_DEMO_CONFIG, cfg_options=options)
+    randomize_(segmentor, 0.02)
+    shape = (97, 131)
+    module, inputs, outputs, dynamic = build_part(segmentor, 'segmentor', shape)
+    assert isinstance(module, SegmentorExport) and outputs == ['logits', 'labels'] and dynamic
+    assert module.describe(shape) == ('whole inference: the network once on the 97x131 input' if mode == 'whole'
+                                      else 'slide inference (test_cfg crop_size (64, 64), stride (43, 43)): its '
+                                      '6 windows over the 97x131 input are unrolled into the graph')
+    image = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(0))
+    samples = [SegDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape)) for _ in range(2)]
+    with torch.inference_mode():
+        logits, labels = module(image)
+        predicted = segmentor.predict(image, samples)
+    assert logits.shape == (2, 2, *shape) and labels.shape == (2, *shape) and labels.dtype == torch.int64
+    for i, p in enumerate(predicted):
+        torch.testing.assert_close(logits[i], p.seg_logits.data, rtol=1e-5, atol=1e-5)
+        assert torch.equal(labels[i], p.pred_sem_seg.data[0])
+    assert 0 < labels.float().mean() < 1  # both classes present: the labels are not a constant
+    path = str(tmp_path / f'{mode}.onnx')
+    export_onnx(module, (image[:1], ), path, inputs, outputs, dynamic)
+    session = load_session(path)
+    actual = run_session(session, {'image': image.numpy()})  # batch 2 through a graph traced at batch 1
+    assert compare([logits.numpy()], actual[:1])['max_rel'] <= 1e-4
+    assert (actual[1] != labels.numpy()).mean() <= 1e-4, 'labels differ beyond a near-tie pixel'
+
+
+def test_tool_exports_segmentor_from_an_image(tmp_path, capsys, demo_image):
+    """The tool end to end on the segmentation demo config and the demo's held-out image (256x256 through mmseg's
+    test pipeline and data preprocessor): exported, run, logits compared, differing labels counted, timed."""
+    rc = _tool().main([SEG_DEMO_CONFIG, '--shape', '256', '256', '--part', 'segmentor', '--image', demo_image,
+                       '--out', str(tmp_path / 'seg.onnx'), '--repeats', '1'])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert 'whole inference: the network once on the 256x256 input' in out
+    assert "('image', ['batch', 3, 256, 256])" in out
+    assert float(re.search(r'max relative diff ([0-9.e+-]+) \(logits\)', out).group(1)) <= 1e-4
+    assert int(re.search(r'labels: ([0-9]+) of 65536 pixels differ', out).group(1)) <= 6, out
 
 
 def test_detector_that_differs_without_a_checkpoint_says_why(tmp_path, capsys, monkeypatch):

@@ -8,6 +8,9 @@ touched and eager PyTorch keeps the original kernels. Each is tested equal to th
   when it can read the input size and the output size divides it (here: "Unsupported: ONNX export of operator
   adaptive_max_pool2d, input size not accessible"); the dynamo exporter has no translation ("No decompositions
   registered for the real-valued input"). Replacement: every output bin as a static slice and a max.
+* ``F.adaptive_avg_pool2d``: UperNet's pyramid pooling (mmseg's ``PPM``, bins 1, 2, 3, 6) pools the last
+  backbone map, whose size the TorchScript exporter cannot read after STViT-R's last stage ("adaptive_avg_pool2d,
+  input size not accessible"). Replacement: every output bin as a static slice and a mean.
 * ``F.scaled_dot_product_attention``: the blocks attend over windows as 5-D (B, G, h, N, d) tensors; the dynamo
   exporter translates only 4-D query / key / value ("only 4D query, key, and value are supported"). Replacement:
   softmax(q k^T * scale + mask) v written out, which ONNX expresses for any number of leading dimensions (the
@@ -75,6 +78,24 @@ def adaptive_max_pool2d_as_slices(x: torch.Tensor, output_size: Sequence[int]) -
     return torch.stack(values, -2), torch.stack(indices, -2)  # (..., oh, ow)
 
 
+def adaptive_avg_pool2d_as_slices(x: torch.Tensor, output_size) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, output_size)`` from static slices and means.
+
+    Args:
+        x: (N, C, H, W) or (C, H, W) with static H and W.
+        output_size: oh, or (oh, ow); None keeps that dimension.
+
+    Returns:
+        (..., oh, ow).
+    """
+    H, W = int(x.shape[-2]), int(x.shape[-1])
+    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    oh, ow = (int(size[0]) if size[0] is not None else H, int(size[1]) if size[1] is not None else W)
+    rows = [torch.stack([x[..., r0:r1, c0:c1].mean(dim=(-2, -1)) for c0, c1 in adaptive_bins(W, ow)], -1)
+            for r0, r1 in adaptive_bins(H, oh)]  # oh x (..., ow)
+    return torch.stack(rows, -2)  # (..., oh, ow)
+
+
 def sdpa_as_matmul(query: torch.Tensor,
                    key: torch.Tensor,
                    value: torch.Tensor,
@@ -120,8 +141,8 @@ def clear_model_caches() -> int:
 
 
 class ExportableOps(TorchFunctionMode):
-    """While active, ``F.adaptive_max_pool2d`` and ``F.scaled_dot_product_attention`` run their exportable
-    equivalents (see the module docstring); every other function runs unchanged."""
+    """While active, ``F.adaptive_max_pool2d``, ``F.adaptive_avg_pool2d`` and ``F.scaled_dot_product_attention`` run
+    their exportable equivalents (see the module docstring); every other function runs unchanged."""
 
     def __enter__(self):
         clear_model_caches()
@@ -136,6 +157,8 @@ class ExportableOps(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.adaptive_max_pool2d:
             return _adaptive_max_pool2d(*args, **kwargs)
+        if func is F.adaptive_avg_pool2d:
+            return adaptive_avg_pool2d_as_slices(*args, **kwargs)
         if func is F.scaled_dot_product_attention:
             return sdpa_as_matmul(*args, **kwargs)
         return func(*args, **kwargs)

@@ -7,8 +7,10 @@ Parts (:data:`PARTS`):
 * ``'backbone+neck'``: ``detector.extract_feat``; image -> ``p{i}`` FPN maps.
 * ``'detector'``: the whole two-stage inference of ``two_stage.TwoStageExport``; image -> boxes, scores, labels,
   masks.
+* ``'segmentor'``: the whole inference of an MMSegmentation ``EncoderDecoder`` (``segmentor.SegmentorExport``,
+  whole or slide mode as the config says); image -> logits, labels.
 
-The image input is the *preprocessed* tensor (normalised, padded), as mmdet's ``data_preprocessor`` returns it.
+The image input is the *preprocessed* tensor (normalised, padded), as the model's ``data_preprocessor`` returns it.
 Checkpoints must fit the config exactly: a missing, unexpected or differently shaped tensor is an error that names
 the tensors (a deployed model must not silently run with random weights).
 """
@@ -20,12 +22,13 @@ import torch
 import torch.nn as nn
 
 from ..datasets.pipelines import without_annotation_loading
-from ..toolboxes.scope import ConfigError, drop_init_cfgs, load_config, resolve_config_path
+from ..toolboxes.scope import (ConfigError, config_scope, drop_init_cfgs, init_toolbox_scope, load_config,
+                               resolve_config_path)
 from ..utils.errors import error_summary, is_out_of_memory
 from ..utils.paths import missing_file_error
 from .onnx_export import ExportError
 
-PARTS = ('backbone', 'backbone+neck', 'detector')
+PARTS = ('backbone', 'backbone+neck', 'detector', 'segmentor')
 
 
 class CheckpointMismatchError(ValueError):
@@ -103,17 +106,18 @@ def load_exact(model: nn.Module, path: str) -> None:
 
 
 def build_detector(config: str, checkpoint: Optional[str] = None, cfg_options: Optional[dict] = None):
-    """Build a detector in eval mode from a config path (``mmdet::`` paths too), load ``checkpoint`` exactly.
+    """Build the model of a config (a detector; also a segmentor or classifier: ``mmseg::`` / ``mmpretrain::``
+    configs and ours, in the registry of the config's toolbox, as the Runner builds them) in eval mode from a config
+    path, and load ``checkpoint`` exactly.
 
     Without a checkpoint the weights are random (every ``init_cfg`` dropped, nothing is downloaded) but seeded, so
     that two exports of a config make the same file; the caller's random state is left as it was.
 
     Returns:
-        (detector, Config).
+        (model, Config).
     """
     from mmengine.model import revert_sync_batchnorm
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
+    from mmengine.registry import MODELS
 
     import stvit_det  # noqa: F401  (registers STViTR)
 
@@ -123,7 +127,7 @@ def build_detector(config: str, checkpoint: Optional[str] = None, cfg_options: O
         cfg = load_config(config, cfg_options, need_model=True)
     except ConfigError as e:  # not Python, no model, options that do not merge, its toolbox missing
         raise ValueError(str(e)) from None
-    register_all_modules(init_default_scope=True)
+    init_toolbox_scope(config_scope(cfg))  # its test pipeline (--image) is built in the same scope
     model_cfg = copy.deepcopy(cfg.model)
     drop_init_cfgs(model_cfg)
     try:
@@ -153,7 +157,7 @@ def build_part(detector: nn.Module, part: str, shape: Tuple[int, int],
     """The module to export for ``part``, its input / output names, and whether its batch can be dynamic.
 
     Args:
-        detector: from :func:`build_detector`.
+        detector: from :func:`build_detector` (a segmentor for ``'segmentor'``).
         part: one of :data:`PARTS`.
         shape: (H, W) of the network input.
         img_shape: detector only: the image extent inside the input (box clipping); default ``shape``.
@@ -171,8 +175,16 @@ def build_part(detector: nn.Module, part: str, shape: Tuple[int, int],
                 module = BackboneNeck(detector)
                 n = len(module(torch.zeros(1, 3, *shape)))
                 return module, ['image'], [f'p{i}' for i in range(n)], True
+        from .segmentor import SegmentorExport, is_segmentor
         from .two_stage import TwoStageExport
 
+        if part == 'segmentor':
+            module = SegmentorExport(detector)
+            module(torch.zeros(1, 3, *shape))  # a head that does not fit, or a size slide mode cannot take
+            return module, ['image'], ['logits', 'labels'], True
+        if is_segmentor(detector):
+            raise ExportError(f'--part detector: {type(detector).__name__} is a segmentor; its whole inference '
+                              'exports with --part segmentor')
         return TwoStageExport(detector, shape, img_shape), ['image'], ['boxes', 'scores', 'labels', 'masks'], False
     except ExportError:  # a detector component the export does not express: already named
         raise
@@ -184,11 +196,12 @@ def build_part(detector: nn.Module, part: str, shape: Tuple[int, int],
 
 
 def preprocess_image(detector: nn.Module, cfg, image_path: str) -> Tuple[torch.Tensor, object]:
-    """Run the config's test pipeline (annotation loading removed) and the detector's data preprocessor on one
-    image file.
+    """Run the config's test pipeline (annotation loading removed) and the model's data preprocessor on one image
+    file (detection, segmentation and classification configs: the pipeline is built in the config's scope by
+    :func:`build_detector`).
 
     Returns:
-        (inputs (1, 3, H, W), the ``DetDataSample`` with its metainfo: ``img_shape``, ``scale_factor``, ...).
+        (inputs (1, 3, H, W), the data sample with its metainfo: ``img_shape``, ``scale_factor``, ...).
 
     Raises:
         FileNotFoundError: no such file; ValueError: the pipeline cannot read it (not an image, truncated).
@@ -201,8 +214,8 @@ def preprocess_image(detector: nn.Module, cfg, image_path: str) -> Tuple[torch.T
     try:
         pipeline = Compose(without_annotation_loading(cfg.test_dataloader.dataset.pipeline))
     except Exception as e:  # noqa: BLE001 - no test_dataloader; a transform of another toolbox (KeyError)
-        raise ValueError(f'--image needs the test pipeline of an MMDetection config, and this config\'s cannot be '
-                         f'built here ({error_summary(e)}); without --image the input is a '
+        raise ValueError(f"--image needs the config's test pipeline (test_dataloader.dataset.pipeline), and this "
+                         f"config's cannot be built here ({error_summary(e)}); without --image the input is a "
                          'random tensor') from None
     try:
         data = pipeline(dict(img_path=image_path, img_id=0))

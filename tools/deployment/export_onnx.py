@@ -1,20 +1,22 @@
-"""Export a detector's backbone, backbone + neck, or whole inference to ONNX, run it with ONNX Runtime on the same
-input and report the difference to PyTorch and the CPU latency of both.
+"""Export a detector's backbone, backbone + neck, or whole inference (a segmentor's too) to ONNX, run it with ONNX
+Runtime on the same input and report the difference to PyTorch and the CPU latency of both.
 
     python tools/deployment/export_onnx.py CONFIG [CHECKPOINT] --shape H W
-        --part {backbone,backbone+neck,detector} --out FILE.onnx [--image IMG] [--exporter {torchscript,dynamo}]
-        [--threads N] [--repeats 5] [--static-batch] [--rtol 1e-4] [--score-thr 0.3] [--cfg-options k=v ...]
+        --part {backbone,backbone+neck,detector,segmentor} --out FILE.onnx [--image IMG]
+        [--exporter {torchscript,dynamo}] [--threads N] [--repeats 5] [--static-batch] [--rtol 1e-4]
+        [--score-thr 0.3] [--cfg-options k=v ...]
 
 The input is the preprocessed tensor (normalised, padded) of a fixed H x W; ``--image`` takes it from an image file
 through the config's test pipeline (H x W must then be its padded size), else from a seeded random normal tensor.
 Backbone parts have a dynamic batch dimension unless ``--static-batch``; the file is then also checked at batch 2,
 and a graph that holds the traced batch as a constant (mmdet's Swin) is exported again with a static batch (said
-so). The detector takes one image. Without a checkpoint the weights are random, seeded. Everything is in
-``stvit_det.deployment``; this file only parses and prints.
+so). The detector takes one image. ``segmentor`` is an MMSegmentation config's whole inference (whole or slide
+mode, as its ``test_cfg`` says): image -> logits and labels at the input's size. Without a checkpoint the weights
+are random, seeded. Everything is in ``stvit_det.deployment``; this file only parses and prints.
 Exit status 1 with one ``error:`` line on bad input (arguments, config, checkpoint, part, shape, image) or an export
 failure (naming the operator); 2 when ONNX Runtime's result differs from PyTorch's beyond ``--rtol`` (backbone parts:
-max relative difference; detector: other detections above ``--score-thr``, a box more than 1 px off or a mask IoU
-below 0.98).
+max relative difference; segmentor: that of the logits, the pixels whose label differs are reported; detector:
+other detections above ``--score-thr``, a box more than 1 px off or a mask IoU below 0.98).
 """
 import argparse
 import os
@@ -57,7 +59,8 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=positive_int, default=5, help='timed runs per runtime (median reported)')
     parser.add_argument('--score-thr', type=unit_float, default=0.3, help='detector: detections compared above this')
     parser.add_argument('--rtol', type=positive_float, default=1e-4,
-                        help='backbone parts: largest max relative difference accepted (else exit status 2)')
+                        help='backbone parts, segmentor logits: largest max relative difference accepted (else exit '
+                        'status 2)')
     parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, help='override config settings')
     return parser.parse_args(argv)
 
@@ -101,6 +104,8 @@ def main(argv=None) -> int:
             stand_ins = ', '.join(f"'{a}' as '{b}'" for a, b in EXPORTABLE_REGION_ATTENTION.items())
             print(f'attention: {len(affected)} modules with attn_impl {impls}; exported with their exportable '
                   f'equivalents ({stand_ins}: the tiled attention has no ONNX translation)')
+        if args.part == 'segmentor':
+            print(module.describe(shape))
         dynamic = dynamic and not args.static_batch
         with torch.inference_mode():
             reference = as_numpy_list(module(image))
@@ -135,9 +140,13 @@ def main(argv=None) -> int:
     print(f'inputs: {[(i.name, i.shape) for i in session.get_inputs()]}')
     if args.part == 'detector':
         agree = report_detections(reference, actual, args.score_thr)
-    else:
-        diff = compare(reference, actual)
-        print(f"ONNX Runtime vs PyTorch: max abs diff {diff['max_abs']:.3g}, max relative diff {diff['max_rel']:.3g}")
+    else:  # the segmentor's labels are compared as labels, its logits as the features are
+        diff = compare(reference[:1], actual[:1]) if args.part == 'segmentor' else compare(reference, actual)
+        print(f"ONNX Runtime vs PyTorch: max abs diff {diff['max_abs']:.3g}, max relative diff {diff['max_rel']:.3g}"
+              + (' (logits)' if args.part == 'segmentor' else ''))
+        if args.part == 'segmentor':
+            differ = int((reference[1] != actual[1]).sum())
+            print(f'labels: {differ} of {reference[1].size} pixels differ')
         agree = diff['max_rel'] <= args.rtol
 
     def run_torch():
