@@ -424,7 +424,11 @@ def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, d
     shape = ['--shape', '224', '224', '--out', out]
     cases = [
         ([DEMO_CONFIG, *shape, '--part', 'head'],
-         "unknown part 'head': choose one of backbone, backbone+neck, detector, segmentor"),
+         "unknown part 'head': choose one of backbone, backbone+neck, detector, segmentor, classifier"),
+        ([DEMO_CONFIG, *shape, '--part', 'classifier'],
+         '--part classifier exports MMPretrain ImageClassifier models; this config builds MaskRCNN'),
+        ([osp.join(ROOT, 'configs', 'stvit-r-cls', 'stvit-r-t_16xb64_in1k.py'), *shape, '--part', 'detector'],
+         '--part detector: ImageClassifier is a classifier; its whole inference exports with --part classifier'),
         ([DEMO_CONFIG, *shape, '--part', 'segmentor'],
          '--part segmentor exports MMSegmentation EncoderDecoder / CascadeEncoderDecoder models; this config '
          'builds MaskRCNN'),
@@ -558,6 +562,46 @@ def test_tool_exports_segmentor_from_an_image(tmp_path, capsys, demo_image):
     assert "('image', ['batch', 3, 256, 256])" in out
     assert float(re.search(r'max relative diff ([0-9.e+-]+) \(logits\)', out).group(1)) <= 1e-4
     assert int(re.search(r'labels: ([0-9]+) of 65536 pixels differ', out).group(1)) <= 6, out
+
+
+# ------------------------------------------------------------------------------------------ classifier
+
+
+@pytest.mark.parametrize('config', ['stvit-r-t_16xb64_in1k.py', 'stvit-r-s-released_16xb64_in1k.py'])
+def test_classifier_onnx_equals_predict(tmp_path, config):
+    """An MMPretrain ImageClassifier with STViT-R (our ImageNet configs, narrow: the detection form and the released
+    classification form of stage 3) at an odd size: the exported module gives predict's scores and labels, and ONNX
+    Runtime the module's, at batch 2 through a graph traced at 1."""
+    from stvit_det.deployment.classifier import ClassifierExport
+
+    options = {'model.backbone.embed_dims': 16, 'model.backbone.num_heads': (1, 2, 4, 8),
+               'model.backbone.depths': (1, 1, 6, 1), 'model.head.in_channels': 128, 'model.head.num_classes': 7}
+    classifier, cfg = build_detector(osp.join(ROOT, 'configs', 'stvit-r-cls', config), cfg_options=options)
+    assert cfg.model.backbone.get('stage3_form', 'detection') == ('classification' if 'released' in config
+                                                                   else 'detection')
+    randomize_(classifier, 0.05)
+    shape = (215, 330) if 'released' in config else (97, 131)  # the released form takes stage-3 sides 14 or 21
+    module, inputs, outputs, dynamic = build_part(classifier, 'classifier', shape)
+    assert isinstance(module, ClassifierExport) and outputs == ['scores', 'labels'] and dynamic
+    image = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        scores, labels = module(image)
+        predicted = classifier.predict(image)
+    assert scores.shape == (2, 7) and labels.dtype == torch.int64
+    for i, p in enumerate(predicted):
+        torch.testing.assert_close(scores[i], p.pred_score, rtol=1e-6, atol=1e-7)
+        assert int(labels[i]) == int(p.pred_label)
+    path = str(tmp_path / 'cls.onnx')
+    export_onnx(module, (image[:1], ), path, inputs, outputs, dynamic)
+    actual = run_session(load_session(path), {'image': image.numpy()})
+    assert compare([scores.numpy()], actual[:1])['max_rel'] <= 1e-4
+    assert np.array_equal(actual[1], labels.numpy())
+    # a multi-label head's labels are a threshold per image: refused, naming the head and the part that exports
+    from mmpretrain.models.heads import MultiLabelLinearClsHead
+
+    classifier.head = MultiLabelLinearClsHead(num_classes=7, in_channels=128)
+    with pytest.raises(ExportError, match='single-label heads .* has MultiLabelLinearClsHead: export --part backbone'):
+        ClassifierExport(classifier)
 
 
 def test_detector_that_differs_without_a_checkpoint_says_why(tmp_path, capsys, monkeypatch):

@@ -1,6 +1,6 @@
 """Deployment: export STViT-R detectors (backbone, backbone + neck, or the whole Mask R-CNN / Cascade Mask R-CNN
-inference) and segmentors (the whole MMSegmentation inference) to ONNX and check them with ONNX Runtime against
-PyTorch. CLI: ``tools/deployment/export_onnx.py``.
+inference), segmentors and classifiers (the whole MMSegmentation / MMPretrain inference) to ONNX and check them with
+ONNX Runtime against PyTorch. CLI: ``tools/deployment/export_onnx.py``.
 
 Needs ``onnx``, ``onnxruntime`` and ``onnxscript`` (``requirements/deploy.txt``); ``import stvit_det`` does not
 import this package.

@@ -9,6 +9,8 @@ Parts (:data:`PARTS`):
   masks.
 * ``'segmentor'``: the whole inference of an MMSegmentation ``EncoderDecoder`` (``segmentor.SegmentorExport``,
   whole or slide mode as the config says); image -> logits, labels.
+* ``'classifier'``: the whole inference of an MMPretrain ``ImageClassifier`` (``classifier.ClassifierExport``);
+  image -> scores, labels.
 
 The image input is the *preprocessed* tensor (normalised, padded), as the model's ``data_preprocessor`` returns it.
 Checkpoints must fit the config exactly: a missing, unexpected or differently shaped tensor is an error that names
@@ -28,7 +30,7 @@ from ..utils.errors import error_summary, is_out_of_memory
 from ..utils.paths import missing_file_error
 from .onnx_export import ExportError
 
-PARTS = ('backbone', 'backbone+neck', 'detector', 'segmentor')
+PARTS = ('backbone', 'backbone+neck', 'detector', 'segmentor', 'classifier')
 
 
 class CheckpointMismatchError(ValueError):
@@ -175,16 +177,19 @@ def build_part(detector: nn.Module, part: str, shape: Tuple[int, int],
                 module = BackboneNeck(detector)
                 n = len(module(torch.zeros(1, 3, *shape)))
                 return module, ['image'], [f'p{i}' for i in range(n)], True
+        from .classifier import ClassifierExport, is_classifier
         from .segmentor import SegmentorExport, is_segmentor
         from .two_stage import TwoStageExport
 
-        if part == 'segmentor':
-            module = SegmentorExport(detector)
+        if part in ('segmentor', 'classifier'):
+            module = SegmentorExport(detector) if part == 'segmentor' else ClassifierExport(detector)
             module(torch.zeros(1, 3, *shape))  # a head that does not fit, or a size slide mode cannot take
-            return module, ['image'], ['logits', 'labels'], True
-        if is_segmentor(detector):
-            raise ExportError(f'--part detector: {type(detector).__name__} is a segmentor; its whole inference '
-                              'exports with --part segmentor')
+            names = ['logits', 'labels'] if part == 'segmentor' else ['scores', 'labels']
+            return module, ['image'], names, True
+        for is_kind, kind in ((is_segmentor, 'segmentor'), (is_classifier, 'classifier')):
+            if is_kind(detector):
+                raise ExportError(f'--part detector: {type(detector).__name__} is a {kind}; its whole inference '
+                                  f'exports with --part {kind}')
         return TwoStageExport(detector, shape, img_shape), ['image'], ['boxes', 'scores', 'labels', 'masks'], False
     except ExportError:  # a detector component the export does not express: already named
         raise

@@ -1,8 +1,8 @@
-"""Export a detector's backbone, backbone + neck, or whole inference (a segmentor's too) to ONNX, run it with ONNX
-Runtime on the same input and report the difference to PyTorch and the CPU latency of both.
+"""Export a detector's backbone, backbone + neck, or whole inference (a segmentor's or classifier's too) to ONNX,
+run it with ONNX Runtime on the same input and report the difference to PyTorch and the CPU latency of both.
 
     python tools/deployment/export_onnx.py CONFIG [CHECKPOINT] --shape H W
-        --part {backbone,backbone+neck,detector,segmentor} --out FILE.onnx [--image IMG]
+        --part {backbone,backbone+neck,detector,segmentor,classifier} --out FILE.onnx [--image IMG]
         [--exporter {torchscript,dynamo}] [--threads N] [--repeats 5] [--static-batch] [--rtol 1e-4]
         [--score-thr 0.3] [--cfg-options k=v ...]
 
@@ -11,11 +11,12 @@ through the config's test pipeline (H x W must then be its padded size), else fr
 Backbone parts have a dynamic batch dimension unless ``--static-batch``; the file is then also checked at batch 2,
 and a graph that holds the traced batch as a constant (mmdet's Swin) is exported again with a static batch (said
 so). The detector takes one image. ``segmentor`` is an MMSegmentation config's whole inference (whole or slide
-mode, as its ``test_cfg`` says): image -> logits and labels at the input's size. Without a checkpoint the weights
-are random, seeded. Everything is in ``stvit_det.deployment``; this file only parses and prints.
+mode, as its ``test_cfg`` says): image -> logits and labels at the input's size; ``classifier`` an MMPretrain
+config's (single-label head): image -> scores (softmax) and labels. Without a checkpoint the weights are random,
+seeded. Everything is in ``stvit_det.deployment``; this file only parses and prints.
 Exit status 1 with one ``error:`` line on bad input (arguments, config, checkpoint, part, shape, image) or an export
 failure (naming the operator); 2 when ONNX Runtime's result differs from PyTorch's beyond ``--rtol`` (backbone parts:
-max relative difference; segmentor: that of the logits, the pixels whose label differs are reported; detector:
+max relative difference; segmentor, classifier: that of the logits / scores, differing labels are reported; detector:
 other detections above ``--score-thr``, a box more than 1 px off or a mask IoU below 0.98).
 """
 import argparse
@@ -59,8 +60,8 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=positive_int, default=5, help='timed runs per runtime (median reported)')
     parser.add_argument('--score-thr', type=unit_float, default=0.3, help='detector: detections compared above this')
     parser.add_argument('--rtol', type=positive_float, default=1e-4,
-                        help='backbone parts, segmentor logits: largest max relative difference accepted (else exit '
-                        'status 2)')
+                        help='backbone parts, segmentor logits, classifier scores: largest max relative difference '
+                        'accepted (else exit status 2)')
     parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, help='override config settings')
     return parser.parse_args(argv)
 
@@ -140,13 +141,15 @@ def main(argv=None) -> int:
     print(f'inputs: {[(i.name, i.shape) for i in session.get_inputs()]}')
     if args.part == 'detector':
         agree = report_detections(reference, actual, args.score_thr)
-    else:  # the segmentor's labels are compared as labels, its logits as the features are
-        diff = compare(reference[:1], actual[:1]) if args.part == 'segmentor' else compare(reference, actual)
+    else:  # a segmentor's / classifier's labels are counted, its logits / scores compared as features are
+        labelled = args.part in ('segmentor', 'classifier')
+        diff = compare(reference[:1], actual[:1]) if labelled else compare(reference, actual)
         print(f"ONNX Runtime vs PyTorch: max abs diff {diff['max_abs']:.3g}, max relative diff {diff['max_rel']:.3g}"
-              + (' (logits)' if args.part == 'segmentor' else ''))
-        if args.part == 'segmentor':
+              + {'segmentor': ' (logits)', 'classifier': ' (scores)'}.get(args.part, ''))
+        if labelled:
             differ = int((reference[1] != actual[1]).sum())
-            print(f'labels: {differ} of {reference[1].size} pixels differ')
+            print(f"labels: {differ} of {reference[1].size} {'pixels' if args.part == 'segmentor' else 'images'} "
+                  'differ')
         agree = diff['max_rel'] <= args.rtol
 
     def run_torch():
