@@ -26,7 +26,7 @@ from stvit_det.deployment import (CheckpointMismatchError, ExportError, Exportab
                                   sdpa_as_matmul)
 from stvit_det.deployment.equivalents import (EXPORTABLE_REGION_ATTENTION, adaptive_avg_pool2d_as_slices,
                                               exportable_attention)
-from stvit_det.deployment.onnx_export import failing_operator
+from stvit_det.deployment.onnx_export import failing_operator, label_flips
 from stvit_det.deployment.two_stage import TwoStageExport
 from stvit_det.models.layers.attention import ATTN_IMPLS
 
@@ -143,6 +143,51 @@ def test_backbone_onnx_equals_pytorch(tmp_path, sparsifier, attn_impl, pad_mask,
         assert [o.shape for o in out] == [r.shape for r in ref]
         diff = compare(ref, out)
         assert diff['max_rel'] <= 1e-4, (batch, diff)
+
+
+def test_backbone_dynamo_export_equals_pytorch(tmp_path):
+    """The dynamo exporter (``torch.export``) too: the region bias's border column is the log-sum-exp of masked
+    (-inf) entries in rows without a border token, which ONNX's ReduceLogSumExp turned into NaN, folded into the
+    graph's constant bias: stage 3 and 4 came out all NaN (and the comparison skipped NaN)."""
+    model = randomize_(STViTR(**NARROW), 0.02).eval()
+    x = torch.randn(1, 3, 97, 131)
+    path = export_onnx(model, (x, ), str(tmp_path / 'b.onnx'), ['image'], [f'out{i}' for i in range(4)],
+                       dynamic_batch=False, exporter='dynamo')
+    out = run_session(load_session(path), {'image': x.numpy()})
+    with torch.no_grad():
+        ref = [o.numpy() for o in model(x)]
+    assert not any(np.isnan(o).any() for o in out)
+    assert compare(ref, out)['max_rel'] <= 1e-4
+
+
+def test_masked_logsumexp_rows_stay_minus_infinity():
+    from stvit_det.models.layers.attention import _logsumexp_rows
+
+    x = torch.tensor([[0.0, 0.0, float('-inf')], [float('-inf')] * 3, [3.0, -2.0, 80.0]])
+    out = _logsumexp_rows(x)
+    assert out[1] == float('-inf') and not out.isnan().any()
+    torch.testing.assert_close(out, torch.logsumexp(x, dim=1))
+
+
+def test_comparison_does_not_skip_nan():
+    ref = [np.array([1.0, 2.0, 3.0])]
+    assert compare(ref, [np.array([1.0, np.nan, 3.0])]) == dict(max_abs=float('inf'), max_rel=float('inf'))
+    assert compare([np.array([1.0, np.nan])], [np.array([1.0, np.nan])])['max_abs'] == 0.0  # NaN in both: equal
+
+
+def test_label_flips_are_excused_only_at_near_ties():
+    from stvit_det.deployment.onnx_export import label_flips
+
+    scores = np.array([[[0.50, 0.10], [0.49, 0.90], [0.01, 0.00]]])  # (B=1, K=3, 2 positions)
+    labels = scores.argmax(1)  # [[0, 1]]: position 0 a near-tie (0.50 vs 0.49), position 1 decided
+    assert label_flips(scores, labels, labels, 0.0) == (0, 0)
+    assert label_flips(scores, labels, np.array([[1, 1]]), 0.006) == (1, 0)  # margin 0.01 <= 2 * 0.006
+    assert label_flips(scores, labels, np.array([[1, 1]]), 0.004) == (1, 1)  # 0.01 > 2 * 0.004
+    assert label_flips(scores, labels, np.array([[0, 0]]), 0.006) == (1, 1)  # margin 0.8
+    logits = np.array([[[0.01, 3.0]]])  # one channel, threshold 0.5 (logit 0): the first pixel nearly ties
+    binary = (logits[:, 0] > 0).astype(np.int64)
+    assert label_flips(logits, binary, np.array([[0, 1]]), 0.02, threshold=0.5) == (1, 0)
+    assert label_flips(logits, binary, np.array([[1, 0]]), 0.02, threshold=0.5) == (1, 1)
 
 
 def _softmax_widths(path, x):
@@ -434,6 +479,14 @@ def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, d
          'builds MaskRCNN'),
         ([SEG_DEMO_CONFIG, *shape, '--part', 'detector'],
          '--part detector: EncoderDecoder is a segmentor; its whole inference exports with --part segmentor'),
+        ([SEG_DEMO_CONFIG, *shape, '--part', 'segmentor', '--cfg-options', 'model.test_cfg.mode=slide'],
+         "test_cfg.mode='slide' needs test_cfg.crop_size = (h, w), two positive integers; got None"),
+        ([SEG_DEMO_CONFIG, *shape, '--part', 'segmentor', '--cfg-options', 'model.test_cfg.mode=slide',
+          'model.test_cfg.crop_size=(64,64)', 'model.test_cfg.stride=(0,43)'],
+         "test_cfg.mode='slide' needs test_cfg.stride = (h, w), two positive integers; got (0, 43)"),
+        ([SEG_DEMO_CONFIG, *shape, '--part', 'segmentor', '--exporter', 'dynamo', '--cfg-options',
+          'model.test_cfg.mode=slide', 'model.test_cfg.crop_size=(64,64)', 'model.test_cfg.stride=(43,43)'],
+         "--exporter dynamo cannot trace mmseg's slide inference"),
         ([DEMO_CONFIG, str(tmp_path / 'none.pth'), *shape, '--part', 'backbone'], 'checkpoint file not found'),
         ([DEMO_CONFIG, *shape, '--part', 'detector', '--image', demo_image],
          'preprocesses to (448, 448), not --shape 224 224'),
@@ -515,22 +568,24 @@ def test_tool_exports_backbone_neck_and_reports(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ segmentor
 
 
-@pytest.mark.parametrize('mode', ['whole', 'slide'])
+@pytest.mark.parametrize('mode', ['whole', 'slide', 'binary'])
 def test_segmentor_onnx_equals_predict(tmp_path, mode):
     """UperNet + STViT-R (the segmentation demo config) at an odd size: the exported module equals mmseg's
-    ``predict`` (logits and labels), and ONNX Runtime equals the module; whole mode also at batch 2 (dynamic
-    batch), slide mode with overlapping windows unrolled into the graph."""
+    ``predict`` (logits and labels), and ONNX Runtime equals the module, at batch 2 through a graph traced at 1;
+    slide mode with overlapping windows unrolled into the graph; a one-channel head (binary) thresholds."""
     from mmseg.structures import SegDataSample
 
     from stvit_det.deployment.segmentor import SegmentorExport
 
-    options = {} if mode == 'whole' else {'model.test_cfg': dict(mode='slide', crop_size=(64, 64), stride=(43, 43))}
+    options = {'slide': {'model.test_cfg': dict(mode='slide', crop_size=(64, 64), stride=(43, 43))},
+               'binary': {'model.decode_head.out_channels': 1, 'model.decode_head.threshold': 0.45,
+                          'model.decode_head.loss_decode.use_sigmoid': True}}.get(mode, {})
     segmentor, _ = build_detector(SEG_DEMO_CONFIG, cfg_options=options)
     randomize_(segmentor, 0.02)
     shape = (97, 131)
     module, inputs, outputs, dynamic = build_part(segmentor, 'segmentor', shape)
     assert isinstance(module, SegmentorExport) and outputs == ['logits', 'labels'] and dynamic
-    assert module.describe(shape) == ('whole inference: the network once on the 97x131 input' if mode == 'whole'
+    assert module.describe(shape) == ('whole inference: the network once on the 97x131 input' if mode != 'slide'
                                       else 'slide inference (test_cfg crop_size (64, 64), stride (43, 43)): its '
                                       '6 windows over the 97x131 input are unrolled into the graph')
     image = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(0))
@@ -538,17 +593,22 @@ def test_segmentor_onnx_equals_predict(tmp_path, mode):
     with torch.inference_mode():
         logits, labels = module(image)
         predicted = segmentor.predict(image, samples)
-    assert logits.shape == (2, 2, *shape) and labels.shape == (2, *shape) and labels.dtype == torch.int64
-    for i, p in enumerate(predicted):
-        torch.testing.assert_close(logits[i], p.seg_logits.data, rtol=1e-5, atol=1e-5)
+    channels = 1 if mode == 'binary' else 2
+    assert logits.shape == (2, channels, *shape) and labels.shape == (2, *shape) and labels.dtype == torch.int64
+    for i, p in enumerate(predicted):  # mmseg keeps a one-channel head's sigmoid as its seg_logits
+        torch.testing.assert_close(logits[i].sigmoid() if mode == 'binary' else logits[i], p.seg_logits.data,
+                                   rtol=1e-5, atol=1e-5)
         assert torch.equal(labels[i], p.pred_sem_seg.data[0])
     assert 0 < labels.float().mean() < 1  # both classes present: the labels are not a constant
     path = str(tmp_path / f'{mode}.onnx')
     export_onnx(module, (image[:1], ), path, inputs, outputs, dynamic)
     session = load_session(path)
     actual = run_session(session, {'image': image.numpy()})  # batch 2 through a graph traced at batch 1
-    assert compare([logits.numpy()], actual[:1])['max_rel'] <= 1e-4
-    assert (actual[1] != labels.numpy()).mean() <= 1e-4, 'labels differ beyond a near-tie pixel'
+    diff = compare([logits.numpy()], actual[:1])
+    assert diff['max_rel'] <= 1e-4
+    threshold = 0.45 if mode == 'binary' else None
+    assert module.threshold == threshold
+    assert label_flips(logits.numpy(), labels.numpy(), actual[1], diff['max_abs'], threshold)[1] == 0
 
 
 def test_tool_exports_segmentor_from_an_image(tmp_path, capsys, demo_image):
@@ -596,12 +656,40 @@ def test_classifier_onnx_equals_predict(tmp_path, config):
     actual = run_session(load_session(path), {'image': image.numpy()})
     assert compare([scores.numpy()], actual[:1])['max_rel'] <= 1e-4
     assert np.array_equal(actual[1], labels.numpy())
-    # a multi-label head's labels are a threshold per image: refused, naming the head and the part that exports
-    from mmpretrain.models.heads import MultiLabelLinearClsHead
+    # heads that predict otherwise (a multi-label head thresholds per image; ConformerHead adds two branches'
+    # logits in its own predict): refused, naming the head and the part that exports
+    from mmpretrain.models.heads import LinearClsHead, MultiLabelLinearClsHead
 
-    classifier.head = MultiLabelLinearClsHead(num_classes=7, in_channels=128)
-    with pytest.raises(ExportError, match='single-label heads .* has MultiLabelLinearClsHead: export --part backbone'):
-        ClassifierExport(classifier)
+    class OwnPredictHead(LinearClsHead):
+        def predict(self, feats, data_samples=None):
+            return super().predict(feats, data_samples)
+
+    for head in (MultiLabelLinearClsHead(num_classes=7, in_channels=128),
+                 OwnPredictHead(num_classes=7, in_channels=128)):
+        classifier.head = head
+        with pytest.raises(ExportError, match=f'predict as ClsHead does .* has {type(head).__name__}: export '
+                                              '--part backbone'):
+            ClassifierExport(classifier)
+
+
+def test_labels_that_differ_beyond_near_ties_fail_the_check(tmp_path, capsys, monkeypatch):
+    """A graph whose label step is wrong (scores equal, labels not) ends with exit status 2, naming the count."""
+    tool = _tool()
+    run = tool.run_session
+
+    def wrong_labels(session, feeds):
+        scores, labels = run(session, feeds)
+        return [scores, (labels + 1) % scores.shape[1]]
+
+    monkeypatch.setattr(tool, 'run_session', wrong_labels)
+    options = ['model.backbone.embed_dims=16', 'model.backbone.num_heads=(1,2,4,8)',
+               'model.backbone.depths=(1,1,6,1)', 'model.head.in_channels=128']
+    rc = tool.main([osp.join(ROOT, 'configs', 'stvit-r-cls', 'stvit-r-t_16xb64_in1k.py'), '--shape', '64', '64',
+                    '--part', 'classifier', '--out', str(tmp_path / 'c.onnx'), '--repeats', '1', '--cfg-options',
+                    *options])
+    captured = capsys.readouterr()
+    assert 'labels: 1 of 1 images differ, 1 of them beyond a near-tie of the scores' in captured.out, captured.out
+    assert rc == 2 and 'error: ONNX Runtime does not reproduce PyTorch within the tolerances' in captured.err
 
 
 def test_detector_that_differs_without_a_checkpoint_says_why(tmp_path, capsys, monkeypatch):

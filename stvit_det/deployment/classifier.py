@@ -1,10 +1,11 @@
 """The whole inference of an MMPretrain 1.x image classifier as one exportable module (``--part classifier``).
 
-``ImageClassifier.predict`` is backbone, neck, the head's logits (``ClsHead.forward``), then softmax and argmax
-(``ClsHead._get_predictions``). :class:`ClassifierExport` computes the same from the preprocessed input: image
-(B, 3, H, W) -> scores (B, K) and labels (B,) int64, as ``pred_score`` / ``pred_label``. Single-label heads
-(``ClsHead`` and its subclasses: ``LinearClsHead``, ``VisionTransformerClsHead``, ...) only: a multi-label head's
-labels are a score threshold or a top-k, per image.
+``ImageClassifier.predict`` is backbone, neck, then the head's ``predict``; ``ClsHead.predict`` takes the head's
+logits (``forward``) to softmax and argmax (``_get_predictions``). :class:`ClassifierExport` computes the same from
+the preprocessed input: image (B, 3, H, W) -> scores (B, K) and labels (B,) int64, as ``pred_score`` /
+``pred_label``. Heads that keep ``ClsHead``'s ``predict`` and ``_get_predictions`` only (``LinearClsHead``,
+``VisionTransformerClsHead``, ``StackedLinearClsHead``, ...): a head that overrides them computes its prediction
+otherwise (``ConformerHead`` adds its two branches' logits first; a multi-label head thresholds per image).
 """
 from typing import Tuple
 
@@ -24,7 +25,7 @@ def is_classifier(model: nn.Module) -> bool:
 
 
 class ClassifierExport(nn.Module):
-    """image -> (scores, labels) of an mmpretrain ``ImageClassifier`` with a single-label head, as its ``predict``.
+    """image -> (scores, labels) of an mmpretrain ``ImageClassifier`` whose head predicts as ``ClsHead``.
 
     Args:
         classifier: an ``ImageClassifier`` in eval mode.
@@ -37,10 +38,12 @@ class ClassifierExport(nn.Module):
                               f'{type(classifier).__name__}')
         from mmpretrain.models.heads import ClsHead
 
-        if not isinstance(getattr(classifier, 'head', None), ClsHead):
-            head = type(classifier.head).__name__ if getattr(classifier, 'head', None) is not None else 'no head'
-            raise ExportError(f'--part classifier exports single-label heads (ClsHead and its subclasses); this '
-                              f'classifier has {head}: export --part backbone')
+        head = getattr(classifier, 'head', None)
+        if not (isinstance(head, ClsHead) and type(head).predict is ClsHead.predict
+                and type(head)._get_predictions is ClsHead._get_predictions):
+            name = type(head).__name__ if head is not None else 'no head'
+            raise ExportError(f"--part classifier exports heads that predict as ClsHead does (softmax of the head's "
+                              f'logits, argmax); this classifier has {name}: export --part backbone')
         self.classifier = classifier
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

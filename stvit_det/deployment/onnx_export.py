@@ -300,7 +300,8 @@ def run_session(session, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
 
 def compare(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> Dict[str, float]:
     """Max absolute difference and max difference relative to the reference's largest magnitude, over all
-    outputs (``max_rel = max_i max|a_i - r_i| / max|r_i|``)."""
+    outputs (``max_rel = max_i max|a_i - r_i| / max|r_i|``); both infinite where one output has NaN and the other a
+    number there (``max`` would skip a NaN)."""
     if len(reference) != len(actual):
         raise ValueError(f'{len(reference)} reference outputs but {len(actual)} actual outputs')
     max_abs, max_rel = 0.0, 0.0
@@ -310,10 +311,43 @@ def compare(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> Di
             raise ValueError(f'output {i}: shape {a.shape} differs from the reference {r.shape}')
         if r.size == 0:
             continue
-        diff = float(np.abs(r - a).max())
+        if not np.array_equal(np.isnan(r), np.isnan(a)):  # NaN where the other has a number: no agreement
+            return dict(max_abs=float('inf'), max_rel=float('inf'))
+        diff = float(np.nan_to_num(np.abs(r - a), nan=0.0).max())  # NaN in both (or inf - inf): compared as equal
         max_abs = max(max_abs, diff)
         max_rel = max(max_rel, diff / max(float(np.abs(r).max()), 1e-12))
     return dict(max_abs=max_abs, max_rel=max_rel)
+
+
+def label_flips(scores: np.ndarray, labels: np.ndarray, other_labels: np.ndarray, max_abs: float,
+                threshold: Optional[float] = None) -> Tuple[int, int]:
+    """How many of ``other_labels`` differ from ``labels``, and how many of those a score difference of at most
+    ``max_abs`` cannot explain (a wrong label step in a graph, not rounding).
+
+    Args:
+        scores: the reference's (B, K, ...) per-class scores or logits; with ``threshold``, (B, 1, ...) logits.
+        labels, other_labels: (B, ...) labels of the reference (argmax over K, or ``sigmoid > threshold``) and of
+            the other runtime.
+        max_abs: the largest absolute difference between the two runtimes' scores.
+        threshold: the probability threshold of a one-channel head.
+
+    Returns:
+        (labels that differ, of those, the ones where the reference's decision margin exceeds what ``max_abs``
+        can move: the top two scores more than ``2 * max_abs`` apart, or the logit more than ``max_abs`` from the
+        threshold's).
+    """
+    differ = np.asarray(labels) != np.asarray(other_labels)
+    n = int(differ.sum())
+    if not n:
+        return 0, 0
+    s = np.asarray(scores, dtype=np.float64)
+    if threshold is None:
+        top2 = np.partition(s, s.shape[1] - 2, axis=1)[:, -2:]  # (B, 2, ...): the two largest per position
+        margin, reach = top2[:, 1] - top2[:, 0], 2 * max_abs
+    else:
+        margin, reach = np.abs(s[:, 0] - np.log(threshold / (1 - threshold))), max_abs
+    explained = margin <= reach * (1 + 1e-6) + 1e-12
+    return n, int((differ & ~explained).sum())
 
 
 def as_numpy_list(out) -> List[np.ndarray]:

@@ -164,8 +164,17 @@ def densify_region_bias(index: torch.Tensor, bias: Optional[torch.Tensor], num_k
     border = index == num_keys - 1
     dense = torch.full((index.shape[0], num_keys + 1), float('-inf'), device=index.device)  # last: scratch
     dense.scatter_(1, torch.where(border, torch.full_like(index, num_keys), index), b)
-    dense[:, num_keys - 1] = torch.logsumexp(b.masked_fill(~border, float('-inf')), dim=1)
+    dense[:, num_keys - 1] = _logsumexp_rows(b.masked_fill(~border, float('-inf')))
     return dense[:, :num_keys]
+
+
+def _logsumexp_rows(x: torch.Tensor) -> torch.Tensor:
+    """``torch.logsumexp(x, dim=1)`` with rows of only ``-inf`` giving ``-inf`` in every runtime: the shift by the
+    row maximum is 0 there (ONNX's ``ReduceLogSumExp``, as the dynamo exporter writes it, shifts by ``-inf`` and
+    gives NaN, which the exported graph then folded into its constant region bias)."""
+    m = x.amax(dim=1, keepdim=True)  # (G, 1)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return (x - m).exp().sum(dim=1).log() + m[:, 0]  # (G,)
 
 
 def _all_keys(kv: torch.Tensor, kv_border: torch.Tensor, region: Region):
