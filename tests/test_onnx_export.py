@@ -175,6 +175,18 @@ def test_comparison_does_not_skip_nan():
     assert compare([np.array([1.0, np.nan])], [np.array([1.0, np.nan])])['max_abs'] == 0.0  # NaN in both: equal
 
 
+def test_detection_matching_does_not_skip_nan():
+    boxes = np.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 30.0]])
+    masks = np.ones((2, 50, 50), dtype=bool)
+    reference = [boxes, np.array([0.9, 0.8]), np.array([1, 2]), masks]
+    nan_box = boxes.copy()
+    nan_box[1, 2] = np.nan
+    m = match_detections(reference, [nan_box, reference[1], reference[2], masks], 0.5)
+    assert m['n_actual'] == 2 and m['max_box_diff'] == float('inf')
+    m = match_detections(reference, [boxes + 0.25, reference[1], reference[2], masks], 0.5)
+    assert m['max_box_diff'] == 0.25 and m['same_labels'] and m['min_mask_iou'] == 1.0
+
+
 def test_label_flips_are_excused_only_at_near_ties():
     from stvit_det.deployment.onnx_export import label_flips
 

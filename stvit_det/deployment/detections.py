@@ -63,7 +63,14 @@ def match_detections(reference: Sequence[np.ndarray], actual: Sequence[np.ndarra
             break
         used[j] = True
         result['same_labels'] &= bool(rl[i] == al[j])
-        result['max_box_diff'] = max(result['max_box_diff'], float(np.abs(rb[i] - ab[j]).max()))
-        result['max_score_diff'] = max(result['max_score_diff'], float(abs(rs[i] - as_[j])))
+        result['max_box_diff'] = _larger(result['max_box_diff'], np.abs(rb[i] - ab[j]).max())
+        result['max_score_diff'] = _larger(result['max_score_diff'], abs(rs[i] - as_[j]))
         result['min_mask_iou'] = min(result['min_mask_iou'], mask_iou(rm[i], am[j]))
     return result
+
+
+def _larger(worst: float, diff) -> float:
+    """``max(worst, diff)`` where a NaN difference (a NaN coordinate or score) counts as infinite: Python's
+    ``max`` would keep ``worst``."""
+    diff = float(diff)
+    return float('inf') if np.isnan(diff) else max(worst, diff)
