@@ -159,7 +159,7 @@ def build_part(detector: nn.Module, part: str, shape: Tuple[int, int],
     """The module to export for ``part``, its input / output names, and whether its batch can be dynamic.
 
     Args:
-        detector: from :func:`build_detector` (a segmentor for ``'segmentor'``).
+        detector: from :func:`build_detector` (a segmentor for ``'segmentor'``, a classifier for ``'classifier'``).
         part: one of :data:`PARTS`.
         shape: (H, W) of the network input.
         img_shape: detector only: the image extent inside the input (box clipping); default ``shape``.
@@ -183,7 +183,8 @@ def build_part(detector: nn.Module, part: str, shape: Tuple[int, int],
 
         if part in ('segmentor', 'classifier'):
             module = SegmentorExport(detector) if part == 'segmentor' else ClassifierExport(detector)
-            module(torch.zeros(1, 3, *shape))  # a head that does not fit, or a size slide mode cannot take
+            with torch.no_grad():  # a head that does not fit the backbone, a size the model cannot take
+                module(torch.zeros(1, 3, *shape))
             names = ['logits', 'labels'] if part == 'segmentor' else ['scores', 'labels']
             return module, ['image'], names, True
         for is_kind, kind in ((is_segmentor, 'segmentor'), (is_classifier, 'classifier')):

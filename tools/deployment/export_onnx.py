@@ -153,7 +153,7 @@ def main(argv=None) -> int:
               + {'segmentor': ' (logits)', 'classifier': ' (scores)'}.get(args.part, ''))
         agree = diff['max_rel'] <= args.rtol
         if labelled:  # a label may change only where the reference's scores nearly tie (within the difference)
-            one_channel = reference[0].shape[1] == 1
+            one_channel = args.part == 'segmentor' and reference[0].shape[1] == 1  # thresholded, not argmax
             differ, unexplained = label_flips(reference[0], reference[1], actual[1], diff['max_abs'],
                                               module.threshold if one_channel else None)
             unit = 'pixels' if args.part == 'segmentor' else 'images'
