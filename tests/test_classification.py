@@ -4,6 +4,7 @@ official ImageNet checkpoints loading 0 / 0, classifier -> detector weight trans
 import copy
 import math
 import os.path as osp
+import pickle
 import sys
 
 import pytest
@@ -346,6 +347,28 @@ def test_train_and_test_tools_run_a_classification_config(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert 'accuracy/top1' in r.stdout + r.stderr and (tmp_path / 'preds.pkl').is_file()
     assert len(list((tmp_path / 'vis').glob('*.png'))) == 4  # every val image painted (mmpretrain's hook)
+    # --tta without tta_model / tta_pipeline in the config: mmpretrain's flip averaging, as its tools/test.py
+    r = subprocess.run([sys.executable, 'tools/test.py', str(cfg), str(ckpt), '--work-dir', str(work), '--tta',
+                        '--out', str(tmp_path / 'tta.pkl')], **run)
+    assert r.returncode == 0 and 'accuracy/top1' in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+    with open(tmp_path / 'tta.pkl', 'rb') as f:
+        tta = pickle.load(f)
+    with open(tmp_path / 'preds.pkl', 'rb') as f:
+        plain = pickle.load(f)
+    assert len(tta) == len(plain) == 4
+    assert not all(torch.allclose(a['pred_score'], b['pred_score']) for a, b in zip(tta, plain))  # mirrors count
+    # class counts that do not agree stop train.py / test.py in one line, before the Runner: a head narrower than
+    # Mixup / CutMix's one-hot targets, and a top-5 accuracy of 2 classes (raised after the whole evaluation)
+    for tool, options, expected in [
+            ('train.py', ['data_preprocessor.num_classes=1000'],
+             'model.head.num_classes is 2 but data_preprocessor.num_classes is 1000'),
+            ('test.py', ['test_evaluator.topk=(1,5)'], 'test_evaluator.topk is (1, 5): top-5 accuracy needs at least 5 '
+             'classes and the head has 2')]:
+        argv = [str(ckpt)] if tool == 'test.py' else []
+        r = subprocess.run([sys.executable, f'tools/{tool}', str(cfg), *argv, '--work-dir', str(tmp_path / 'w3'),
+                            '--cfg-options', *options], **run)
+        assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+        assert r.stderr.strip().splitlines()[-1].startswith(f'{tool}: error: {expected}'), r.stderr[-3000:]
     # tools/test.py refuses, before its Runner and in one line, a checkpoint of another arch (here wider MLPs)
     r = subprocess.run([sys.executable, 'tools/test.py', str(cfg), str(ckpt), '--work-dir', str(work),
                         '--cfg-options', 'model.backbone.mlp_ratio=2.0'], **run)
@@ -416,3 +439,39 @@ def test_layer_wise_lr_decay_counts_depths_as_mmpretrain_swin():
     stem = lrs[id(model.backbone.patch_embed.proj[0].c.weight)]
     assert stem == pytest.approx(0.5 ** 13) and lrs[id(model.head.fc.weight)] == pytest.approx(1.0)
     assert stem < lrs[id(model.backbone.layers[2].blocks[0].attn.qkv.weight)] < lrs[id(model.head.fc.weight)]
+
+
+def test_class_counts_that_disagree_are_named(tmp_path):
+    """stvit_det.datasets.cls_check: the head against Mixup / CutMix's one-hot width, the data's classes (named, by
+    the dataset class, or one subfolder each) and an Accuracy top-k; nothing for a consistent or a detection
+    config."""
+    from stvit_det.datasets.cls_check import classifier_config_problem
+    from stvit_det.toolboxes.scope import load_config
+
+    cfg = load_config(osp.join(CLS, TRAIN_LEAVES['t']))
+    assert classifier_config_problem(cfg, ('train', 'val')) is None  # ImageNet: 1000 everywhere
+    cfg.model.head.num_classes = 3
+    assert classifier_config_problem(cfg, ('train', 'val')).startswith(
+        'model.head.num_classes is 3 but data_preprocessor.num_classes is 1000')
+    assert classifier_config_problem(cfg, ('test', )).startswith(  # no training: no one-hot targets
+        'test_dataloader.dataset has 1000 classes but model.head.num_classes is 3')
+    cfg.data_preprocessor.num_classes = 3
+    for name in 'abcd':
+        (tmp_path / 'train' / name).mkdir(parents=True)
+    for phase in ('train', 'val', 'test'):
+        cfg[f'{phase}_dataloader'].dataset = dict(type='CustomDataset', data_root=str(tmp_path), data_prefix='train')
+    assert classifier_config_problem(cfg, ('train', )) == ('train_dataloader.dataset has 4 classes but '
+                                                           'model.head.num_classes is 3: set the head (and '
+                                                           'data_preprocessor.num_classes) to 4')
+    cfg.model.head.num_classes = cfg.data_preprocessor.num_classes = 4
+    assert classifier_config_problem(cfg, ('train', )) is None
+    assert classifier_config_problem(cfg, ('train', 'val')).startswith(
+        'val_evaluator.topk is (1, 5): top-5 accuracy needs at least 5 classes and the head has 4')
+    cfg.val_evaluator.topk = (1, 4)
+    assert classifier_config_problem(cfg, ('train', 'val')) is None
+    tta = copy.deepcopy(cfg)  # test.py --tta wraps the classifier
+    tta.model = dict(type='AverageClsScoreTTA', module=tta.model)
+    tta.test_evaluator = dict(type='Accuracy', topk=(1, 5))
+    assert classifier_config_problem(tta, ('test', )).startswith('test_evaluator.topk is (1, 5)')
+    detection = load_config(osp.join(osp.dirname(CLS), 'stvit-r', 'mask-rcnn_stvit-r-demo_fpn_nuclei.py'))
+    assert classifier_config_problem(detection, ('train', 'val')) is None

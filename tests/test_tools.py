@@ -386,6 +386,13 @@ def test_resumed_checkpoint_is_checked_before_training(tmp_path):
     _write(work_dir / 'last_checkpoint', bad)
     rc, err = _run_tool('tools/train.py', DEMO_CONFIG, '--resume', '--work-dir', str(work_dir), *no_data)
     _assert_one_line_error(rc, err, 'iter_10.pth: not a readable PyTorch checkpoint')
+    # weights without a run's epoch / iteration (a converted file): mmengine's resume stopped in a KeyError
+    converted = tmp_path / 'converted.pth'
+    torch.save({'state_dict': {'backbone.norm3.weight': torch.ones(4)}, 'meta': {'epoch': 3}}, converted)
+    rc, err = _run_tool('tools/train.py', DEMO_CONFIG, '--resume', str(converted), '--work-dir',
+                        str(tmp_path / 'wd3'), *no_data)
+    _assert_one_line_error(rc, err, 'converted.pth is not the checkpoint of a training run (no epoch and iteration '
+                           'in its meta', f'give them as load_from (--cfg-options load_from={converted})')
 
 
 def test_model_the_config_cannot_build_and_unwritable_results(tmp_path):

@@ -21,6 +21,7 @@ from mmengine.runner import Runner
 
 import stvit_det  # noqa: F401  (registers STViTR)
 from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs, check_seg_dataset_cfgs
+from stvit_det.datasets.cls_check import classifier_config_problem
 from stvit_det.toolboxes.scope import CfgOptionsAction, ConfigError, apply_cfg_options, load_config
 from stvit_det.utils import allow_checkpoint_globals, prepare_cpu_distributed
 from stvit_det.utils.ckpt_file import (CheckpointError, check_backbone_init_checkpoint, check_checkpoint_for_config,
@@ -133,15 +134,16 @@ def run_value_problem(cfg: Config, phases: Sequence[str]) -> Optional[str]:
 
 
 def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Optional[str] = None,
-                 strict: Optional[bool] = None) -> None:
+                 strict: Optional[bool] = None, resume: bool = False) -> None:
     """Fail early, in one line, on a model the config cannot build (a value its constructor refuses, an unknown
     type), on missing / malformed annotation files, image directories and label maps of the given phases, and on a
     checkpoint that cannot be read or does not fit the config's model (mmengine would only log the misfits and go
     on with random tensors): strictly for evaluation and resuming (``strict``, default ``test.py``: every tensor,
     nothing else), loosely for fine-tuning (``train.py``: see :func:`check_checkpoint_for_config`). For training,
-    also the file of an STViTR backbone's ``init_cfg=Pretrained`` (:func:`check_backbone_init_checkpoint`). First,
-    the run settings of :data:`RUN_VALUES` (:func:`run_value_problem`)."""
-    problem = run_value_problem(cfg, phases)
+    also the file of an STViTR backbone's ``init_cfg=Pretrained`` (:func:`check_backbone_init_checkpoint`); with
+    ``resume``, that the checkpoint is one of a training run. First, the run settings of :data:`RUN_VALUES`
+    (:func:`run_value_problem`) and an MMPretrain config's class counts (:func:`classifier_config_problem`)."""
+    problem = run_value_problem(cfg, phases) or classifier_config_problem(cfg, phases)
     if problem:
         raise SystemExit(f'{tool}: error: {problem}')
     try:
@@ -156,7 +158,7 @@ def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Opti
             check_seg_dataset_cfgs(cfg, phases=phases)  # per GPU)
         if checkpoint and not is_storage_path(checkpoint):  # s3:// and the like: mmengine reads it, we cannot
             check_checkpoint_for_config(cfg, checkpoint, strict=tool == 'test.py' if strict is None else strict,
-                                        shapes=shapes)
+                                        shapes=shapes, resume=resume)
     except (DatasetCheckError, CheckpointError) as e:
         raise SystemExit(f'{tool}: error: {e}') from None
 

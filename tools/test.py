@@ -13,12 +13,16 @@ and ground truth | prediction by ``SegLocalVisualizer``; its ``interval``, 50 in
 classification under ``DIR`` (mmpretrain's ``VisualizationHook``). A relative ``DIR`` of the last two is relative to
 the current directory, as in mmseg's and mmpretrain's tools.
 ``--out`` dumps the raw predictions (``DetDataSample`` / ``SegDataSample`` / ``DataSample``) to a pickle for every
-toolbox. MMPretrain classifiers (``configs/stvit-r-cls``) run the same way. The checkpoint is checked strictly
-before the Runner starts: an unreadable file, missing, unexpected or reshaped tensors, a classifier head with another
-number of classes than the config's, or another class order end with one line (``stvit_det.utils.ckpt_file``). What
+toolbox. ``--tta`` takes the config's ``tta_model`` / ``tta_pipeline``; an MMPretrain config without them gets
+mmpretrain's defaults (scores averaged over the image and its horizontal mirror). MMPretrain classifiers
+(``configs/stvit-r-cls``) run the same way. The checkpoint is checked strictly before the Runner starts: an
+unreadable file, missing, unexpected or reshaped tensors, a classifier head with another number of classes than the
+config's, or another class order end with one line (``stvit_det.utils.ckpt_file``); so are an MMPretrain config's
+class counts that disagree (``stvit_det.datasets.cls_check``: head, Mixup / CutMix targets, data, top-k). What
 both tools share (launcher arguments, config loading, the early checks, the Runner) is in ``tools/_launch.py``.
 """
 import argparse
+import copy
 import os
 import os.path as osp
 import sys
@@ -123,6 +127,14 @@ def main():
             raise SystemExit(f'test.py: error: --show-dir {args.show_dir}: {reason}')
 
     if args.tta:
+        if scope == 'mmpretrain':  # as mmpretrain's tools/test.py: average the scores of the image and its mirror
+            if 'tta_model' not in cfg:
+                cfg.tta_model = dict(type='mmpretrain.AverageClsScoreTTA')
+            if 'tta_pipeline' not in cfg:
+                pipeline = copy.deepcopy(cfg.test_dataloader.dataset.pipeline)
+                flips = [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)]
+                pipeline[-1] = dict(type='TestTimeAug', transforms=[flips, [pipeline[-1]]])  # before packing
+                cfg.tta_pipeline = pipeline
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
             raise SystemExit('test.py: error: --tta needs `tta_model` and `tta_pipeline` in the config')
         cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)

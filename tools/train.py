@@ -80,7 +80,7 @@ def main():
     phases = ('train', 'val') if cfg.get('val_cfg') else ('train', )
     if cfg.get('resume'):  # the run's own checkpoint (named, or the work dir's last): the same model, strictly
         resumed = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
-        check_inputs('train.py', cfg, phases, checkpoint=resumed, strict=True)
+        check_inputs('train.py', cfg, phases, checkpoint=resumed, strict=True, resume=True)
     else:
         check_inputs('train.py', cfg, phases, checkpoint=cfg.get('load_from'))
     runner = build_runner(cfg)

@@ -17,6 +17,7 @@ from .ckpt_convert import (classifier_num_classes, compare_state_dicts, describe
                            unwrap_state_dict)
 from .errors import error_summary
 from .paths import is_download_url, is_remote
+from .values import is_int
 
 
 class CheckpointError(ValueError):
@@ -319,7 +320,8 @@ def layout_hint(sd: Mapping[str, torch.Tensor], own: Mapping[str, Tuple[int, ...
 
 
 def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
-                                shapes: Optional[Mapping[str, Tuple[int, ...]]] = None) -> Dict[str, list]:
+                                shapes: Optional[Mapping[str, Tuple[int, ...]]] = None,
+                                resume: bool = False) -> Dict[str, list]:
     """Fail early, with one message, on a checkpoint that cannot be read or does not fit the config's model, where
     mmengine would only log the misfits and go on with random tensors.
 
@@ -336,6 +338,8 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
             half of the backbone (another backbone type), and one of which nothing fits. (A classifier's checkpoint
             lacks the detection backbone's norms 0-2: accepted.)
         shapes: :func:`model_tensor_shapes` of the config, when the caller has them.
+        resume: ``tools/train.py --resume``: the file must also be a checkpoint of a training run (mmengine's
+            ``meta`` with ``epoch`` and ``iter``), not weights alone or a converted file.
 
     Returns:
         the :func:`~stvit_det.utils.ckpt_convert.compare_state_dicts` report (``missing``, ``unexpected``,
@@ -345,6 +349,12 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
         CheckpointError
     """
     ckpt = read_checkpoint(path, mmap=True)
+    meta = ckpt.get('meta') if isinstance(ckpt, Mapping) else None
+    if resume and not (isinstance(meta, Mapping) and is_int(meta.get('epoch')) and is_int(meta.get('iter'))):
+        raise CheckpointError(f'{path} is not the checkpoint of a training run (no epoch and iteration in its meta: '
+                              'weights alone, or a converted file): --resume continues a run where it stopped; to '
+                              f'start a run from these weights, give them as load_from (--cfg-options '
+                              f'load_from={path})')
     error = head_classes_error(cfg.get('model', {}), ckpt, path)
     if error:
         raise CheckpointError(error)
