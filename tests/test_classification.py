@@ -475,3 +475,29 @@ def test_class_counts_that_disagree_are_named(tmp_path):
     assert classifier_config_problem(tta, ('test', )).startswith('test_evaluator.topk is (1, 5)')
     detection = load_config(osp.join(osp.dirname(CLS), 'stvit-r', 'mask-rcnn_stvit-r-demo_fpn_nuclei.py'))
     assert classifier_config_problem(detection, ('train', 'val')) is None
+
+
+def test_folder_classes_in_another_order_are_refused(tmp_path):
+    """MMPretrain numbers a folder dataset's subfolders sorted and takes the names from the config: the folder names
+    in another order would name every image wrongly (train.py's check); with no names in the config, test.py
+    compares a checkpoint's classes with the sorted subfolders."""
+    import numpy as np
+    from mmcv import imwrite
+
+    from stvit_det.datasets import DatasetCheckError, check_dataset_cfg
+    from stvit_det.utils.ckpt_file import class_order_error
+
+    for name in ('cat', 'dog'):
+        imwrite(np.zeros((8, 8, 3), np.uint8), str(tmp_path / 'train' / name / '0.jpg'))
+    dataset = dict(type='CustomDataset', data_root=str(tmp_path), data_prefix='train')
+    check_dataset_cfg(dict(dataset, classes=('cat', 'dog')), 'train_dataloader.dataset', 'mmpretrain')
+    check_dataset_cfg(dict(dataset, classes=('kitten', 'puppy')), 'train_dataloader.dataset', 'mmpretrain')
+    with pytest.raises(DatasetCheckError, match=r"the classes of train_dataloader.dataset.data_prefix are the "
+                                                r"subfolder names of .*train in another order: .* list them sorted: "
+                                                r"classes=\('cat', 'dog'\)"):
+        check_dataset_cfg(dict(dataset, classes=['dog', 'cat']), 'train_dataloader.dataset', 'mmpretrain')
+    cfg = dict(default_scope='mmpretrain', test_dataloader=dict(dataset=dataset))
+    assert class_order_error(cfg, {'meta': {'dataset_meta': {'classes': ('cat', 'dog')}}}, 'c.pth') is None
+    assert class_order_error(cfg, {'meta': {'dataset_meta': {'classes': ('dog', 'cat')}}}, 'c.pth') == (
+        "c.pth: its 2 classes are not the config's 2 classes in the same order (checkpoint vs config: 0: 'dog' vs "
+        "'cat', 1: 'cat' vs 'dog')")

@@ -10,12 +10,10 @@
 * An ``Accuracy`` evaluator's ``topk`` against the head's classes: "Top-5 accuracy is unavailable since the number
   of categories is 2", raised after the whole evaluation, before ``--out`` is written.
 """
-import os
-import os.path as osp
 from typing import Any, Optional, Sequence
 
 from ..utils.values import is_int
-from .coco_check import _join, config_classes, iter_leaf_datasets
+from .coco_check import config_classes, folder_classes, iter_leaf_datasets
 
 
 def _head_classes(model: Any) -> Optional[int]:
@@ -31,14 +29,8 @@ def _dataset_classes(dataset: dict) -> Optional[int]:
     classes = config_classes(dataset, 'mmpretrain')
     if classes is not None:
         return len(classes)
-    if dataset.get('ann_file') or not dataset.get('with_label', True):
-        return None
-    prefix = dataset.get('data_prefix', '')
-    prefix = prefix.get('img_path', '') if isinstance(prefix, dict) else prefix
-    path = _join(dataset.get('data_root') or '', prefix) if isinstance(prefix, str) else None
-    if not path or not osp.isdir(path):
-        return None  # the dataset check names a missing folder
-    return sum(osp.isdir(osp.join(path, e)) for e in os.listdir(path))  # CustomDataset: one subfolder per class
+    folders = folder_classes(dataset)  # CustomDataset: one subfolder per class (a missing folder: checked later)
+    return None if folders is None else len(folders)
 
 
 def classifier_config_problem(cfg: Any, phases: Sequence[str]) -> Optional[str]:

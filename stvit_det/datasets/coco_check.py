@@ -511,6 +511,22 @@ PRETRAIN_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif')
 IMAGENET_CLASSES = 1000
 
 
+def folder_classes(dataset_cfg: dict) -> Optional[Tuple[str, ...]]:
+    """The class names an MMPretrain folder dataset takes from its layout when the config names none (one subfolder
+    per class, sorted, as ``CustomDataset`` numbers them); None for a dataset with an annotation file, without
+    labels, or whose folder is not there."""
+    if dataset_cfg.get('ann_file') or not dataset_cfg.get('with_label', True):
+        return None
+    prefix = dataset_cfg.get('data_prefix', '')
+    prefix = prefix.get('img_path', '') if isinstance(prefix, dict) else prefix
+    if not isinstance(prefix, str):
+        return None
+    path = _join(dataset_cfg.get('data_root') or '', prefix)
+    if not path or is_remote(path) or not osp.isdir(path):
+        return None
+    return tuple(sorted(e for e in os.listdir(path) if osp.isdir(osp.join(path, e))))
+
+
 def _check_image_folder(path: str, dataset_cfg: dict, where: str) -> None:
     """An MMPretrain image folder without an annotation file, as ``CustomDataset._find_samples`` reads it (one
     subfolder per class with ``with_label``; images found recursively): raise what MMPretrain would only raise
@@ -531,6 +547,11 @@ def _check_image_folder(path: str, dataset_cfg: dict, where: str) -> None:
             raise DatasetCheckError(f'{path} has {len(folders)} class subfolders but the dataset has {n} classes '
                                     f'({where}): MMPretrain reads one subfolder per class; name the classes in '
                                     'the config (metainfo=dict(classes=...)) or give an ann_file')
+        if isinstance(classes, (list, tuple)) and set(classes) == set(folders) and list(classes) != folders:
+            raise DatasetCheckError(f'the classes of {where} are the subfolder names of {path} in another order: '
+                                    'MMPretrain numbers the subfolders sorted by name and takes the names from the '
+                                    'config, so images would carry other class names; list them sorted: '
+                                    f'classes={tuple(folders)}')
         roots = [osp.join(path, f) for f in folders]
     else:
         roots = [path]

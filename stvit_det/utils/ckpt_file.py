@@ -11,7 +11,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from ..datasets.coco_check import config_classes
+from ..datasets.coco_check import config_classes, folder_classes
 from .checkpoint_safety import allow_checkpoint_globals
 from .ckpt_convert import (classifier_num_classes, compare_state_dicts, describe_mismatch, detect_layout,
                            unwrap_state_dict)
@@ -155,14 +155,17 @@ def head_classes_error(model_cfg: Mapping, checkpoint: Mapping, source: str) -> 
 
 
 def dataset_classes(cfg: Mapping) -> Optional[Tuple[str, ...]]:
-    """Class names of the config's test dataset (:func:`~stvit_det.datasets.coco_check.config_classes`; None if
-    unknown, or for several datasets)."""
+    """Class names of the config's test dataset (:func:`~stvit_det.datasets.coco_check.config_classes`; for an
+    MMPretrain folder dataset that names none, its sorted subfolders; None if unknown, or for several datasets)."""
     dataset = (cfg.get('test_dataloader') or {}).get('dataset') or {}
     while 'dataset' in dataset:  # wrappers
         dataset = dataset['dataset']
     if 'datasets' in dataset:  # several datasets: no single class list
         return None
-    return config_classes(dataset, cfg.get('default_scope'))
+    classes = config_classes(dataset, cfg.get('default_scope'))
+    if classes is None and cfg.get('default_scope') == 'mmpretrain':
+        classes = folder_classes(dataset)
+    return classes
 
 
 def class_order_error(cfg: Mapping, checkpoint: Mapping, source: str) -> Optional[str]:
