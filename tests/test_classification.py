@@ -485,6 +485,7 @@ def test_folder_classes_in_another_order_are_refused(tmp_path):
     from mmcv import imwrite
 
     from stvit_det.datasets import DatasetCheckError, check_dataset_cfg
+    from stvit_det.toolboxes.scope import load_config
     from stvit_det.utils.ckpt_file import class_order_error
 
     for name in ('cat', 'dog'):
@@ -501,3 +502,12 @@ def test_folder_classes_in_another_order_are_refused(tmp_path):
     assert class_order_error(cfg, {'meta': {'dataset_meta': {'classes': ('dog', 'cat')}}}, 'c.pth') == (
         "c.pth: its 2 classes are not the config's 2 classes in the same order (checkpoint vs config: 0: 'dog' vs "
         "'cat', 1: 'cat' vs 'dog')")
+    # a detector's checkpoint for this classifier: named as another model, not as a class-order problem
+    det = tmp_path / 'det.pth'
+    torch.save({'state_dict': {'backbone.norm0.weight': torch.ones(16), 'roi_head.bbox_head.fc_cls.weight':
+                               torch.ones(2, 16)}, 'meta': {'dataset_meta': {'classes': ('nucleus', )}}}, det)
+    narrow = load_config(osp.join(CLS, TRAIN_LEAVES['t']), {
+        'model.backbone.embed_dims': 16, 'model.backbone.num_heads': (1, 1, 2, 2), 'model.head.in_channels': 128,
+        'model.head.num_classes': 2, 'test_dataloader.dataset': dataset})
+    with pytest.raises(CheckpointError, match='det.pth does not fit the model of the config'):
+        check_checkpoint_for_config(narrow, str(det))

@@ -361,10 +361,6 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
     error = head_classes_error(cfg.get('model', {}), ckpt, path)
     if error:
         raise CheckpointError(error)
-    if strict:  # evaluation: outputs scored under the config's class names
-        error = class_order_error(cfg, ckpt, path)
-        if error:
-            raise CheckpointError(error)
     own = model_tensor_shapes(cfg) if shapes is None else shapes
     hint = layout_hint(unwrap_state_dict(ckpt), own, path, getattr(cfg, 'filename', None) or 'CONFIG')
     if hint:
@@ -381,6 +377,10 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
     if problem and (strict or not fits or backbone_wrong):
         raise CheckpointError(f'{path} does not fit the model of the config ({len(fits)} of {len(own)} tensors '
                               f'fit). {problem}')
+    if strict:  # evaluation: outputs scored under the config's class names (after the tensors: another model's
+        error = class_order_error(cfg, ckpt, path)  # file is first of all another model)
+        if error:
+            raise CheckpointError(error)
     absent = absent_blocks(sd, own)
     if absent and len(absent) < len(_blocks(own)):  # (none there at all: another backbone type, refused above)
         raise CheckpointError(f'{path} holds no tensor of {len(absent)} backbone blocks of the config\'s model '
