@@ -5,6 +5,7 @@ import copy
 import math
 import os.path as osp
 import pickle
+import re
 import sys
 
 import pytest
@@ -359,9 +360,13 @@ def test_train_and_test_tools_run_a_classification_config(tmp_path):
     assert not all(torch.allclose(a['pred_score'], b['pred_score']) for a, b in zip(tta, plain))  # mirrors count
     # class counts that do not agree stop train.py / test.py in one line, before the Runner: a head narrower than
     # Mixup / CutMix's one-hot targets, and a top-5 accuracy of 2 classes (raised after the whole evaluation)
+    listing = tmp_path / 'data' / 'train.txt'  # an image list naming an image that is not there
+    listing.write_text('cat/cat0.png 0\ndog/dog9.png 1\n')
     for tool, options, expected in [
             ('train.py', ['data_preprocessor.num_classes=1000'],
              'model.head.num_classes is 2 but data_preprocessor.num_classes is 1000'),
+            ('train.py', [f'train_dataloader.dataset.ann_file={listing}'],
+             f'{listing} line 2: image not found: {tmp_path / "data" / "train" / "dog" / "dog9.png"}'),
             ('test.py', ['test_evaluator.topk=(1,5)'], 'test_evaluator.topk is (1, 5): top-5 accuracy needs at least 5 '
              'classes and the head has 2')]:
         argv = [str(ckpt)] if tool == 'test.py' else []
@@ -511,3 +516,39 @@ def test_folder_classes_in_another_order_are_refused(tmp_path):
         'model.head.num_classes': 2, 'test_dataloader.dataset': dataset})
     with pytest.raises(CheckpointError, match='det.pth does not fit the model of the config'):
         check_checkpoint_for_config(narrow, str(det))
+
+
+def test_image_lists_are_read_as_mmpretrain_reads_them(tmp_path, monkeypatch):
+    """An ImageNet-style list (meta/train.txt): lines without an integer label, labels outside the head's classes,
+    images that are not there and empty lines are named with their line; a list that passed is remembered by its
+    stamp, and one that changes is read again."""
+    import numpy as np
+    from mmcv import imwrite
+
+    from stvit_det.datasets import DatasetCheckError
+    from stvit_det.datasets.cls_check import check_cls_dataset_cfgs
+
+    monkeypatch.setenv('STVIT_DATA_CHECK_CACHE', str(tmp_path / 'cache'))
+    imwrite(np.zeros((8, 8, 3), np.uint8), str(tmp_path / 'train' / 'cat' / '0.jpg'))
+    listing = tmp_path / 'meta' / 'train.txt'
+    listing.parent.mkdir()
+    cfg = dict(default_scope='mmpretrain', model=dict(head=dict(num_classes=2)),
+               train_dataloader=dict(dataset=dict(type='ImageNet', data_root=str(tmp_path), split='train')))
+    where = 'train_dataloader.dataset'
+    for text, expected in [
+            ('cat/0.jpg 0\ncat/ghost.jpg 1\n', f'line 2: image not found: {tmp_path / "train" / "cat" / "ghost.jpg"} '
+                                              f'({where})'),
+            ('cat/0.jpg 2\n', "line 1: class label 2 is outside 0..1, the head's 2 classes"),
+            ('cat/0.jpg\n', 'line 1: "cat/0.jpg" has no integer class label after the image path'),
+            ('cat/0.jpg 1\n\n', 'line 2 is empty')]:
+        listing.write_text(text)
+        with pytest.raises(DatasetCheckError, match=re.escape(f'{listing} {expected}')):
+            check_cls_dataset_cfgs(cfg, ('train', ))
+    listing.write_text('cat/0.jpg 1\ncat/0.jpg 0\n')
+    assert check_cls_dataset_cfgs(cfg, ('train', )) == [(where, 2)]
+    (tmp_path / 'train' / 'cat' / '0.jpg').rename(tmp_path / 'train' / 'cat' / '1.jpg')
+    assert check_cls_dataset_cfgs(cfg, ('train', )) == [(where, 2)]  # remembered: the list is not read again
+    listing.write_text('cat/0.jpg 1\n')
+    with pytest.raises(DatasetCheckError, match='image not found'):  # a changed list is
+        check_cls_dataset_cfgs(cfg, ('train', ))
+    assert check_cls_dataset_cfgs(dict(cfg, default_scope='mmdet'), ('train', )) == []

@@ -21,7 +21,7 @@ from mmengine.runner import Runner
 
 import stvit_det  # noqa: F401  (registers STViTR)
 from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs, check_seg_dataset_cfgs
-from stvit_det.datasets.cls_check import classifier_config_problem
+from stvit_det.datasets.cls_check import check_cls_dataset_cfgs, classifier_config_problem
 from stvit_det.toolboxes.scope import CfgOptionsAction, ConfigError, apply_cfg_options, load_config
 from stvit_det.utils import allow_checkpoint_globals, prepare_cpu_distributed
 from stvit_det.utils.ckpt_file import (CheckpointError, check_backbone_init_checkpoint, check_checkpoint_for_config,
@@ -156,6 +156,7 @@ def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Opti
         if launch_rank() == 0:  # torchrun's other processes leave the data to rank 0: a problem stops it, and
             check_dataset_cfgs(cfg, phases=phases)  # torchrun the rest (one message; the files read once, not once
             check_seg_dataset_cfgs(cfg, phases=phases)  # per GPU)
+            check_cls_dataset_cfgs(cfg, phases=phases)
         if checkpoint and not is_storage_path(checkpoint):  # s3:// and the like: mmengine reads it, we cannot
             check_checkpoint_for_config(cfg, checkpoint, strict=tool == 'test.py' if strict is None else strict,
                                         shapes=shapes, resume=resume)

@@ -9,11 +9,20 @@
   num_classes".
 * An ``Accuracy`` evaluator's ``topk`` against the head's classes: "Top-5 accuracy is unavailable since the number
   of categories is 2", raised after the whole evaluation, before ``--out`` is written.
-"""
-from typing import Any, Optional, Sequence
 
+And the image lists of ``CustomDataset`` / ``ImageNet`` (``ann_file``, or ImageNet's ``meta/{split}.txt``), read as
+``CustomDataset.load_data_list`` reads them (:func:`check_image_list`): a line without an integer label, a label
+outside the head's classes, a listed image that is not there (mmpretrain meets each inside the Runner: a
+``ValueError`` at start, a loss assertion or a ``FileNotFoundError`` mid-epoch). Lists that passed are remembered by
+file stamp (``seg_check.memory_path``), so a later launch does not stat ImageNet's 1.28 million files again.
+"""
+import os
+import os.path as osp
+from typing import Any, List, Optional, Sequence, Tuple
+
+from ..utils.paths import is_remote
 from ..utils.values import is_int
-from .coco_check import config_classes, folder_classes, iter_leaf_datasets
+from .coco_check import DatasetCheckError, _join, config_classes, folder_classes, iter_leaf_datasets
 
 
 def _head_classes(model: Any) -> Optional[int]:
@@ -71,3 +80,85 @@ def classifier_config_problem(cfg: Any, phases: Sequence[str]) -> Optional[str]:
                         f'classes and the head has {n}; set {phase}_evaluator.topk=(1, ) (MMPretrain raises this '
                         'only after the whole evaluation)')
     return None
+
+
+#: MMPretrain datasets that read ``ann_file`` as a list of ``path label`` lines (``CustomDataset.load_data_list``)
+LIST_DATASETS = ('CustomDataset', 'ImageNet', 'ImageNet21k')
+
+
+def _image_list(dataset: dict) -> Optional[Tuple[str, str, bool]]:
+    """(list file, image folder, with_label) of a list-reading MMPretrain dataset config; None for others."""
+    kind = str(getattr(dataset.get('type'), '__name__', dataset.get('type', ''))).split('.')[-1]
+    if kind not in LIST_DATASETS:
+        return None
+    root, split = dataset.get('data_root') or '', dataset.get('split') or ''
+    prefix = dataset.get('data_prefix', '')
+    prefix = prefix.get('img_path', '') if isinstance(prefix, dict) else prefix
+    ann_file = dataset.get('ann_file') or ''
+    with_label = dataset.get('with_label', True) and split != 'test'  # ImageNet's test split has no labels
+    if kind.startswith('ImageNet') and isinstance(split, str) and split:
+        prefix = prefix or split
+        if not ann_file and osp.isfile(osp.join(root, 'meta', f'{split}.txt')):
+            ann_file = osp.join('meta', f'{split}.txt')
+    if not (isinstance(ann_file, str) and ann_file and isinstance(prefix, str)):
+        return None
+    return _join(root, ann_file), _join(root, prefix), bool(with_label)
+
+
+def check_image_list(list_file: str, image_dir: str, with_label: bool = True, num_classes: Optional[int] = None,
+                     where: str = 'dataset') -> int:
+    """Read an MMPretrain image list as ``CustomDataset`` does (each line ``path label``, split at its last space;
+    ``path`` alone without labels) and raise :class:`DatasetCheckError` on the first line whose label is not an
+    integer in ``[0, num_classes)`` or whose image is not a file under ``image_dir``. Returns the number of lines.
+    A list that passed is remembered by its and the folder's stamps and the label range (not read again)."""
+    from .seg_check import check_cache_dir, load_memory, memory_path, save_memory
+
+    if is_remote(list_file) or is_remote(image_dir) or not osp.isfile(list_file):
+        return 0  # a missing list is named by the dataset check
+    stat = os.stat(list_file)
+    setting = dict(listing=osp.abspath(list_file), images=osp.abspath(image_dir), with_label=with_label,
+                   num_classes=num_classes)
+    memory_file = memory_path(check_cache_dir(), 'list', setting)
+    stamp = [stat.st_size, stat.st_mtime_ns]
+    memory = load_memory(memory_file)
+    if memory.get('stamp') == stamp:
+        return int(memory.get('lines', 0))
+    with open(list_file, encoding='utf-8', errors='replace') as f:
+        lines = [line.strip() for line in f]
+    for number, line in enumerate(lines, 1):
+        if not line:  # mmengine's list_from_file keeps it, and MMPretrain reads it as an image
+            raise DatasetCheckError(f'{list_file} line {number} is empty ({where}): MMPretrain reads every line as '
+                                    'an image; remove it')
+        name = line
+        if with_label:
+            parts = line.rsplit(' ', 1)
+            label = parts[1] if len(parts) == 2 else None
+            if label is None or not label.lstrip('-').isdigit():
+                raise DatasetCheckError(f'{list_file} line {number}: "{line}" has no integer class label after the '
+                                        f'image path ({where}; MMPretrain reads "path label" lines)')
+            if num_classes is not None and not 0 <= int(label) < num_classes:
+                raise DatasetCheckError(f'{list_file} line {number}: class label {label} is outside 0..'
+                                        f'{num_classes - 1}, the head\'s {num_classes} classes ({where})')
+            name = parts[0]
+        if not osp.isfile(osp.join(image_dir, name)):
+            raise DatasetCheckError(f'{list_file} line {number}: image not found: {osp.join(image_dir, name)} '
+                                    f'({where})')
+    save_memory(memory_file, dict(stamp=stamp, lines=len(lines)))
+    return len(lines)
+
+
+def check_cls_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 'test')) -> List[Tuple[str, int]]:
+    """:func:`check_image_list` for every list-reading MMPretrain dataset of the given phases (other toolboxes'
+    configs are skipped). Returns (where, lines) per list checked."""
+    if cfg.get('default_scope') != 'mmpretrain':
+        return []
+    n = _head_classes(cfg.get('model'))
+    checked = []
+    for phase in phases:
+        loader = cfg.get(f'{phase}_dataloader')
+        for index, leaf in enumerate(iter_leaf_datasets(loader.get('dataset')) if loader else []):
+            found = _image_list(leaf)
+            if found:
+                what = f'{phase}_dataloader.dataset' + (f' #{index}' if index else '')
+                checked.append((what, check_image_list(*found, num_classes=n, where=what)))
+    return checked
