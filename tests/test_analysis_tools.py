@@ -243,6 +243,8 @@ def test_per_config_overrides_measure_variants_side_by_side():
     # mmdet's Swin reads its drop-path rates with .item() while it is built: one line, not a traceback
     with pytest.raises(SystemExit, match='cannot be built on the meta device .*count it with --device cpu'):
         get_flops.measure('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', args)
+    # small counts keep three significant digits (a narrow model or a small input printed 0.0)
+    assert [get_flops.gflops_text(v) for v in (239.94, 10.0, 5.834, 0.0123)] == ['239.9', '10.0', '5.83', '0.0123']
 
 
 def test_meta_count_follows_sliding_window_inference():

@@ -145,6 +145,12 @@ def measure(config: str, args) -> Dict[str, float]:
     return out
 
 
+def gflops_text(value: float) -> str:
+    """One decimal, as mmdet's tool prints them; three significant digits below 10 (a narrow model or a small input
+    printed as 0.0)."""
+    return f'{value:.1f}' if value >= 10 else f'{value:.3g}'
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description='FLOPs (MACs) and params: backbone and whole model (predict)')
     parser.add_argument(
@@ -189,10 +195,12 @@ def main():
     for config, r in zip(configs, results):
         row = [short_name(config), f'{r["backbone_params"]:.2f}']
         if 'backbone_gflops' in r:
-            row += [f'{r["backbone_gflops"]:.1f}', f'{r["backbone_gflops"] / results[0]["backbone_gflops"]:.3f}']
+            row += [gflops_text(r['backbone_gflops']),
+                    f'{r["backbone_gflops"] / results[0]["backbone_gflops"]:.3f}']
         row += [f'{r["detector_params"]:.2f}']
         if 'detector_gflops' in r:
-            row += [f'{r["detector_gflops"]:.1f}', f'{r["detector_gflops"] / results[0]["detector_gflops"]:.3f}']
+            row += [gflops_text(r['detector_gflops']),
+                    f'{r["detector_gflops"] / results[0]["detector_gflops"]:.3f}']
         rows.append(row)
     print(f'\nInput 1x3x{h}x{w}; GFLOPs = 1e9 multiply-accumulates (FlopCounterMode, SDPA included); '
           f'model = predict mode (detectors: score_thr 0; segmentors: their test_cfg mode).')
