@@ -22,12 +22,18 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from ..utils.paths import is_remote
 from ..utils.values import is_int
-from .coco_check import DatasetCheckError, _join, config_classes, folder_classes, iter_leaf_datasets
+from .coco_check import (DatasetCheckError, _join, config_classes, folder_classes, iter_leaf_datasets,
+                         pretrain_split_files)
+
+
+def _classifier(model: Any) -> Any:
+    """The classifier's config, also where test.py --tta wrapped it (``module``)."""
+    if isinstance(model, dict) and 'head' not in model and isinstance(model.get('module'), dict):
+        return model['module']
+    return model
 
 
 def _head_classes(model: Any) -> Optional[int]:
-    if isinstance(model, dict) and 'head' not in model and isinstance(model.get('module'), dict):
-        model = model['module']  # test.py --tta wraps the classifier
     head = model.get('head') if isinstance(model, dict) else None
     n = head.get('num_classes') if isinstance(head, dict) else None
     return n if is_int(n) else None
@@ -47,12 +53,10 @@ def classifier_config_problem(cfg: Any, phases: Sequence[str]) -> Optional[str]:
     sentence naming the settings; None when they agree, or for other toolboxes' configs."""
     if cfg.get('default_scope') != 'mmpretrain':
         return None
-    model = cfg.get('model')
+    model = _classifier(cfg.get('model'))
     n = _head_classes(model)
     if n is None:
         return None
-    if isinstance(model, dict) and 'head' not in model:
-        model = model.get('module', model)
     preprocessor = model.get('data_preprocessor') or cfg.get('data_preprocessor') or {}  # the Runner's setdefault
     onehot = bool(preprocessor.get('batch_augments') or preprocessor.get('to_onehot')
                   or (model.get('train_cfg') or {}).get('augments'))
@@ -91,17 +95,12 @@ def _image_list(dataset: dict) -> Optional[Tuple[str, str, bool]]:
     kind = str(getattr(dataset.get('type'), '__name__', dataset.get('type', ''))).split('.')[-1]
     if kind not in LIST_DATASETS:
         return None
-    root, split = dataset.get('data_root') or '', dataset.get('split') or ''
-    prefix = dataset.get('data_prefix', '')
+    ann_file, prefix = pretrain_split_files(dataset)
     prefix = prefix.get('img_path', '') if isinstance(prefix, dict) else prefix
-    ann_file = dataset.get('ann_file') or ''
-    with_label = dataset.get('with_label', True) and split != 'test'  # ImageNet's test split has no labels
-    if kind.startswith('ImageNet') and isinstance(split, str) and split:
-        prefix = prefix or split
-        if not ann_file and osp.isfile(osp.join(root, 'meta', f'{split}.txt')):
-            ann_file = osp.join('meta', f'{split}.txt')
     if not (isinstance(ann_file, str) and ann_file and isinstance(prefix, str)):
         return None
+    with_label = dataset.get('with_label', True) and dataset.get('split') != 'test'  # ImageNet's test: no labels
+    root = dataset.get('data_root') or ''
     return _join(root, ann_file), _join(root, prefix), bool(with_label)
 
 
@@ -110,7 +109,7 @@ def check_image_list(list_file: str, image_dir: str, with_label: bool = True, nu
     """Read an MMPretrain image list as ``CustomDataset`` does (each line ``path label``, split at its last space;
     ``path`` alone without labels) and raise :class:`DatasetCheckError` on the first line whose label is not an
     integer in ``[0, num_classes)`` or whose image is not a file under ``image_dir``. Returns the number of lines.
-    A list that passed is remembered by its and the folder's stamps and the label range (not read again)."""
+    A list that passed is remembered by its stamp, for the same image folder and label range (not read again)."""
     from .seg_check import check_cache_dir, load_memory, memory_path, save_memory
 
     if is_remote(list_file) or is_remote(image_dir) or not osp.isfile(list_file):
@@ -152,7 +151,7 @@ def check_cls_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 't
     configs are skipped). Returns (where, lines) per list checked."""
     if cfg.get('default_scope') != 'mmpretrain':
         return []
-    n = _head_classes(cfg.get('model'))
+    n = _head_classes(_classifier(cfg.get('model')))
     checked = []
     for phase in phases:
         loader = cfg.get(f'{phase}_dataloader')

@@ -511,6 +511,21 @@ PRETRAIN_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif')
 IMAGENET_CLASSES = 1000
 
 
+def pretrain_split_files(dataset_cfg: dict) -> Tuple[Any, Any]:
+    """(ann_file, data_prefix) as MMPretrain's ``ImageNet(split=...)`` resolves them when the config leaves them
+    empty: the folder is the split, the list ``meta/{split}.txt`` where that file exists (``ImageNet.__init__``);
+    any other dataset's as configured."""
+    ann_file, prefix, split = dataset_cfg.get('ann_file') or '', dataset_cfg.get('data_prefix') or '', \
+        dataset_cfg.get('split')
+    kind = str(getattr(dataset_cfg.get('type'), '__name__', dataset_cfg.get('type', ''))).split('.')[-1]
+    if kind in ('ImageNet', 'ImageNet21k') and isinstance(split, str) and split:
+        prefix = prefix or split
+        meta = osp.join('meta', f'{split}.txt')
+        if not ann_file and osp.isfile(_join(dataset_cfg.get('data_root') or '', meta)):
+            ann_file = meta
+    return ann_file, prefix
+
+
 def folder_classes(dataset_cfg: dict) -> Optional[Tuple[str, ...]]:
     """The class names an MMPretrain folder dataset takes from its layout when the config names none (one subfolder
     per class, sorted, as ``CustomDataset`` numbers them); None for a dataset with an annotation file, without
@@ -612,8 +627,7 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[
     if not prefixes and split and root and imagenet:
         folders = {'data_root + split': split}  # MMPretrain's ImageNet (other types lay out otherwise)
     # MMPretrain's ImageNet reads data_root/meta/{split}.txt as its ann_file when the config names none
-    listed = bool(ann_file) or bool(imagenet and split and isinstance(split, str)
-                                    and osp.isfile(_join(root, osp.join('meta', f'{split}.txt'))))
+    listed = bool(pretrain_split_files(dataset_cfg)[0])
     labels_read = find_step(dataset_cfg.get('pipeline'), 'LoadAnnotations') is not None
     for where, prefix in folders.items():
         if not isinstance(prefix, str) or not (prefix or root):
