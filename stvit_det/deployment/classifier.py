@@ -30,6 +30,9 @@ class ClassifierExport(nn.Module):
     Args:
         classifier: an ``ImageClassifier`` in eval mode.
     """
+    output_names = ('scores', 'labels')
+    label_unit = 'images'
+    threshold = None  # labels by argmax
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()

@@ -185,8 +185,7 @@ def build_part(detector: nn.Module, part: str, shape: Tuple[int, int],
             module = SegmentorExport(detector) if part == 'segmentor' else ClassifierExport(detector)
             with torch.no_grad():  # a head that does not fit the backbone, a size the model cannot take
                 module(torch.zeros(1, 3, *shape))
-            names = ['logits', 'labels'] if part == 'segmentor' else ['scores', 'labels']
-            return module, ['image'], names, True
+            return module, ['image'], list(module.output_names), True
         for is_kind, kind in ((is_segmentor, 'segmentor'), (is_classifier, 'classifier')):
             if is_kind(detector):
                 raise ExportError(f'--part detector: {type(detector).__name__} is a {kind}; its whole inference '

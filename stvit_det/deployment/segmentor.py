@@ -34,7 +34,8 @@ def _pair_of_positive_ints(value) -> bool:
 
 class SegmentorExport(nn.Module):
     """image -> (logits, labels) of an mmseg ``EncoderDecoder``, as its ``predict`` computes them for an image
-    that fills the input (no padding, original size = input size).
+    that fills the input (no padding, original size = input size). ``threshold``: that of a one-channel head (its
+    labels are ``sigmoid(logits) > threshold``), else None (argmax).
 
     Args:
         segmentor: an ``EncoderDecoder`` in eval mode.
@@ -43,6 +44,8 @@ class SegmentorExport(nn.Module):
         ExportError: another kind of model, or an inference mode other than whole / slide.
         ValueError: slide mode without a ``crop_size`` and ``stride`` of two positive integers each.
     """
+    output_names = ('logits', 'labels')
+    label_unit = 'pixels'
 
     def __init__(self, segmentor: nn.Module) -> None:
         super().__init__()
@@ -61,7 +64,7 @@ class SegmentorExport(nn.Module):
         self.segmentor = segmentor
         head = segmentor.decode_head  # a CascadeEncoderDecoder's last head makes the prediction
         head = head[-1] if isinstance(head, nn.ModuleList) else head
-        self.threshold = head.threshold  # set (default 0.3) where the head has one output channel
+        self.threshold = head.threshold if head.out_channels == 1 else None  # mmseg's default for one channel: 0.3
 
     @property
     def slide(self) -> bool:
@@ -85,7 +88,7 @@ class SegmentorExport(nn.Module):
         # one meta for the batch, as mmseg reads only the first: the logits are resized to the input (pad_shape)
         metas = [dict(img_shape=(H, W), pad_shape=(H, W), ori_shape=(H, W))]
         logits = self.segmentor.inference(image, metas)  # (B, C, H, W)
-        if logits.shape[1] > 1:
+        if self.threshold is None:
             labels = logits.argmax(dim=1)  # (B, H, W)
         else:  # one channel: foreground where the probability passes the head's threshold
             labels = (logits.sigmoid() > self.threshold)[:, 0].long()

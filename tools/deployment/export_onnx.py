@@ -147,16 +147,14 @@ def main(argv=None) -> int:
     if args.part == 'detector':
         agree = report_detections(reference, actual, args.score_thr)
     else:  # a segmentor's / classifier's labels are counted, its logits / scores compared as features are
-        labelled = args.part in ('segmentor', 'classifier')
-        diff = compare(reference[:1], actual[:1]) if labelled else compare(reference, actual)
+        unit = getattr(module, 'label_unit', None)
+        diff = compare(reference[:1], actual[:1]) if unit else compare(reference, actual)
         print(f"ONNX Runtime vs PyTorch: max abs diff {diff['max_abs']:.3g}, max relative diff {diff['max_rel']:.3g}"
-              + {'segmentor': ' (logits)', 'classifier': ' (scores)'}.get(args.part, ''))
+              + (f' ({outputs[0]})' if unit else ''))
         agree = diff['max_rel'] <= args.rtol
-        if labelled:  # a label may change only where the reference's scores nearly tie (within the difference)
-            one_channel = args.part == 'segmentor' and reference[0].shape[1] == 1  # thresholded, not argmax
+        if unit:  # a label may change only where the reference's scores nearly tie (within the difference)
             differ, unexplained = label_flips(reference[0], reference[1], actual[1], diff['max_abs'],
-                                              module.threshold if one_channel else None)
-            unit = 'pixels' if args.part == 'segmentor' else 'images'
+                                              module.threshold)
             print(f'labels: {differ} of {reference[1].size} {unit} differ'
                   + (f', {unexplained} of them beyond a near-tie of the scores' if unexplained else
                      ', all at near-ties of the scores' if differ else ''))
