@@ -65,7 +65,7 @@ def test_fast_path_equals_reference(impl, mode, hw):
 def test_tiled_in_small_chunks_equals_reference(mode, monkeypatch):
     """Chunks of one tile row: chunk edges cut through images and heads, and rows near the edges skip region
     rows outside the grid."""
-    monkeypatch.setattr(tiled_attention, 'CHUNK_BYTES', 1)
+    monkeypatch.setattr(tiled_attention, 'LOGIT_CHUNK_BYTES', 1)
     assert_paths_equal('tiled', mode, (150, 122), batch=2)
 
 

@@ -83,7 +83,8 @@ class ConvStem(nn.Module):
         """(B, 3, H, W) -> (B, ceil(H/4), ceil(W/4), C)."""
         x = pad_to_multiple(x.permute(0, 2, 3, 1), 4).permute(0, 3, 1, 2)  # (B, 3, H', W'), H', W' multiples of 4
         if any(bn.training for bn in self.batch_norms):
-            return self.proj(x).permute(0, 2, 3, 1)  # batch statistics (NCHW: its backward is faster on the CPU)
+            # batch statistics (NCHW: its backward is faster on the CPU); (B, C, H'/4, W'/4) -> (B, H'/4, W'/4, C)
+            return self.proj(x).permute(0, 2, 3, 1)
         x = x.contiguous(memory_format=torch.channels_last)
         inplace = not torch.is_grad_enabled()
         for conv_bn in (self.proj[0], self.proj[2]):
@@ -164,7 +165,8 @@ class STViTR(BaseModule):
         pad_mask: ``'correct'`` (default: every padded key masked), ``'official'`` (the released code's partial
             mask, to reproduce released checkpoints exactly) or ``'none'``.
         attn_impl: ``'auto'`` (default: per block ``'tiled'``, or ``'dense'`` where one masked call over the
-            whole map is cheaper by the cost model, i.e. where the key region covers most of the map),
+            whole map is cheaper by the cost model: where the key region covers at least a quarter of the map with 9
+            queries per window, half of it with 49; ``layers/attention.py``, ``choose_region_impl``),
             ``'tiled'`` (each key region read in place as R x R neighbouring tiles: the paper's region
             arithmetic at any size, nothing duplicated), ``'dense'`` (every key under a region mask, one fused
             call), ``'sdpa'`` (key regions gathered per window, fused attention), ``'flex'`` (PyTorch's

@@ -5,8 +5,8 @@ STViT-R: arXiv 2303.08685; official counterpart: ``Attention`` with ``q`` and ``
 changsn/STViT-R-Object-Detection ``mmdet/models/backbones/layers.py`` (Apache-2.0). Written anew here.
 
 The key/value source is projected ONCE per token ("project-once", spec 10.4): a region block hands the whole
-normalised source grid to :meth:`QKVAttention.region`, which projects it and calls one function of
-:data:`REGION_ATTENTION`. Every function there takes the same arguments and computes the same thing,
+normalised source grid to :class:`QKVAttention` (``forward(..., region=...)``), which projects it and calls one
+function of :data:`REGION_ATTENTION`. Every function there takes the same arguments and computes the same thing,
 softmax(q k^T * scale + bias) v over each window's key region; they differ only in how they reach the keys:
 
 * :func:`region_reference`: gather every region's keys/values by index, written-out softmax (the oracle);
@@ -27,7 +27,7 @@ L source tokens, Gh/Gw source grid, C channels, h heads, d = C / h, u tile (wind
 T = u*u tokens per tile, R tiles per region side, th/tw tile grid.
 """
 from contextlib import nullcontext
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -37,11 +37,15 @@ from . import tiled_attention as tiled_attention_mod
 from .tiled_attention import TileGeometry, tiled_attention
 from .window_ops import region_index, region_key_bias, region_tiles, tiles_fit
 
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
+
 #: every value of ``attn_impl``: the automatic choice, then the implementations of :data:`REGION_ATTENTION`
 ATTN_IMPLS = ('auto', 'reference', 'sdpa', 'dense', 'tiled', 'flex')
 
 
 def check_attn_impl(attn_impl: str) -> str:
+    """``attn_impl`` itself if it is one of :data:`ATTN_IMPLS`, else a ValueError that lists them."""
     if attn_impl not in ATTN_IMPLS:
         raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got '{attn_impl}'")
     return attn_impl
@@ -66,12 +70,12 @@ class Region(NamedTuple):
     image_pads: Tuple[int, int]
 
     def key_bias(self, device: torch.device) -> Optional[torch.Tensor]:
-        """(nW, K) bias of the gathered regions (``window_ops.region_key_bias``) or None."""
+        """(G, K) bias of the gathered regions (``window_ops.region_key_bias``) or None."""
         return region_key_bias(*self.grid, self.unit, self.kernel, self.pad_mask, *self.valid, *self.image_pads,
                                device)
 
     def index(self, device: torch.device) -> torch.Tensor:
-        """(nW, K) indices into the flattened grid plus one border token (``window_ops.region_index``)."""
+        """(G, K) indices into the flattened grid plus one border token (``window_ops.region_index``)."""
         return region_index(*self.grid, self.unit, self.kernel, device)[0]
 
 
@@ -96,17 +100,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         # the fused CPU kernels take 4-d inputs only (else SDPA falls back to its unfused math path)
         lead, Nq, K = q.shape[:-2], q.shape[-2], k.shape[-2]
+        # (..., N, d) -> (1, prod(lead), N, d) each
         q4, k4, v4 = (t.expand(*lead, *t.shape[-2:]).reshape(1, -1, *t.shape[-2:]) for t in (q, k, v))
         if bias is not None:
             bias = bias.expand(*lead, Nq, K).reshape(1, -1, Nq, K)  # (1, prod(lead), Nq, K)
         out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias, scale=scale)  # (1, prod(lead), Nq, d)
-        return out.view(*lead, Nq, -1)
+        return out.view(*lead, Nq, -1)  # (..., Nq, d)
+    return attention_weights(q, k, bias, scale).to(v.dtype) @ v  # (..., Nq, d); a float32 bias: float32 weights
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias), written out: the weights of :func:`attention` (..., Nq, K)."""
     attn = q @ k.transpose(-2, -1)  # (..., Nq, K)
     if scale != 1.0:
         attn = attn * scale
     if bias is not None:
         attn = attn + bias
-    return attn.softmax(dim=-1).to(v.dtype) @ v  # (..., Nq, d); a float32 bias makes half logits float32
+    return attn.softmax(dim=-1)
 
 
 # ------------------------------------------------------------------------------- region attention paths
@@ -194,7 +204,7 @@ def region_dense(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, reg
     k, v, mask = _all_keys(kv, kv_border, region)  # 2 x (B, h, L, d), (G, L)
     mask = mask.repeat_interleave(Nq, dim=0)  # (G*Nq, L), window-major queries
     out = attention(q.reshape(B, h, G * Nq, d), k, v, mask, scale, fused=True)  # (B, h, G*Nq, d)
-    return out.view(B, h, G, Nq, d)
+    return out.view(B, h, G, Nq, d)  # (B, h, G*Nq, d) -> (B, h, G, Nq, d)
 
 
 def region_tiled(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, region: Region,
@@ -220,30 +230,30 @@ def region_tiled(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, reg
     flat = kv.new_empty(2, lo + n + hi, d)
     flat[:, :lo] = 0
     flat[:, lo + n:] = 0
-    flat[:, lo:lo + n] = tiles.reshape(2, n, d)
+    flat[:, lo:lo + n] = tiles.reshape(2, n, d)  # (2, B, h, th, tw, u, u, d) -> (2, n, d)
     k_flat, v_flat = flat.unbind(0)  # 2 x (lo + n + hi, d)
 
     Q = B * h * th * tw  # query windows, junk ones included
     qg = q * scale
     if (th, tw) != (nh, nw):
         qg = F.pad(qg.view(B, h, nh, nw, Nq, d), (0, 0, 0, 0, 0, tw - nw, 0, th - nh))  # (B, h, th, tw, Nq, d)
-    qg = qg.reshape(Q, Nq, d)
+    qg = qg.reshape(Q, Nq, d)  # (B, h, th, tw, Nq, d) -> (Q, Nq, d)
     bias = lay.bias if lay.border_bias is None else torch.cat([lay.bias, lay.border_bias[:, None]], dim=1)
     # (Q, K [+ 1]): row n is query window n mod (th*tw); in the engine's accumulation dtype (float32 for half q)
     bias = bias.to(torch.promote_types(q.dtype, torch.float32)).repeat(B * h, 1)
     kb = vb = None
-    if lay.border_bias is not None:  # one shared outer-border key per window, value alike
+    if lay.border_bias is not None:  # one shared outer-border key per window, value alike: 2 x (Q, 1, d)
         kb, vb = kv_border.view(2, 1, h, 1, 1, d).expand(2, B, h, th * tw, 1, d).reshape(2, Q, 1, d).unbind(0)
     step = num_rows = B * h * th
     if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
-        step = max(1, tiled_attention_mod.CHUNK_BYTES // (tw * Nq * (R * S + 1) * bias.element_size()))
+        step = max(1, tiled_attention_mod.LOGIT_CHUNK_BYTES // (tw * Nq * (R * S + 1) * bias.element_size()))
     geo = TileGeometry(T, R, tuple(lo + off * T for off in lay.offsets), th, tw, lay.tiles_above, min(step, num_rows))
     no_autocast = torch.autocast(q.device.type, enabled=False) if q.device.type in ('cpu', 'cuda') else nullcontext()
     with no_autocast:  # one dtype inside (the backward runs without autocast)
         out = tiled_attention(qg, k_flat.to(q.dtype), v_flat.to(q.dtype), kb if kb is None else kb.to(q.dtype),
                               vb if vb is None else vb.to(q.dtype), bias, geo)  # (Q, Nq, d)
-    out = out.view(B, h, th, tw, Nq, d)[:, :, :nh, :nw]  # drop the junk windows
-    return out.reshape(B, h, G, Nq, d)
+    out = out.view(B, h, th, tw, Nq, d)[:, :, :nh, :nw]  # (B, h, nh, nw, Nq, d): the junk windows dropped
+    return out.reshape(B, h, G, Nq, d)  # (B, h, nh, nw, Nq, d) -> (B, h, G, Nq, d)
 
 
 #: FlexAttention block side (queries and keys), and whether :func:`region_flex` runs the compiled kernel outside
@@ -265,7 +275,7 @@ def _flex_kernel(device: torch.device) -> Callable:
     return _compiled_flex[device.type]
 
 
-def region_block_mask(allowed: torch.Tensor, num_queries: int, block: int = FLEX_BLOCK):
+def region_block_mask(allowed: torch.Tensor, num_queries: int, block: int = FLEX_BLOCK) -> 'BlockMask':
     """The FlexAttention ``BlockMask`` of a region table: which (query block, key block) pairs hold any key of a
     query's region (partial blocks) and which hold only such keys (full blocks).
 
@@ -328,7 +338,7 @@ def region_flex(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, regi
 
     out = _flex_kernel(q.device)(q.reshape(B, h, G * Nq, d), k, v, score_mod=add_region_bias, block_mask=block_mask,
                          scale=scale)  # (B, h, G*Nq, d)
-    return out.view(B, h, G, Nq, d)
+    return out.view(B, h, G, Nq, d)  # (B, h, G*Nq, d) -> (B, h, G, Nq, d)
 
 
 #: ``attn_impl`` -> region attention function (all with the signature of :func:`region_reference`)
@@ -339,6 +349,10 @@ REGION_ATTENTION: Dict[str, Callable[..., torch.Tensor]] = {
     'tiled': region_tiled,
     'flex': region_flex,
 }
+
+
+#: relative cost per key of the tiled path vs the dense one: (>= 16 queries per window, fewer)
+TILED_COST = (2.0, 4.0)
 
 
 def choose_region_impl(region: Region, num_queries: int) -> str:
@@ -358,10 +372,6 @@ def choose_region_impl(region: Region, num_queries: int) -> str:
     return 'dense' if Gh * Gw + 1 <= cost * region.kernel**2 else 'tiled'
 
 
-#: relative cost per key of the tiled path vs the dense one: (>= 16 queries per window, fewer)
-TILED_COST = (2.0, 4.0)
-
-
 class QKVAttention(nn.Module):
     """Attention of queries from one token set over keys/values from another (or the same) set.
 
@@ -372,8 +382,9 @@ class QKVAttention(nn.Module):
         dim: channels C.
         num_heads: heads h (C must be divisible by h).
         qkv_bias: bias in ``q`` and ``kv``.
-        attn_impl: one of :data:`ATTN_IMPLS`: how windowed regions are attended (:meth:`region`); plain attention
-            (:meth:`forward`) is written out for ``'reference'`` and fused otherwise.
+        attn_impl: one of :data:`ATTN_IMPLS`: how windowed regions are attended (:meth:`forward` with ``region``,
+            :meth:`region_impl`); plain attention (local / global blocks) is written out for ``'reference'`` and
+            fused otherwise.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_impl: str = 'auto') -> None:
@@ -386,7 +397,8 @@ class QKVAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        # set True to keep the last attention weights (for visualisation, tools/vis_semantic_tokens.py)
+        # set True to keep the weights of the last REGION attention (generation, refinement, recovery; written out
+        # as 'reference'), for visualisation (tools/vis_semantic_tokens.py); local / global blocks record nothing
         self.record_attn = False
         # attn_impl -> the attn_impl that runs instead; set per module only while exporting
         # (deployment/equivalents.py, exportable_attention), so 'auto' still chooses per block
@@ -422,6 +434,7 @@ class QKVAttention(nn.Module):
             return self._region(query, context, border, region)
         B, G, K, C = context.shape
         q = self._heads(query)  # (B, h, G, Nq, d)
+        # (B, G, K, 2C) -> (B, G, K, 2, h, d) -> 2 x (B, h, G, K, d)
         k, v = self.kv(context).view(B, G, K, 2, self.num_heads, -1).permute(3, 0, 4, 1, 2, 5).unbind(0)
         out = attention(q, k, v, None, self.scale, fused=self.attn_impl != 'reference')  # (B, h, G, Nq, d)
         return self._merge(out)
@@ -434,15 +447,17 @@ class QKVAttention(nn.Module):
         q = self._heads(query)  # (B, h, G, Nq, d)
         kv = self.kv(source).view(B, Gh, Gw, 2, h, -1)  # (B, Gh, Gw, 2, h, d)
         kv_border = self.kv(border).view(2, h, -1)  # (2, h, d)
-        if self.record_attn:
+        if self.record_attn:  # region_reference, keeping its weights
             k, v, bias = _gathered(q, kv, kv_border, region)  # 2 x (B, h, G, K, d), (G, 1, K)
-            logits = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, G, Nq, K)
-            probs = (logits if bias is None else logits + bias).softmax(dim=-1)
+            probs = attention_weights(q, k, bias, self.scale)  # (B, h, G, Nq, K)
             # weights (B, G, h, Nq, K) over the keys given by index (G, K)
             self.last_attn = dict(weights=probs.detach().transpose(1, 2), index=region.index(q.device))
-            return self._merge(probs @ v)
-        impl = self.attn_impl
-        if impl == 'auto':
-            impl = choose_region_impl(region, q.shape[3])
-        impl = self.stand_ins.get(impl, impl)
+            return self._merge(probs.to(v.dtype) @ v)
+        impl = self.region_impl(region, q.shape[3])
         return self._merge(REGION_ATTENTION[impl](q, kv, kv_border, region, self.scale))
+
+    def region_impl(self, region: Region, num_queries: int) -> str:
+        """The :data:`REGION_ATTENTION` key this module runs for ``region``: ``attn_impl``, with ``'auto'`` resolved
+        by :func:`choose_region_impl`, then replaced by its export stand-in if one is set (``stand_ins``)."""
+        impl = choose_region_impl(region, num_queries) if self.attn_impl == 'auto' else self.attn_impl
+        return self.stand_ins.get(impl, impl)

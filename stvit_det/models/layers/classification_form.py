@@ -147,7 +147,7 @@ class GlobalSemanticRefiner(SemanticBlockBase):
         t = s.reshape(B, 1, Hs * Ws, C)  # (B, 1, Ns, C)
         context = self.norm1(torch.cat([t, x.reshape(B, 1, H * W, C)], dim=2))  # (B, 1, Ns + N, C)
         t = t + self.drop_path(layer_scaled(self.layer_scale_1, self.attn(self.norm1(t), context)))
-        return x, self.mlp_residual(t.view(B, Hs, Ws, C))
+        return x, self.mlp_residual(t.view(B, Hs, Ws, C))  # (B, 1, Ns, C) -> (B, Hs, Ws, C)
 
 
 class GlobalRecovery(SemanticBlockBase):
@@ -166,7 +166,7 @@ class GlobalRecovery(SemanticBlockBase):
         t = x.reshape(B, 1, H * W, C)  # (B, 1, N, C)
         context = self.norm1(s.reshape(B, 1, -1, C))  # (B, 1, Ns, C)
         t = t + self.drop_path(layer_scaled(self.layer_scale_1, self.attn(self.norm1(t), context)))
-        return self.mlp_residual(t.view(B, H, W, C)), None
+        return self.mlp_residual(t.view(B, H, W, C)), None  # (B, 1, N, C) -> (B, H, W, C)
 
 
 def build_classification_block(kind: str, dim: int, num_heads: int, window_size: int, samples: int,

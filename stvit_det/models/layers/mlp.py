@@ -24,6 +24,14 @@ import torch.nn.functional as F
 from .chunking import chunk_items, chunked, eager_cpu
 
 
+def _rows_per_chunk(h: torch.Tensor) -> Optional[int]:
+    """Tokens per chunk for eager fp32 CPU work on more than one chunk, else None (one call)."""
+    if h.dtype != torch.float32 or not eager_cpu(h):  # chunked sums in bf16 / fp16 would round per chunk
+        return None
+    step = chunk_items(h.shape[-1] * h.element_size())
+    return step if step < h.numel() // h.shape[-1] else None
+
+
 class _GeluLinear(torch.autograd.Function):
     """y = gelu(h) W^T + b, keeping h (not gelu(h)) for the backward."""
 
@@ -42,7 +50,7 @@ class _GeluLinear(torch.autograd.Function):
                 torch.mm(a, weight.t(), out=y[r:r + step])
             else:
                 torch.addmm(bias, a, weight.t(), out=y[r:r + step])
-        return y.view(*h.shape[:-1], -1)
+        return y.view(*h.shape[:-1], -1)  # (N, C) -> (..., C)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -65,15 +73,7 @@ class _GeluLinear(torch.autograd.Function):
                     grad_w.addmm_(g_c.t(), F.gelu(h_c))  # GELU recomputed
                 if need_h:
                     torch.ops.aten.gelu_backward.grad_input(g_c @ weight, h_c, grad_input=grad_h[r:r + step])
-        return (grad_h.view_as(h) if need_h else None), grad_w, grad_b
-
-
-def _rows_per_chunk(h: torch.Tensor) -> Optional[int]:
-    """Tokens per chunk for eager fp32 CPU work on more than one chunk, else None (one call)."""
-    if h.dtype != torch.float32 or not eager_cpu(h):  # chunked sums in bf16 / fp16 would round per chunk
-        return None
-    step = chunk_items(h.shape[-1] * h.element_size())
-    return step if step < h.numel() // h.shape[-1] else None
+        return (grad_h.view_as(h) if need_h else None), grad_w, grad_b  # grad_h (N, C_hid) -> h's shape
 
 
 class Mlp(nn.Module):
@@ -104,4 +104,4 @@ class Mlp(nn.Module):
         """(..., C) -> (..., C); without autograd on the CPU in chunks of tokens."""
         rows = x.reshape(-1, x.shape[-1])  # (N, C)
         per_token = 2 * self.fc1.out_features * x.element_size()  # fc1 output + GELU output
-        return chunked(lambda t, _: self._forward(t), rows, 0, per_token).view(*x.shape[:-1], -1)
+        return chunked(lambda t, _: self._forward(t), rows, 0, per_token).view(*x.shape[:-1], -1)  # (..., C)

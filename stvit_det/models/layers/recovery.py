@@ -4,7 +4,8 @@ centred on it), restoring a full-resolution map for the FPN.
 
 STViT-R: Chang et al., CVPR 2023, arXiv 2303.08685, section 3.3 (image tokens are queries, semantic tokens
 keys/values). Official counterpart (Apache-2.0): ``RestoreBlock`` in changsn/STViT-R-Object-Detection
-``mmdet/models/backbones/layers.py``. Written anew; the semantic keys/values are projected once and gathered.
+``mmdet/models/backbones/layers.py``. Written anew; the semantic keys/values are projected once, and each region
+is read from the projected grid (``layers/attention.py``: in place, or gathered by the oracle).
 
 Legend: B batch, H/W image map, Hp/Wp padded to ws, C channels, ws window size, N = ws*ws, ss semantic samples
 per window side, Hs/Ws semantic grid, nW windows, k region side on the semantic grid, K = k*k.
@@ -14,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 
 from .semantic_tokens import SemanticBlockBase
-from .window_ops import PAD_MASK_MODES, pad_to_multiple, window_partition, window_reverse
+from .window_ops import PAD_MASK_MODES, pad_to_multiple, semantic_grid_size, window_partition, window_reverse
 
 
 class SpatialRecovery(SemanticBlockBase):
@@ -52,7 +53,7 @@ class SpatialRecovery(SemanticBlockBase):
         xp = pad_to_multiple(x, ws)  # (B, Hp, Wp, C)
         Hp, Wp = xp.shape[1:3]
         Hs, Ws = s.shape[1:3]
-        if (Hs, Ws) != (self.samples * Hp // ws, self.samples * Wp // ws):
+        if (Hs, Ws) != semantic_grid_size(H, W, ws, self.samples):
             raise ValueError(f'semantic grid {(Hs, Ws)} does not match the image map {(H, W)}')
         xw = window_partition(xp, ws)  # (B, nW, N, C)
         attn = self.region_attention(xw, s, self.samples, self.region, (Hs, Ws), self.pad_mask, (Hp - H, Wp - W))

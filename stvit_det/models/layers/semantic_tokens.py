@@ -3,7 +3,8 @@ self-attention among the semantic tokens (blocks j=1..4 of a dumbbell unit).
 
 STViT-R: Chang et al., CVPR 2023, arXiv 2303.08685, section 3.2. Official counterparts (Apache-2.0):
 ``SemanticAttentionBlock`` and ``Block`` in changsn/STViT-R-Object-Detection ``mmdet/models/backbones/layers.py``.
-Written anew here; regions are gathered from a once-projected map instead of unfolded copies.
+Written anew here; regions are read from a once-projected map (``layers/attention.py``: in place, or gathered by
+the oracle) instead of unfolded copies.
 
 Every block keeps the uniform stage contract ``(x, s) -> (x, s)``: x are image tokens (B, H, W, C), s the
 semantic grid (B, Hs, Ws, C), where window (i, j) of the padded image owns the ss x ss grid cells
@@ -21,7 +22,7 @@ from timm.layers import DropPath
 
 from .attention import QKVAttention, Region
 from .mlp import Mlp
-from .window_ops import PAD_MASK_MODES, pad_to_multiple, window_partition, window_reverse
+from .window_ops import PAD_MASK_MODES, pad_to_multiple, semantic_grid_size, window_partition, window_reverse
 
 
 def layer_scaled(gamma: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
@@ -33,7 +34,13 @@ def layer_scaled(gamma: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
 
 class SemanticBlockBase(nn.Module):
     """Shared parts of the j=1..5 blocks: LN1 (for queries AND keys/values), q/kv attention, LN2, MLP, and layer
-    scales ``layer_scale_1/2`` (init 1e-5) applied before stochastic depth, as in the released code."""
+    scales ``layer_scale_1/2`` (init 1e-5) applied before stochastic depth, as in the released code.
+
+    Args:
+        dim: channels C; num_heads: h.
+        mlp_ratio: hidden width of the MLP / C; qkv_bias: bias in ``q`` and ``kv``.
+        drop_path: stochastic depth rate; layer_scale_init: initial value of both layer scales.
+        attn_impl: see :class:`QKVAttention`."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path: float = 0.0, layer_scale_init: float = 1e-5, attn_impl: str = 'auto') -> None:
@@ -131,7 +138,7 @@ class SemanticTokenGenerator(SemanticBlockBase):
         ws, ss = self.window_size, self.samples
         xp = pad_to_multiple(x, ws)  # (B, Hp, Wp, C), zero padded
         Hp, Wp = xp.shape[1:3]
-        Hs, Ws = ss * Hp // ws, ss * Wp // ws
+        Hs, Ws = semantic_grid_size(H, W, ws, ss)
         if self.generate:
             sw = self.pool(xp)  # (B, nW, S, C)
         else:

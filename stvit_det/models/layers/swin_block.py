@@ -44,8 +44,10 @@ class WindowAttention(nn.Module):
         window_size: ws.
         num_heads: h.
         qkv_bias: bias in ``qkv``.
-        attn_impl: ``'reference'`` (queries scaled first, as Swin) or fused ``scaled_dot_product_attention``
-            (``'sdpa'`` and ``'dense'`` alike: a window has no region to gather).
+        attn_impl: ``'reference'``: the written-out matmul-softmax with the queries scaled first, as Swin; any
+            other value (a window has no region to gather, so they are alike here): the kernel that
+            :func:`use_fused_window_attention` picks for the device, written out as ``'reference'`` on the CPU
+            and fused ``scaled_dot_product_attention`` elsewhere.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,

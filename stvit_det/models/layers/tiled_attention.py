@@ -1,5 +1,8 @@
 """Neighbourhood attention over tiles, forward and backward: the engine of ``attn_impl='tiled'``.
 
+Neighbourhood attention: Hassani et al., "Neighborhood Attention Transformer", CVPR 2023, arXiv 2204.07143 (there
+per query, here per window of queries over whole tiles, which is what STViT-R's regions are). Written anew.
+
 Every query window attends the keys of R x R neighbouring tiles (``window_ops.region_tiles``). Keys and values
 are stored once, tile by tile, in one flat (tokens, d) tensor; region row ``a`` of window n is the slab of R*T
 consecutive tokens that starts at ``slabs[a] + n*T``, so for all windows at once it is an overlapping strided
@@ -12,7 +15,7 @@ the backward recomputes the weights chunk by chunk and adds the key / value grad
 the flat tensors (R contiguous adds per slab: the transpose of the overlapping view).
 
 Work goes in chunks of tile rows: a chunk skips the region rows that lie outside the tile grid for all its
-windows, and keeps every temporary small (see :data:`CHUNK_BYTES`).
+windows, and keeps every temporary small (see :data:`LOGIT_CHUNK_BYTES`).
 
 Half precision (bfloat16 / float16 inputs): the products run in the input dtype, while logits, softmax weights,
 log-sum-exp and every accumulated sum (outputs, gradients) are float32, as autocast does for the written-out
@@ -26,7 +29,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 
 #: target size of one chunk of logits, in bytes
-CHUNK_BYTES = 4 * 2**20
+LOGIT_CHUNK_BYTES = 4 * 2**20
 
 
 class TileGeometry(NamedTuple):
@@ -63,7 +66,7 @@ def _slab(flat: torch.Tensor, geo: TileGeometry, a: int, n0: int, n1: int) -> to
     """Keys (or values) of region row ``a`` of windows [n0, n1): an (n, S, d) overlapping view of ``flat``."""
     S, T = geo.R * geo.T, geo.T
     start = geo.slabs[a] + n0 * T
-    return flat[start:start + (n1 - n0 - 1) * T + S].unfold(0, S, T).transpose(1, 2)
+    return flat[start:start + (n1 - n0 - 1) * T + S].unfold(0, S, T).transpose(1, 2)  # (n, d, S) -> (n, S, d)
 
 
 def _acc(t: torch.Tensor) -> torch.dtype:
@@ -159,11 +162,11 @@ class TiledAttention(torch.autograd.Function):
                 if j:
                     _add_bmm(dqc, ds[:, :, cols], _slab(k, geo, a, n0, n1))
                 dks = torch.bmm(ds[:, :, cols].transpose(1, 2), qc).view(n, R, T, -1)  # (n, R, T, d)
-                dvs = torch.bmm(p[:, :, cols].transpose(1, 2), go).view(n, R, T, -1)
+                dvs = torch.bmm(p[:, :, cols].transpose(1, 2), go).view(n, R, T, -1)  # (n, S, d) -> (n, R, T, d)
                 start = geo.slabs[a] + n0 * T
                 for b in range(R):  # transpose of the overlapping view: tile b of window m is tile m + b
                     lo = start + b * T
-                    dk[lo:lo + n * T].view(n, T, -1).add_(dks[:, b])
+                    dk[lo:lo + n * T].view(n, T, -1).add_(dks[:, b])  # (n*T, d) viewed as (n, T, d)
                     dv[lo:lo + n * T].view(n, T, -1).add_(dvs[:, b])
             if kb is not None:
                 _add_bmm(dqc, ds[:, :, -1:], kb[n0:n1])

@@ -20,7 +20,8 @@ import torch.nn as nn
 from timm.layers import DropPath, Mlp
 
 from .semantic_tokens import layer_scaled
-from .window_ops import PAD_MASK_MODES, pad_to_multiple, region_index, window_partition, window_reverse
+from .window_ops import (PAD_MASK_MODES, pad_to_multiple, region_index, semantic_grid_size, window_partition,
+                         window_reverse)
 
 
 def padded_window_mask(H: int, W: int, ws: int, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -45,9 +46,8 @@ class TokenLearnerBlockBase(nn.Module):
     ``layer_scale_init``) and the ``record_attn`` / ``last_attn`` hook read by ``stvit_det.utils.attention_maps``.
     """
 
-    def __init__(self, dim: int, window_size: int = 7, samples: int = 3, bottleneck: int = 64,
-                 mlp_ratio: float = 4.0, drop_path: float = 0.0, layer_scale_init: float = 1e-5,
-                 pad_mask: str = 'correct') -> None:
+    def __init__(self, dim: int, window_size: int = 7, samples: int = 3, mlp_ratio: float = 4.0,
+                 drop_path: float = 0.0, layer_scale_init: float = 1e-5, pad_mask: str = 'correct') -> None:
         super().__init__()
         if pad_mask not in PAD_MASK_MODES:
             raise ValueError(f"pad_mask must be one of {PAD_MASK_MODES}, got '{pad_mask}'")
@@ -55,7 +55,6 @@ class TokenLearnerBlockBase(nn.Module):
             raise ValueError(f'samples per window side must be in [1, {window_size}], got {samples}')
         self.window_size, self.samples, self.pad_mask = window_size, samples, pad_mask
         self.num_tokens = samples * samples
-        self.bottleneck = bottleneck
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
@@ -87,7 +86,7 @@ class TokenLearner(TokenLearnerBlockBase):
     """
 
     def __init__(self, dim: int, window_size: int = 7, samples: int = 3, bottleneck: int = 64, **kwargs) -> None:
-        super().__init__(dim, window_size, samples, bottleneck, **kwargs)
+        super().__init__(dim, window_size, samples, **kwargs)
         self.norm1 = nn.LayerNorm(dim)
         self.selector = Mlp(dim, bottleneck, self.num_tokens, act_layer=nn.GELU)
 
@@ -113,7 +112,7 @@ class TokenLearner(TokenLearnerBlockBase):
         if self.record_attn:
             index, _, _ = region_index(Hp, Wp, ws, ws, x.device)  # (nW, N): each window's own tokens
             self.last_attn = dict(weights=weights.detach().unsqueeze(2), index=index)  # (B, nW, 1, S, N)
-        s = window_reverse(sw, ss, ss * Hp // ws, ss * Wp // ws)  # (B, Hs, Ws, C)
+        s = window_reverse(sw, ss, *semantic_grid_size(H, W, ws, ss))  # (B, Hs, Ws, C)
         return x, self.mlp_residual(s)
 
 
@@ -155,7 +154,7 @@ class TokenFuser(TokenLearnerBlockBase):
 
     def __init__(self, dim: int, window_size: int = 7, samples: int = 3, bottleneck: int = 64, **kwargs) -> None:
         layer_scale_init = kwargs.get('layer_scale_init', 1e-5)
-        super().__init__(dim, window_size, samples, bottleneck, **kwargs)
+        super().__init__(dim, window_size, samples, **kwargs)
         self.token_norm1 = nn.LayerNorm(dim)
         self.token_mix = TokenMixing(self.num_tokens)
         self.token_norm2 = nn.LayerNorm(dim)
@@ -176,7 +175,7 @@ class TokenFuser(TokenLearnerBlockBase):
         xp = pad_to_multiple(x, ws)  # (B, Hp, Wp, C)
         Hp, Wp = xp.shape[1:3]
         Hs, Ws = s.shape[1:3]
-        if (Hs, Ws) != (ss * Hp // ws, ss * Wp // ws):
+        if (Hs, Ws) != semantic_grid_size(H, W, ws, ss):
             raise ValueError(f'token grid {(Hs, Ws)} does not match the image map {(H, W)}')
         xw = window_partition(xp, ws)  # (B, nW, N, C)
         t = self.token_norm2(self.token_mix(self.token_norm1(window_partition(s, ss))))  # (B, nW, S, C)
