@@ -361,6 +361,19 @@ def test_convert_ckpt_tool(tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1] == (
         f'convert_ckpt: error: cannot write {tmp_path}: it is a directory')
+    # STViT-R weights with a conv stem converted for the patch stem: the stem's tensors have no place there, are
+    # counted in the summary (it said '0 source keys without counterpart') and are not written
+    conv = STViTR(arch='tiny').state_dict()
+    torch.save({'state_dict': conv}, src)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools/convert_ckpt.py'), str(src), str(dst), '--stem',
+                        'patch'], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    stem = [k for k in conv if k.startswith('patch_embed.')]
+    assert f'{len(stem)} converted tensors with no place in this STViTR' in r.stdout, r.stdout
+    assert f'unexpected (not written): {stem[0]}' in r.stdout
+    out = torch.load(dst, weights_only=True)['state_dict']
+    assert not set(stem) & set(out) and len(out) == len(conv) - len(stem)
+    assert STViTR(arch='tiny', stem='patch').load_pretrained(out)['unexpected'] == []
 
 
 @pytest.mark.parametrize('mode,config,message', [

@@ -281,7 +281,13 @@ def test_devices_that_do_not_exist(monkeypatch, capsys, scratch, tmp_path):
 # ---------------------------------------------------------------------------------------------- 8. forwards
 def test_a_forward_failing_an_assertion_names_where(monkeypatch, capsys, tmp_path):
     """mmdet's FPN asserts (no message) that it gets as many maps as its in_channels: the error says the
-    exception and where it was raised, not an empty string."""
+    exception and where it was raised, not an empty string. (The early check of the neck against the backbone,
+    tested below, is switched off here to reach that forward: it stands for any assertion without a message.)"""
+    from stvit_det.deployment import parts
+    from stvit_det.toolboxes import feature_fit
+
+    for module in (feature_fit, parts):
+        monkeypatch.setattr(module, 'feature_fit_problem', lambda model: None)
     where = 'AssertionError (raised at mmdet/models/necks/fpn.py:'
     _assert_error(_run(monkeypatch, capsys, 'analysis/get_flops.py', DEMO_CONFIG, '--shape', '64', '64', '--mode',
                        'detector', '--device', 'meta', '--cfg-options', NO_FPN_INPUTS), 'error: ', where)
@@ -297,6 +303,63 @@ def test_a_forward_failing_an_assertion_names_where(monkeypatch, capsys, tmp_pat
         runpy.run_path(osp.join(ROOT, 'tools', 'analysis', 'benchmark.py'), run_name='__main__')
     row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('| mask-rcnn')]
     assert len(row) == 1 and where in row[0], row
+
+
+def test_a_neck_that_does_not_read_the_backbone_maps(monkeypatch, capsys, tmp_path):
+    """A neck whose in_channels do not match the maps STViTR returns (fewer out_indices, or a stock ResNet config's
+    widths) is named with the value that fits when the model is built, by every tool, before the Runner, the data
+    and the first batch (it was a bare AssertionError or a channel error in the FPN's first forward)."""
+    fits = 'set model.neck.in_channels=[96, 192, 384]'
+    bad = 'model.neck.in_channels=[48, 96, 192, 384] does not fit the backbone: STViTR (out_indices (1, 2, 3)) ' \
+          'returns 3 maps of [96, 192, 384] channels; ' + fits
+    wd = str(tmp_path / 'wd')
+    _assert_error(_run(monkeypatch, capsys, 'train.py', DEMO_CONFIG, '--work-dir', wd, '--cfg-options',
+                       'model.backbone.out_indices=[1,2,3]'), 'train.py: error: ', bad)
+    assert not osp.exists(wd)
+    _assert_error(_run(monkeypatch, capsys, 'analysis/get_flops.py', DEMO_CONFIG, '--shape', '64', '64', '--device',
+                       'meta', '--cfg-options', 'model.backbone.out_indices=[1,2,3]'), 'error: ', bad)
+    _assert_error(_run(monkeypatch, capsys, 'deployment/export_onnx.py', DEMO_CONFIG, '--shape', '64', '64',
+                       '--part', 'backbone', '--out', str(tmp_path / 'b.onnx'), '--cfg-options',
+                       'model.neck.in_channels=[48,96,192,400]'), 'error: ',
+                  'model.neck.in_channels=[48, 96, 192, 400] does not fit the backbone',
+                  'set model.neck.in_channels=[48, 96, 192, 384]')
+    # the same widths with the right out_indices build: the check reads the built modules, not the config text
+    _assert_error(_run(monkeypatch, capsys, 'train.py', DEMO_CONFIG, '--work-dir', wd, '--cfg-options',
+                       'model.backbone.out_indices=[1,2,3]', 'model.neck.in_channels=[96,192,384]',
+                       'train_cfg.max_iters=ten'), 'train.py: error: ', 'train_cfg.max_iters must be')
+
+
+def test_heads_that_do_not_read_the_backbone_maps():
+    """Segmentation heads read the maps at their in_index, a classifier's head the last one: a width or an index
+    that does not fit is named with the value that fits; the shipped configs fit."""
+    from mmengine.config import Config
+
+    from stvit_det.toolboxes.scope import build_bare_model
+
+    pytest.importorskip('mmseg')
+    pytest.importorskip('mmpretrain')
+    seg = Config.fromfile(osp.join(ROOT, 'configs', 'stvit-r-seg', 'stvit-r-demo_upernet_1xb4-400_nuclei-224x224.py'))
+    widths = build_bare_model(seg, meta=True).backbone.num_features  # the shipped config builds
+    seg.model.decode_head.in_channels = [w + 1 for w in widths]
+    with pytest.raises(ValueError, match=r'model.decode_head.in_channels=\[.*\] does not fit the maps it reads '
+                       rf'\(in_index=\[0, 1, 2, 3\]\): STViTR \(out_indices \(0, 1, 2, 3\)\) returns '
+                       rf'{re.escape(str(list(widths)))} channels there'):
+        build_bare_model(seg, meta=True)
+    seg.model.decode_head.in_channels = list(widths)
+    seg.model.auxiliary_head.in_index = 4
+    with pytest.raises(ValueError, match=r'model.auxiliary_head.in_index=4, but .* returns 4 maps'):
+        build_bare_model(seg, meta=True)
+    seg.model.auxiliary_head.in_index = 1
+    with pytest.raises(ValueError, match=rf'model.auxiliary_head.in_channels={seg.model.auxiliary_head.in_channels} '
+                       rf'.*so model.auxiliary_head.in_channels={widths[1]}$'):
+        build_bare_model(seg, meta=True)
+    cls = Config.fromfile(osp.join(ROOT, 'configs', 'stvit-r-cls', 'stvit-r-t_16xb64_in1k.py'))
+    cls.model.backbone.update(embed_dims=32, depths=[1, 1, 6, 1], num_heads=[1, 2, 4, 8])  # narrow: 256 channels
+    with pytest.raises(ValueError, match='model.head.in_channels=768 does not fit the backbone: STViTR '
+                       r'\(out_indices \(3,\)\) returns 256 channels in its last map.*in_channels=256$'):
+        build_bare_model(cls, meta=True)
+    cls.model.head.in_channels = 256
+    assert build_bare_model(cls, meta=True).head.in_channels == 256
 
 
 # ---------------------------------------------------------------------------------------------- 9., 10. train

@@ -393,6 +393,44 @@ def test_resumed_checkpoint_is_checked_before_training(tmp_path):
                         str(tmp_path / 'wd3'), *no_data)
     _assert_one_line_error(rc, err, 'converted.pth is not the checkpoint of a training run (no epoch and iteration '
                            'in its meta', f'give them as load_from (--cfg-options load_from={converted})')
+    # a published model (mmdet's publish_model.py keeps state_dict and meta): Runner.resume stopped in a
+    # KeyError: 'message_hub' after the Runner was built
+    published = tmp_path / 'published.pth'
+    torch.save({'state_dict': {'backbone.norm3.weight': torch.ones(4)}, 'meta': {'epoch': 0, 'iter': 240}}, published)
+    rc, err = _run_tool('tools/train.py', DEMO_CONFIG, '--resume', str(published), '--work-dir',
+                        str(tmp_path / 'wd4'), *no_data)
+    _assert_one_line_error(rc, err, "published.pth is not the checkpoint of a training run (no 'message_hub': "
+                           'weights alone, a published model or a converted file)')
+
+
+def test_resuming_without_optimizer_state_is_said(tmp_path, monkeypatch, capsys):
+    """A run's checkpoint saved without its optimizer (CheckpointHook(save_optimizer=False)) resumes, as mmengine
+    allows, but not silently: the states it lacks, which the Runner starts afresh, are named; a full one says
+    nothing."""
+    from mmengine.config import Config
+
+    from stvit_det.utils.ckpt_file import model_tensor_shapes
+
+    monkeypatch.syspath_prepend(osp.join(ROOT, 'tools'))
+    from _launch import check_inputs
+
+    cfg = Config.fromfile(DEMO_CONFIG)
+    state = {k: torch.zeros(shape) for k, shape in model_tensor_shapes(cfg).items()}
+    run = {'state_dict': state, 'meta': {'epoch': 0, 'iter': 240}, 'message_hub': {}}
+    path = str(tmp_path / 'iter_240.pth')
+    for saved, said in ((run, None), ({**run, 'optimizer': {}}, 'no param_schedulers state'),
+                        ({**run, 'optimizer': {}, 'param_schedulers': []}, None)):
+        torch.save(saved, path)
+        capsys.readouterr()
+        check_inputs('train.py', cfg, (), checkpoint=path, strict=True, resume=True)
+        out = capsys.readouterr().out
+        if saved is run:
+            assert f'train.py: warning: {path} has no optimizer and no param_schedulers state' in out, out
+            assert 'AdamW moments from zero' in out
+        elif said:
+            assert said in out and 'no optimizer' not in out, out
+        else:
+            assert 'warning' not in out, out
 
 
 def test_model_the_config_cannot_build_and_unwritable_results(tmp_path):

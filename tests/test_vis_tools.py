@@ -174,7 +174,7 @@ def test_vis_semantic_tokens_tool(real_image, demo_checkpoint, tmp_path, config,
         assert np.asarray(im.convert('L')).std() > 10  # not a blank canvas
 
 
-def test_vis_semantic_tokens_rejects_a_window_outside_the_grid(real_image, tmp_path):
+def test_vis_semantic_tokens_rejects_a_window_outside_the_grid(real_image, demo_checkpoint, tmp_path):
     out = tmp_path / 'vis.png'
     proc = run_tool(osp.join('tools', 'vis_semantic_tokens.py'), real_image, DEMO_CONFIG, '--out', str(out),
                     '--scale', '256', '--windows', '3,0')
@@ -183,7 +183,16 @@ def test_vis_semantic_tokens_rejects_a_window_outside_the_grid(real_image, tmp_p
     text = tmp_path / 'notes.pth'
     text.write_text('not a checkpoint')
     (tmp_path / 'a_file').write_text('')
+    (tmp_path / 'empty.png').write_bytes(b'')
+    partial = tmp_path / 'partial.pth'  # one stem tensor short: it was drawn with a random stem, exit 0
+    sd = torch.load(demo_checkpoint, weights_only=True)['state_dict']
+    torch.save({'state_dict': {k: v for k, v in sd.items() if k != 'backbone.patch_embed.proj.0.c.weight'}}, partial)
     for args, message in [((str(tmp_path / 'nope.png'), ), 'cannot read image'),
+                          ((str(tmp_path / 'empty.png'), ), 'empty.png: the file is empty'),
+                          ((real_image, '--checkpoint', str(partial)), 'partial.pth lacks 1 tensors of the backbone '
+                           'that the drawing runs (patch_embed.proj.0.c.weight): they would be random'),
+                          ((real_image, '--dpi', '100000'),
+                           '--dpi 100000 makes a figure 1280000 px on its longest side'),
                           ((real_image, '--checkpoint', str(text)), 'notes.pth: not a readable PyTorch checkpoint'),
                           ((real_image, '--windows', '1;1'), "--windows takes I,J pairs, got '1;1'"),
                           ((real_image, '--cfg-options', 'model.backbone.sparsify=False'),
@@ -265,6 +274,7 @@ def test_image_demo_refuses_bad_input_in_one_line(real_image, demo_checkpoint, t
     torch.save({'state_dict': {k: v for k, v in sd.items() if not k.startswith('roi_head.')}}, other)
     (tmp_path / 'a_file').write_text('')
     (tmp_path / 'notes.txt').write_text('not an image\n')
+    (tmp_path / 'empty.png').write_bytes(b'')
     cases = [
         ((str(tmp_path / 'nope.png'), DEMO_CONFIG, demo_checkpoint, '--out', str(out)), 'image file not found'),
         ((str(tmp_path), DEMO_CONFIG, demo_checkpoint, '--out', str(out)), 'image .* is a directory, not a file'),
@@ -277,6 +287,10 @@ def test_image_demo_refuses_bad_input_in_one_line(real_image, demo_checkpoint, t
          r'--out .*result\.txt: not an image file name OpenCV can write'),
         ((str(tmp_path / 'notes.txt'), DEMO_CONFIG, demo_checkpoint, '--out', str(out)),
          r'cannot read image .*notes\.txt \(not an image file\?\)'),
+        ((str(tmp_path / 'empty.png'), DEMO_CONFIG, demo_checkpoint, '--out', str(out)),
+         r'cannot read image .*empty\.png: the file is empty'),
+        ((real_image, DEMO_CONFIG, demo_checkpoint, '--out', str(out), '--score-thr', 'nan'),
+         "argument --score-thr: 'nan' is not a number in \\[0, 1\\]"),
         ((real_image, osp.join('configs', 'stvit-r-seg', 'stvit-r-demo_upernet_1xb4-400_nuclei-224x224.py'),
           demo_checkpoint, '--out', str(out)), ".*is an mmseg config \\(default_scope='mmseg'\\): this tool draws"),
     ]

@@ -158,8 +158,12 @@ def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Opti
             check_seg_dataset_cfgs(cfg, phases=phases)  # per GPU)
             check_cls_dataset_cfgs(cfg, phases=phases)
         if checkpoint and not is_storage_path(checkpoint):  # s3:// and the like: mmengine reads it, we cannot
-            check_checkpoint_for_config(cfg, checkpoint, strict=tool == 'test.py' if strict is None else strict,
-                                        shapes=shapes, resume=resume)
+            report = check_checkpoint_for_config(cfg, checkpoint, strict=tool == 'test.py' if strict is None else
+                                                 strict, shapes=shapes, resume=resume)
+            if report.get('not_resumed'):  # mmengine starts these afresh without a word (save_optimizer=False)
+                print(f"{tool}: warning: {checkpoint} has no {' and no '.join(report['not_resumed'])} state: the run "
+                      'continues from its weights and iteration with these started afresh (AdamW moments from '
+                      'zero), not exactly where it stopped', flush=True)
     except (DatasetCheckError, CheckpointError) as e:
         raise SystemExit(f'{tool}: error: {e}') from None
 

@@ -28,6 +28,7 @@ import argparse
 import functools
 import os
 import sys
+from collections import OrderedDict
 
 import torch
 
@@ -137,6 +138,7 @@ def convert_backbone(args):
             msg += f' (converted for --arch {args.arch}: pass the arch the weights were trained with)'
         raise CheckpointError(msg) from None
     report.update(missing=loaded['missing'], unexpected=loaded['unexpected'])
+    sd = OrderedDict((k, v) for k, v in sd.items() if k not in set(loaded['unexpected']))  # no place: not written
     meta = dict(source=os.path.basename(args.src), source_layout=report['layout'], arch=args.arch,
                 missing=report['missing'], dropped=report['dropped'])
     return sd, meta, report
@@ -169,13 +171,14 @@ def main(argv=None):
         for k in report.get('dropped', []):
             print(f'  dropped (recomputed buffer): {k}')
         return report
-    # backbone: only converted tensors are written; the rest keeps its initialisation
-    print(f'{args.src} ({report["layout"]}) -> {args.dst}: {len(report["missing"])} STViTR keys not in the source '
-          f'(they keep their initialisation), {len(report["dropped"])} source keys without counterpart, '
-          f'{report["split_qkv"]} qkv tensors split into q/kv')
-    for name in ('missing', 'unexpected', 'dropped'):
+    # backbone: only the converted tensors that fit this STViTR are written; the rest keeps its initialisation
+    print(f'{args.src} ({report["layout"]}) -> {args.dst}: {len(sd)} tensors; {len(report["missing"])} STViTR keys '
+          f'not in the source (they keep their initialisation), {len(report["unexpected"])} converted tensors with '
+          f'no place in this STViTR (--arch / --stem / --no-sparsify; not written), {len(report["dropped"])} source '
+          f'keys without counterpart, {report["split_qkv"]} qkv tensors split into q/kv')
+    for name, label in (('missing', 'missing'), ('unexpected', 'unexpected (not written)'), ('dropped', 'dropped')):
         for k in report[name]:
-            print(f'  {name}: {k}')
+            print(f'  {label}: {k}')
     return report
 
 

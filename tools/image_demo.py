@@ -23,7 +23,8 @@ from mmdet.registry import DATASETS, VISUALIZERS
 from stvit_det.datasets.pipelines import without_annotation_loading
 from stvit_det.toolboxes.scope import CfgOptionsAction, ConfigError, config_scope, load_config as load_toolbox_config
 from stvit_det.utils import allow_checkpoint_globals
-from stvit_det.utils.paths import missing_file_error
+from stvit_det.utils.paths import missing_file_error, read_image
+from stvit_det.utils.values import unit_float
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _launch import check_device, check_inputs, check_output_file  # noqa: E402
@@ -35,7 +36,7 @@ def parse_args():
     parser.add_argument('config', help='detector config')
     parser.add_argument('checkpoint', help='detector checkpoint (a local file)')
     parser.add_argument('--out', required=True, help='output image (PNG / JPG)')
-    parser.add_argument('--score-thr', type=float, default=0.3, help='draw detections scoring at least this')
+    parser.add_argument('--score-thr', type=unit_float, default=0.3, help='draw detections scoring at least this')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda:0'")
     parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, help='override config settings')
     return parser.parse_args()
@@ -67,11 +68,9 @@ def main():
                                                          'checkpoint': args.checkpoint})
     check_device('image_demo.py', args.device)
     try:
-        image = mmcv.imread(args.image, channel_order='bgr')  # None for a file that is not an image
-    except OSError as e:
-        raise SystemExit(f'image_demo.py: error: cannot read image {args.image}: {e}') from None
-    if image is None:
-        raise SystemExit(f'image_demo.py: error: cannot read image {args.image} (not an image file?)')
+        image = read_image(args.image)  # (H, W, 3) BGR
+    except ValueError as e:
+        raise SystemExit(f'image_demo.py: error: {e}') from None
     image = mmcv.bgr2rgb(image)  # (H, W, 3), RGB for the visualiser
     try:
         cfg = load_config(args.config, args.cfg_options)

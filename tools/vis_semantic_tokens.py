@@ -38,7 +38,7 @@ from stvit_det.utils.attention_maps import (collect_attention, default_windows, 
                                             semantic_to_tokens, tokens_to_pixels, unit_maps)
 from stvit_det.utils.ckpt_file import read_checkpoint  # noqa: E402
 from stvit_det.toolboxes.scope import CfgOptionsAction, ConfigError, load_config, resolve_config_path  # noqa: E402
-from stvit_det.utils.paths import make_parent_dir  # noqa: E402
+from stvit_det.utils.paths import make_parent_dir, read_image  # noqa: E402
 from stvit_det.utils.values import positive_int  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -99,6 +99,13 @@ def build_backbone(cfg, checkpoint, device):
             raise SystemExit(f'vis_semantic_tokens.py: error: {e}')
         if len(report['missing']) == len(list(backbone.state_dict())):
             raise SystemExit(f'vis_semantic_tokens.py: error: {checkpoint} holds no weights of this backbone')
+        # what the drawing runs: the stem and stages 1-3 (the output norms and stage 4 are not drawn; an ImageNet
+        # checkpoint has no norms 0-2)
+        drawn = [k for k in report['missing'] if not k.startswith(('norm', 'layers.3.'))]
+        if drawn:
+            named = ', '.join(drawn[:3]) + (', ...' if len(drawn) > 3 else '')
+            raise SystemExit(f'vis_semantic_tokens.py: error: {checkpoint} lacks {len(drawn)} tensors of the '
+                             f'backbone that the drawing runs ({named}): they would be random')
     backbone.to(device)
     backbone.eval()  # not `return backbone.eval()`: mmdet's backbones override train() and return None
     return backbone
@@ -107,11 +114,9 @@ def build_backbone(cfg, checkpoint, device):
 def load_image(path, cfg, scale):
     """(resized RGB uint8 image (H, W, 3), normalised tensor (1, 3, H, W))."""
     try:
-        img = mmcv.imread(path, channel_order='bgr')  # (raises for a missing file, None for an unreadable one)
-    except OSError as e:
-        raise SystemExit(f'vis_semantic_tokens.py: error: cannot read image {path}: {e}') from None
-    if img is None:
-        raise SystemExit(f'vis_semantic_tokens.py: error: cannot read image {path}')
+        img = read_image(path)  # (H, W, 3) BGR
+    except ValueError as e:
+        raise SystemExit(f'vis_semantic_tokens.py: error: {e}') from None
     h, w = img.shape[:2]
     factor = scale / min(h, w)
     img = mmcv.imresize(img, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation='bilinear')
@@ -223,8 +228,24 @@ def output_path(out):
     return out
 
 
+#: the figure: panels per row (unit) and the width of one, in inches
+FIGURE_COLUMNS, PANEL_INCHES = 4, 3.2
+#: matplotlib's Agg canvas takes fewer than 2**16 pixels per side
+MAX_FIGURE_PIXELS = 2**16
+
+
+def figure_size_check(size_inches, dpi: int) -> None:
+    """One line for a figure of ``size_inches`` at ``dpi`` that matplotlib cannot draw (too many pixels per side),
+    instead of its MemoryError / ValueError at ``savefig``."""
+    side = round(max(size_inches) * dpi)
+    if side >= MAX_FIGURE_PIXELS:
+        raise SystemExit(f'vis_semantic_tokens.py: error: --dpi {dpi} makes a figure {side} px on its longest side; '
+                         f'matplotlib draws fewer than {MAX_FIGURE_PIXELS} px per side: use a smaller --dpi')
+
+
 def main():
     args = parse_args()
+    figure_size_check((FIGURE_COLUMNS * PANEL_INCHES, ), args.dpi)  # the width, before any work
     requested = parse_windows(args.windows) if args.windows else None
     args.out = output_path(args.out)
     check_output_file('vis_semantic_tokens.py', args.out, inputs={'image': args.image, 'config': args.config,
@@ -250,12 +271,12 @@ def main():
                              f'window grid of this image (stage 3: {geom.H} x {geom.W} tokens)')
     regions = dict(zip(('generate', 'refine'), cfg.model.backbone.get('regions', (14, 21, 27))))
 
-    ncols = 4
+    ncols, panel = FIGURE_COLUMNS, PANEL_INCHES
     h, w = image.shape[:2]
-    panel = 3.2
     row_height = panel * h / w + 0.5  # panel + two title lines
-    fig, axes = plt.subplots(len(units), ncols, figsize=(ncols * panel, len(units) * row_height + 0.7),
-                             squeeze=False)
+    size = (ncols * panel, len(units) * row_height + 0.7)  # inches
+    figure_size_check(size, args.dpi)  # a tall image: the height
+    fig, axes = plt.subplots(len(units), ncols, figsize=size, squeeze=False)
     for u, unit in enumerate(units):
         maps = unit_maps(geom, unit, windows)
         row = axes[u]

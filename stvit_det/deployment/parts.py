@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..datasets.pipelines import without_annotation_loading
+from ..toolboxes.feature_fit import feature_fit_problem
 from ..toolboxes.scope import (ConfigError, config_scope, drop_init_cfgs, init_toolbox_scope, load_config,
                                resolve_config_path)
 from ..utils.errors import error_summary, is_out_of_memory
@@ -138,6 +139,9 @@ def build_detector(config: str, checkpoint: Optional[str] = None, cfg_options: O
             model = revert_sync_batchnorm(MODELS.build(model_cfg))
     except (KeyError, TypeError) as e:  # a type not in the registry, an argument the class does not take
         raise ValueError(f'{config}: cannot build its model: {error_summary(e)}') from None
+    problem = feature_fit_problem(model)
+    if problem:
+        raise ValueError(f'{config}: {problem}')
     if checkpoint:
         load_exact(model, checkpoint)
     return model.eval(), cfg

@@ -225,12 +225,23 @@ def build_bare_model(cfg: Config, model_cfg: Optional[dict] = None, meta: bool =
     (no memory, no initialisation; models that read tensor values while they are built raise there).
 
     Used by the tools that build models only to measure, convert, check or export them.
+
+    Raises:
+        ValueError: also for a neck or head that cannot read the maps of an STViTR backbone
+            (:func:`~stvit_det.toolboxes.feature_fit.feature_fit_problem`), which the model would only meet in its
+            first forward.
     """
     import torch
     from mmengine.registry import MODELS
+
+    from .feature_fit import feature_fit_problem
 
     init_toolbox_scope(config_scope(cfg))  # the registry of the config's toolbox, as the Runner uses
     model_cfg = copy.deepcopy(cfg.model if model_cfg is None else model_cfg)
     drop_init_cfgs(model_cfg)
     with torch.device('meta') if meta else contextlib.nullcontext():
-        return MODELS.build(model_cfg)
+        model = MODELS.build(model_cfg)
+    problem = feature_fit_problem(model)
+    if problem:
+        raise ValueError(problem)
+    return model

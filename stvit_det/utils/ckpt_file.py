@@ -342,22 +342,28 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
             lacks the detection backbone's norms 0-2: accepted.)
         shapes: :func:`model_tensor_shapes` of the config, when the caller has them.
         resume: ``tools/train.py --resume``: the file must also be a checkpoint of a training run (mmengine's
-            ``meta`` with ``epoch`` and ``iter``), not weights alone or a converted file.
+            ``meta`` with ``epoch`` and ``iter``, and the ``message_hub`` that ``Runner.resume`` reads), not weights
+            alone, a published model (``state_dict`` and ``meta`` only) or a converted file.
 
     Returns:
         the :func:`~stvit_det.utils.ckpt_convert.compare_state_dicts` report (``missing``, ``unexpected``,
-        ``mismatched``).
+        ``mismatched``); with ``resume``, also ``not_resumed``: the training states the Runner would start afresh
+        because the file lacks them (``optimizer``; ``param_schedulers`` where the config has schedulers).
 
     Raises:
         CheckpointError
     """
     ckpt = read_checkpoint(path, mmap=True)
     meta = ckpt.get('meta') if isinstance(ckpt, Mapping) else None
-    if resume and not (isinstance(meta, Mapping) and is_int(meta.get('epoch')) and is_int(meta.get('iter'))):
-        raise CheckpointError(f'{path} is not the checkpoint of a training run (no epoch and iteration in its meta: '
-                              'weights alone, or a converted file): --resume continues a run where it stopped; to '
-                              f'start a run from these weights, give them as load_from (--cfg-options '
-                              f'load_from={path})')
+    if resume:
+        run_state = isinstance(meta, Mapping) and is_int(meta.get('epoch')) and is_int(meta.get('iter'))
+        lacks = 'no epoch and iteration in its meta' if not run_state else (
+            None if 'message_hub' in ckpt else "no 'message_hub'")
+        if lacks:
+            raise CheckpointError(f'{path} is not the checkpoint of a training run ({lacks}: weights alone, a '
+                                  'published model or a converted file): --resume continues a run where it stopped; '
+                                  f'to start a run from these weights, give them as load_from (--cfg-options '
+                                  f'load_from={path})')
     error = head_classes_error(cfg.get('model', {}), ckpt, path)
     if error:
         raise CheckpointError(error)
@@ -386,6 +392,9 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
         raise CheckpointError(f'{path} holds no tensor of {len(absent)} backbone blocks of the config\'s model '
                               f'(another, shallower arch: e.g. STViT-R-T weights for STViT-R-S?), e.g. '
                               f'{", ".join(absent[:3])}: they would train from their random initialisation')
+    if resume:
+        states = ('optimizer', 'param_schedulers') if cfg.get('param_scheduler') else ('optimizer', )
+        report['not_resumed'] = [k for k in states if k not in ckpt]
     return report
 
 

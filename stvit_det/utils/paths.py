@@ -43,6 +43,32 @@ def missing_file_error(what: str, path: str) -> Optional[str]:
     return f'{what} {path} is a directory, not a file' if folder else f'{what} file not found: {path}'
 
 
+def read_image(path: str):
+    """The (H, W, 3) uint8 BGR image at ``path`` as ``mmcv.imread`` reads it (grey and RGBA images get 3 channels).
+
+    Raises:
+        ValueError: ``cannot read image PATH`` with the reason: not found, a directory, an empty file (OpenCV
+            asserts on it), not an image or truncated (where ``mmcv.imread`` returns None).
+    """
+    import cv2
+    import mmcv
+
+    from .errors import first_line
+
+    missing = missing_file_error('image', path)
+    if missing:
+        raise ValueError(f'cannot read image {path}: {missing}')
+    if not is_storage_path(path) and os.path.getsize(os.path.expanduser(path)) == 0:
+        raise ValueError(f'cannot read image {path}: the file is empty')
+    try:
+        image = mmcv.imread(path, channel_order='bgr')
+    except (OSError, cv2.error) as e:
+        raise ValueError(f'cannot read image {path}: {first_line(e)}') from None
+    if image is None:
+        raise ValueError(f'cannot read image {path} (not an image file?)')
+    return image
+
+
 def same_file(a: str, b: str) -> bool:
     """Whether ``a`` and ``b`` name one existing file, however spelt (relative, through a link, a hard link, with
     ``~`` for the home folder)."""
