@@ -523,7 +523,8 @@ def test_tool_reports_bad_input_in_one_line(tmp_path, capsys, demo_checkpoint, d
         ([DEMO_CONFIG, '--shape', '100000000', '100000000', '--part', 'backbone', '--out', out],
          'out of memory at --shape 100000000 100000000 ('),
         ([DEMO_CONFIG, *shape, '--part', 'backbone+neck', '--cfg-options', 'model.backbone.embed_dims=64'],
-         'the backbone+neck does not run on a (1, 3, 224, 224) input: RuntimeError'),  # FPN in_channels of 48
+         'model.neck.in_channels=[48, 96, 192, 384] does not fit the backbone: STViTR (out_indices (0, 1, 2, 3)) '
+         'returns 4 maps of [64, 128, 256, 512] channels'),  # was a channel RuntimeError in the trial forward
         ([osp.join(ROOT, 'configs', '_base_', 'models', 'mask-rcnn_stvit-r-t_fpn.py'), *shape, '--part', 'backbone',
           '--image', demo_image],  # a model config without dataloaders
          "--image needs the config's test pipeline (test_dataloader.dataset.pipeline), and this config's cannot be "

@@ -308,7 +308,8 @@ def test_a_forward_failing_an_assertion_names_where(monkeypatch, capsys, tmp_pat
 def test_a_neck_that_does_not_read_the_backbone_maps(monkeypatch, capsys, tmp_path):
     """A neck whose in_channels do not match the maps STViTR returns (fewer out_indices, or a stock ResNet config's
     widths) is named with the value that fits when the model is built, by every tool, before the Runner, the data
-    and the first batch (it was a bare AssertionError or a channel error in the FPN's first forward)."""
+    and the first batch (it was a bare AssertionError or a channel error in the FPN's first forward); the backbone
+    alone is still measured and exported."""
     fits = 'set model.neck.in_channels=[96, 192, 384]'
     bad = 'model.neck.in_channels=[48, 96, 192, 384] does not fit the backbone: STViTR (out_indices (1, 2, 3)) ' \
           'returns 3 maps of [96, 192, 384] channels; ' + fits
@@ -319,10 +320,14 @@ def test_a_neck_that_does_not_read_the_backbone_maps(monkeypatch, capsys, tmp_pa
     _assert_error(_run(monkeypatch, capsys, 'analysis/get_flops.py', DEMO_CONFIG, '--shape', '64', '64', '--device',
                        'meta', '--cfg-options', 'model.backbone.out_indices=[1,2,3]'), 'error: ', bad)
     _assert_error(_run(monkeypatch, capsys, 'deployment/export_onnx.py', DEMO_CONFIG, '--shape', '64', '64',
-                       '--part', 'backbone', '--out', str(tmp_path / 'b.onnx'), '--cfg-options',
+                       '--part', 'backbone+neck', '--out', str(tmp_path / 'b.onnx'), '--cfg-options',
                        'model.neck.in_channels=[48,96,192,400]'), 'error: ',
                   'model.neck.in_channels=[48, 96, 192, 400] does not fit the backbone',
                   'set model.neck.in_channels=[48, 96, 192, 384]')
+    # the backbone alone needs no neck: it is measured and exported whatever the neck says
+    code, last = _run(monkeypatch, capsys, 'analysis/get_flops.py', DEMO_CONFIG, '--shape', '64', '64', '--device',
+                      'meta', '--mode', 'backbone', '--cfg-options', 'model.backbone.out_indices=[1,2,3]')
+    assert code == 0, last
     # the same widths with the right out_indices build: the check reads the built modules, not the config text
     _assert_error(_run(monkeypatch, capsys, 'train.py', DEMO_CONFIG, '--work-dir', wd, '--cfg-options',
                        'model.backbone.out_indices=[1,2,3]', 'model.neck.in_channels=[96,192,384]',

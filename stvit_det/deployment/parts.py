@@ -139,9 +139,6 @@ def build_detector(config: str, checkpoint: Optional[str] = None, cfg_options: O
             model = revert_sync_batchnorm(MODELS.build(model_cfg))
     except (KeyError, TypeError) as e:  # a type not in the registry, an argument the class does not take
         raise ValueError(f'{config}: cannot build its model: {error_summary(e)}') from None
-    problem = feature_fit_problem(model)
-    if problem:
-        raise ValueError(f'{config}: {problem}')
     if checkpoint:
         load_exact(model, checkpoint)
     return model.eval(), cfg
@@ -171,6 +168,9 @@ def build_part(detector: nn.Module, part: str, shape: Tuple[int, int],
     check_part(part)
     if min(shape) < 1:
         raise ValueError(f'input shape must be positive, got {tuple(shape)}')
+    problem = feature_fit_problem(detector) if part != 'backbone' else None  # the backbone alone needs no neck
+    if problem:
+        raise ExportError(problem)
     try:
         with torch.no_grad():
             if part == 'backbone':

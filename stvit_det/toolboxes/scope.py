@@ -219,7 +219,7 @@ def drop_init_cfgs(node) -> None:
             drop_init_cfgs(item)
 
 
-def build_bare_model(cfg: Config, model_cfg: Optional[dict] = None, meta: bool = False):
+def build_bare_model(cfg: Config, model_cfg: Optional[dict] = None, meta: bool = False, check_fit: bool = True):
     """Build ``cfg.model`` (or ``model_cfg``, an edited copy of it) through the registry of the config's toolbox with
     every ``init_cfg`` dropped: random weights, no file read, nothing downloaded. With ``meta``, on the meta device
     (no memory, no initialisation; models that read tensor values while they are built raise there).
@@ -227,7 +227,8 @@ def build_bare_model(cfg: Config, model_cfg: Optional[dict] = None, meta: bool =
     Used by the tools that build models only to measure, convert, check or export them.
 
     Raises:
-        ValueError: also for a neck or head that cannot read the maps of an STViTR backbone
+        ValueError: also, with ``check_fit`` (off for callers that use the backbone alone), for a neck or head that
+            cannot read the maps of an STViTR backbone
             (:func:`~stvit_det.toolboxes.feature_fit.feature_fit_problem`), which the model would only meet in its
             first forward.
     """
@@ -241,7 +242,7 @@ def build_bare_model(cfg: Config, model_cfg: Optional[dict] = None, meta: bool =
     drop_init_cfgs(model_cfg)
     with torch.device('meta') if meta else contextlib.nullcontext():
         model = MODELS.build(model_cfg)
-    problem = feature_fit_problem(model)
+    problem = feature_fit_problem(model) if check_fit else None
     if problem:
         raise ValueError(problem)
     return model

@@ -77,13 +77,15 @@ def _zero_score_thresholds(node) -> None:
             _zero_score_thresholds(item)
 
 
-def build_model(cfg: Config, device: str = 'cpu') -> torch.nn.Module:
+def build_model(cfg: Config, device: str = 'cpu', whole: bool = True) -> torch.nn.Module:
     """Build ``cfg.model`` through the registry of the config's toolbox (random weights, eval mode, SyncBN reverted
-    to BN as mmengine does without DDP). Leaves the config's scope as mmengine's default scope."""
+    to BN as mmengine does without DDP). Leaves the config's scope as mmengine's default scope. With ``whole``
+    (the caller runs more than the backbone), a neck or head that cannot read the backbone's maps is refused
+    (``ValueError``, see ``stvit_det.toolboxes.feature_fit``)."""
     model_cfg = copy.deepcopy(cfg.model)
     if 'test_cfg' in model_cfg:
         _zero_score_thresholds(model_cfg['test_cfg'])
-    model = revert_sync_batchnorm(build_bare_model(cfg, model_cfg, meta=device == 'meta'))  # meta: no memory
+    model = revert_sync_batchnorm(build_bare_model(cfg, model_cfg, meta=device == 'meta', check_fit=whole))
     return model.to(device).eval()
 
 

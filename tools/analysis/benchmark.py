@@ -186,7 +186,7 @@ class Bench:
         cfg = load_config(config, args.cfg_options)
         scope = cfg.get('default_scope', 'mmdet')
         torch.manual_seed(0)  # the same random weights and input whatever the position of the config in the list
-        model = build_model(cfg, 'cpu')
+        model = build_model(cfg, 'cpu', whole=mode != 'backbone')
         self.net = model.backbone if mode == 'backbone' else model  # backbone mode: only the backbone on the device
         self.net.to(args.device)
         self.inputs, samples = fake_batch(batch_size, shape, args.device, scope=scope)

@@ -118,7 +118,7 @@ def measure(config: str, args) -> Dict[str, float]:
     cfg = load_config(config, args.cfg_options)
     torch.manual_seed(0)  # the same random weights and input whatever the position of the config in the list
     try:
-        model = build_model(cfg, args.device)
+        model = build_model(cfg, args.device, whole=args.mode != 'backbone')
     except (RuntimeError, NotImplementedError) as e:
         if args.device != 'meta' or is_out_of_memory(e):
             raise SystemExit(f'error: {config}: the model cannot be built: {first_line(e)}') from None
