@@ -166,7 +166,15 @@ def test_recovery_masks_on_the_semantic_grid():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match='pad_mask'):
+    from stvit_det.models.backbones.stvit_r import STViTR
+    from stvit_det.models.layers import SemanticTokenGenerator, SpatialRecovery, TokenLearner
+
+    message = r"pad_mask must be one of \('correct', 'official', 'none'\), got 'bogus'"
+    with pytest.raises(ValueError, match=message):
         region_key_bias(14, 14, 7, 14, 'bogus', 14, 14, 0, 0)
+    for build in (lambda: STViTR(pad_mask='bogus'), lambda: SemanticTokenGenerator(8, 2, pad_mask='bogus'),
+                  lambda: SpatialRecovery(8, 2, pad_mask='bogus'), lambda: TokenLearner(8, pad_mask='bogus')):
+        with pytest.raises(ValueError, match=message):  # one check, one message, wherever the mode is given
+            build()
     with pytest.raises(ValueError, match='cover its own window'):
         region_index(14, 14, 7, 5)

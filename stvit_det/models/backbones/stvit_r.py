@@ -31,7 +31,7 @@ from ...utils.values import is_count, is_finite_number, is_int, is_sequence
 from ..layers.attention import check_attn_impl
 from ..layers.classification_form import STAGE3_FORMS, classification_pattern, classification_swin_pattern
 from ..layers.stvit_stage import SPARSIFIER_UNITS, STViTStage, dumbbell_pattern, swin_pattern
-from ..layers.window_ops import PAD_MASK_MODES, pad_to_multiple, tiles_fit
+from ..layers.window_ops import check_pad_mask, pad_to_multiple, tiles_fit
 
 ARCH_SETTINGS: Dict[str, Dict] = {
     'tiny': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
@@ -248,8 +248,7 @@ class STViTR(BaseModule):
         depths, num_heads = tuple(depths), tuple(num_heads)
         if stem not in ('conv', 'patch'):
             raise ValueError(f"stem must be 'conv' or 'patch', got '{stem}'")
-        if pad_mask not in PAD_MASK_MODES:
-            raise ValueError(f"pad_mask must be one of {PAD_MASK_MODES}, got '{pad_mask}'")
+        check_pad_mask(pad_mask)
         if sparsifier not in SPARSIFIER_UNITS:
             raise ValueError(f"sparsifier must be one of {tuple(SPARSIFIER_UNITS)}, got '{sparsifier}'")
         check_attn_impl(attn_impl)

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 
 from .semantic_tokens import SemanticBlockBase
-from .window_ops import PAD_MASK_MODES, pad_to_multiple, semantic_grid_size, window_partition, window_reverse
+from .window_ops import check_pad_mask, pad_to_multiple, semantic_grid_size, window_partition, window_reverse
 
 
 class SpatialRecovery(SemanticBlockBase):
@@ -34,8 +34,7 @@ class SpatialRecovery(SemanticBlockBase):
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, samples: int = 3, region: int = 27,
                  pad_mask: str = 'correct', **kwargs) -> None:
         super().__init__(dim, num_heads, **kwargs)
-        if pad_mask not in PAD_MASK_MODES:
-            raise ValueError(f"pad_mask must be one of {PAD_MASK_MODES}, got '{pad_mask}'")
+        check_pad_mask(pad_mask)
         if region < samples:
             raise ValueError(f'recovery region {region} must be at least the samples per window {samples}')
         self.window_size, self.samples, self.region, self.pad_mask = window_size, samples, region, pad_mask

@@ -22,7 +22,7 @@ from timm.layers import DropPath
 
 from .attention import QKVAttention, Region
 from .mlp import Mlp
-from .window_ops import PAD_MASK_MODES, pad_to_multiple, semantic_grid_size, window_partition, window_reverse
+from .window_ops import check_pad_mask, pad_to_multiple, semantic_grid_size, window_partition, window_reverse
 
 
 def layer_scaled(gamma: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
@@ -106,8 +106,7 @@ class SemanticTokenGenerator(SemanticBlockBase):
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, samples: int = 3, region: int = 14,
                  generate: bool = True, pad_mask: str = 'correct', **kwargs) -> None:
         super().__init__(dim, num_heads, **kwargs)
-        if pad_mask not in PAD_MASK_MODES:
-            raise ValueError(f"pad_mask must be one of {PAD_MASK_MODES}, got '{pad_mask}'")
+        check_pad_mask(pad_mask)
         if not 1 <= samples <= window_size:
             raise ValueError(f'samples per window side must be in [1, {window_size}], got {samples}')
         if region < window_size:

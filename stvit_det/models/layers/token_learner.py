@@ -20,7 +20,7 @@ import torch.nn as nn
 from timm.layers import DropPath, Mlp
 
 from .semantic_tokens import layer_scaled
-from .window_ops import (PAD_MASK_MODES, pad_to_multiple, region_index, semantic_grid_size, window_partition,
+from .window_ops import (check_pad_mask, pad_to_multiple, region_index, semantic_grid_size, window_partition,
                          window_reverse)
 
 
@@ -49,8 +49,7 @@ class TokenLearnerBlockBase(nn.Module):
     def __init__(self, dim: int, window_size: int = 7, samples: int = 3, mlp_ratio: float = 4.0,
                  drop_path: float = 0.0, layer_scale_init: float = 1e-5, pad_mask: str = 'correct') -> None:
         super().__init__()
-        if pad_mask not in PAD_MASK_MODES:
-            raise ValueError(f"pad_mask must be one of {PAD_MASK_MODES}, got '{pad_mask}'")
+        check_pad_mask(pad_mask)
         if not 1 <= samples <= window_size:
             raise ValueError(f'samples per window side must be in [1, {window_size}], got {samples}')
         self.window_size, self.samples, self.pad_mask = window_size, samples, pad_mask

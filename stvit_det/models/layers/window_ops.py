@@ -17,6 +17,13 @@ import torch.nn.functional as F
 
 PAD_MASK_MODES = ('correct', 'official', 'none')
 
+
+def check_pad_mask(pad_mask: str) -> str:
+    """``pad_mask`` itself if it is one of :data:`PAD_MASK_MODES`, else a ValueError that lists them."""
+    if pad_mask not in PAD_MASK_MODES:
+        raise ValueError(f"pad_mask must be one of {PAD_MASK_MODES}, got '{pad_mask}'")
+    return pad_mask
+
 #: additive logit the released code uses for its (partial) padding mask
 OFFICIAL_MASK_VALUE = -1000.0
 
@@ -173,8 +180,7 @@ def key_position_bias(rows: torch.Tensor, cols: torch.Tensor, grid_h: int, grid_
     Returns:
         None or a float32 tensor shaped like ``rows``.
     """
-    if mode not in PAD_MASK_MODES:
-        raise ValueError(f"pad_mask must be one of {PAD_MASK_MODES}, got '{mode}'")
+    check_pad_mask(mode)
     if mode == 'none':
         return None
     border = (rows < 0) | (rows >= grid_h) | (cols < 0) | (cols >= grid_w)
