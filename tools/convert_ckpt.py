@@ -138,7 +138,8 @@ def convert_backbone(args):
             msg += f' (converted for --arch {args.arch}: pass the arch the weights were trained with)'
         raise CheckpointError(msg) from None
     report.update(missing=loaded['missing'], unexpected=loaded['unexpected'])
-    sd = OrderedDict((k, v) for k, v in sd.items() if k not in set(loaded['unexpected']))  # no place: not written
+    no_place = set(loaded['unexpected'])  # not written
+    sd = OrderedDict((k, v) for k, v in sd.items() if k not in no_place)
     meta = dict(source=os.path.basename(args.src), source_layout=report['layout'], arch=args.arch,
                 missing=report['missing'], dropped=report['dropped'])
     return sd, meta, report

@@ -34,18 +34,22 @@ def _as_list(value) -> Optional[List[int]]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else None
 
 
+def _ints(value) -> List[int]:
+    """An int, or a list / tuple of them, as a list."""
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
 def _head_problem(name: str, head: nn.Module, widths: Sequence[int], backbone: str) -> Optional[str]:
     """An mmseg decode / auxiliary head's ``in_channels`` at its ``in_index`` (int or list)."""
     channels, index = getattr(head, 'in_channels', None), getattr(head, 'in_index', None)
     if channels is None or index is None:
         return None
-    indices = _as_list(index) if _as_list(index) is not None else [int(index)]
-    wanted = _as_list(channels) if _as_list(channels) is not None else [int(channels)]
+    indices, wanted = _ints(index), _ints(channels)
     if any(not -len(widths) <= i < len(widths) for i in indices):
         return (f'{name}.in_index={index!r}, but {backbone} returns {len(widths)} maps: set {name}.in_index to '
                 f'indices below {len(widths)}')
     got = [widths[i] for i in indices]
-    if len(got) != len(wanted) or got != wanted:
+    if got != wanted:
         fit = got if isinstance(index, (list, tuple)) else got[0]
         return (f'{name}.in_channels={channels!r} does not fit the maps it reads (in_index={index!r}): {backbone} '
                 f'returns {widths} channels there, so {name}.in_channels={fit}')

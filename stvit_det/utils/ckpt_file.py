@@ -356,9 +356,11 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
     ckpt = read_checkpoint(path, mmap=True)
     meta = ckpt.get('meta') if isinstance(ckpt, Mapping) else None
     if resume:
-        run_state = isinstance(meta, Mapping) and is_int(meta.get('epoch')) and is_int(meta.get('iter'))
-        lacks = 'no epoch and iteration in its meta' if not run_state else (
-            None if 'message_hub' in ckpt else "no 'message_hub'")
+        lacks = None
+        if not (isinstance(meta, Mapping) and is_int(meta.get('epoch')) and is_int(meta.get('iter'))):
+            lacks = 'no epoch and iteration in its meta'
+        elif 'message_hub' not in ckpt:
+            lacks = "no 'message_hub'"
         if lacks:
             raise CheckpointError(f'{path} is not the checkpoint of a training run ({lacks}: weights alone, a '
                                   'published model or a converted file): --resume continues a run where it stopped; '

@@ -24,6 +24,7 @@ def check_pad_mask(pad_mask: str) -> str:
         raise ValueError(f"pad_mask must be one of {PAD_MASK_MODES}, got '{pad_mask}'")
     return pad_mask
 
+
 #: additive logit the released code uses for its (partial) padding mask
 OFFICIAL_MASK_VALUE = -1000.0
 
