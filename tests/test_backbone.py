@@ -10,6 +10,7 @@ from stvit_det import STViTR
 from stvit_det.models.layers import DUMBBELL_UNIT
 
 from conftest import SMALL, assert_with_cp_parity, randomize_, small_stvit
+from test_released_models import stvit_backbone_layout
 
 CHANNELS = {'tiny': (96, 192, 384, 768), 'small': (96, 192, 384, 768), 'base': (128, 256, 512, 1024)}
 
@@ -51,9 +52,12 @@ def test_layout_and_pattern():
     assert small.layers[0].pattern == ('window', 'shifted')
     assert small.layers[3].downsample is None and small.layers[2].downsample is not None
     assert STViTR(arch='tiny', sparsify=False).layers[2].pattern == ('window', 'shifted') * 3
-    # parameter counts of the spec (section 1)
-    assert round(sum(p.numel() for p in tiny.parameters()) / 1e6, 2) == 27.55
-    assert round(sum(p.numel() for p in small.parameters()) / 1e6, 2) == 48.86
+    # parameters: those of the released layout (written from the official code), 27.55 M and 48.86 M
+    buffers = ('running_mean', 'running_var', 'num_batches_tracked', 'relative_position_index')
+    for model, depths, millions in ((tiny, (2, 2, 6, 2), 27.55), (small, (2, 2, 18, 2), 48.86)):
+        layout = stvit_backbone_layout(96, depths, (3, 6, 12, 24))
+        count = sum(math.prod(shape) for k, shape in layout.items() if not k.endswith(buffers))
+        assert sum(p.numel() for p in model.parameters()) == count and round(count / 1e6, 2) == millions
 
 
 def test_out_indices_subset():
@@ -188,17 +192,22 @@ def test_frozen_stages(frozen):
     if frozen == 4:
         assert not any(p.requires_grad for p in model.parameters())
         return
-    # a training step leaves frozen weights untouched, including the stem BN statistics
+    # a training step with every parameter in the optimizer (as mmengine's constructor does) gets no gradient into
+    # the frozen weights and leaves them untouched, the stem BN statistics included; the others move
+    randomize_(model)  # 1e-5 layer scales would leave most weights with gradients too small to move them
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sum(o.sum() for o in model(torch.randn(2, 3, 64, 64))).backward()
+    assert {n for n, p in model.named_parameters() if p.grad is None} == expected
     opt.step()
     after = model.state_dict()
-    for k in before:
-        stem_or_frozen = (frozen >= 0 and k.startswith('patch_embed.')) or any(
-            k.startswith(f'layers.{i}.') or k.startswith(f'norm{i}.') for i in range(frozen))
-        if stem_or_frozen:
-            assert torch.equal(before[k], after[k]), k
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    frozen_keys = {k for k in before if (frozen >= 0 and k.startswith('patch_embed.')) or any(
+        k.startswith(f'layers.{i}.') or k.startswith(f'norm{i}.') for i in range(frozen))}
+    assert not moved & frozen_keys
+    assert {n for n, p in model.named_parameters() if p.requires_grad} <= moved
+    if frozen == -1:
+        assert 'patch_embed.proj.0.bn.running_mean' in moved
 
 
 def test_norm_eval_keeps_stem_bn_in_eval():

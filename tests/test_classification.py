@@ -320,8 +320,8 @@ env_cfg = dict(dist_cfg=dict(backend='gloo'))
 
 def test_train_and_test_tools_run_a_classification_config(tmp_path):
     """End to end: tools/train.py trains the STViT-R-T ImageNet config (narrow, on 8 fake images in class folders)
-    for one epoch, tools/test.py evaluates its checkpoint (top-1 / top-5) and dumps predictions; the checkpoint then
-    initialises a detection backbone reporting only the detection norms as missing."""
+    for one epoch, tools/test.py evaluates its checkpoint (top-1: 4 classes here) and dumps predictions; the
+    checkpoint then initialises a detection backbone reporting only the detection norms as missing."""
     import subprocess
 
     import numpy as np

@@ -126,13 +126,12 @@ def test_rebuild_is_skipped_unless_invalid_or_forced(dataset, tmp_path):
     out_dir, _ = dataset
     _, built = make_demo_dataset(out_dir, seed=0)
     assert not built
-    # another seed is another dataset
-    fresh = str(tmp_path / 'demo')
+    fresh = str(tmp_path / 'demo')  # an empty folder is built
     _, built = make_demo_dataset(fresh, seed=0)
     assert built
     from stvit_det.datasets.demo_nuclei_seg import SEG_DIR, make_seg_demo_dataset
     assert make_seg_demo_dataset(fresh, seed=0)[1] and osp.isdir(osp.join(fresh, SEG_DIR))
-    _, built = make_demo_dataset(fresh, seed=1)
+    _, built = make_demo_dataset(fresh, seed=1)  # another seed is another dataset
     assert built
     # the label maps of the seed-0 views went with them (they would pass every check beside the new images)
     assert not osp.exists(osp.join(fresh, SEG_DIR))

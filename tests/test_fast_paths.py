@@ -232,11 +232,21 @@ def test_chunked_inference_changes_nothing(shift, monkeypatch):
     """Swin block (window attention, MLP) in CPU inference: tiny chunks give the outputs of one big chunk."""
     blk = randomize_(SwinBlock(16, 2, 7, shift)).eval()
     x = torch.randn(2, 23, 30, 16)
+    pieces_per_call = []
+
+    def counting_chunked(fn, *args):
+        calls = []
+        out = chunking.chunked(lambda t, i: calls.append(i) or fn(t, i), *args)
+        pieces_per_call.append(len(calls))
+        return out
+
+    monkeypatch.setattr(swin_block, 'chunked', counting_chunked)
     with torch.no_grad():
         whole, _ = blk(x)
+        assert pieces_per_call == [1, 1]  # attention, MLP: one piece each at the default chunk size
         monkeypatch.setattr(chunking, 'CHUNK_BYTES', 1)
-        assert chunking.should_chunk(x)
         pieces, _ = blk(x)
+    assert pieces_per_call[2] == 4 * 5 and pieces_per_call[3] == 23  # a piece per window (23x30 pads to 4x5), per row
     torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6)
 
 

@@ -157,9 +157,10 @@ def mask_rcnn_layout(arch):
 
 
 def tiny_tensors(layout):
-    """Tensors of the given shapes backed by one element each (zero strides)."""
-    return OrderedDict((k, torch.zeros((), dtype=torch.long if k.endswith(('index', 'num_batches_tracked')) else
-                                      torch.float32).expand(shape)) for k, shape in layout.items())
+    """Tensors of the given shapes backed by one element each (zero strides), each holding its key's number (1, 2,
+    ...) so that a conversion that puts a tensor under another name is seen."""
+    return OrderedDict((k, torch.full((), i + 1, dtype=torch.long if k.endswith(('index', 'num_batches_tracked'))
+                                      else torch.float32).expand(shape)) for i, (k, shape) in enumerate(layout.items()))
 
 
 def save_2x_checkpoint(path, layout, classes=COCO_2X_CLASSES):
@@ -220,6 +221,9 @@ def test_released_layout_converts_and_loads_0_0(arch, tmp_path):
     converted = torch.load(dst, weights_only=True)
     assert converted['meta']['dataset_meta']['classes'] == COCO_2X_CLASSES
     assert 'optimizer' not in converted and len(converted['state_dict']) == len(layout)
+    source = tiny_tensors(layout)
+    for k, v in converted['state_dict'].items():  # every tensor under its own name, values kept
+        assert v.shape == source[k].shape and torch.equal(v, source[k]), k
     result = model.load_state_dict(converted['state_dict'], strict=True)
     assert not result.missing_keys and not result.unexpected_keys
 

@@ -341,8 +341,6 @@ def test_heads_that_do_not_read_the_backbone_maps():
 
     from stvit_det.toolboxes.scope import build_bare_model
 
-    pytest.importorskip('mmseg')
-    pytest.importorskip('mmpretrain')
     seg = Config.fromfile(osp.join(ROOT, 'configs', 'stvit-r-seg', 'stvit-r-demo_upernet_1xb4-400_nuclei-224x224.py'))
     widths = build_bare_model(seg, meta=True).backbone.num_features  # the shipped config builds
     seg.model.decode_head.in_channels = [w + 1 for w in widths]

@@ -7,7 +7,9 @@
 # $STVIT_CACHE (default ~/.cache/stvit_det/wheels), so a fresh clone re-installs without rebuilding it.
 #
 # Why each step is here:
-#  1. torch==2.13.0 first: pip takes the local CPU wheel; every later pip call passes
+#  1. torch==2.13.0+cpu first (the CPU build, named by its local label: the CI machines' wheel directory holds it;
+#     public PyPI serves only CUDA builds, so elsewhere give PyTorch's CPU index:
+#     STVIT_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash tools/install.sh); every later pip call passes
 #     requirements/constraints.txt so that timm does not drag in a newer CUDA torch.
 #  2. mmcv 2.1.0 (mmdet 3.3 refuses 2.2) has no wheel for this torch: it is compiled once with its C++
 #     ops (RoIAlign / NMS, needed by Mask R-CNN), without debug info (5 min instead of 16 on 2 cores).
@@ -37,7 +39,11 @@ py=$venv/bin/python
 pip=("$py" -m pip install -q --disable-pip-version-check)
 con=(-c "$req/constraints.txt")
 
-"${pip[@]}" torch==2.13.0
+torch_index=()
+if [ -n "${STVIT_TORCH_INDEX:-}" ]; then
+  torch_index=(--extra-index-url "$STVIT_TORCH_INDEX")
+fi
+"${pip[@]}" "${torch_index[@]}" torch==2.13.0+cpu
 "${pip[@]}" "${con[@]}" -r "$req/build.txt" "numpy<2"
 
 mkdir -p "$cache"
