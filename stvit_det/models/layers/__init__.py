@@ -1,5 +1,5 @@
 """Building blocks of STViT-R, small to large: window_ops / chunking / mlp -> tiled_attention -> attention ->
-swin_block / semantic_tokens / recovery / token_learner / classification_form -> stvit_stage."""
+swin_block / semantic_tokens / recovery / token_learner / classification_form -> stvit_stage; stem (conv or patch)."""
 from .attention import ATTN_IMPLS, QKVAttention
 from .recovery import SpatialRecovery
 from .semantic_tokens import SemanticTokenBlock, SemanticTokenGenerator
