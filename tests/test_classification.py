@@ -552,3 +552,13 @@ def test_image_lists_are_read_as_mmpretrain_reads_them(tmp_path, monkeypatch):
     with pytest.raises(DatasetCheckError, match='image not found'):  # a changed list is
         check_cls_dataset_cfgs(cfg, ('train', ))
     assert check_cls_dataset_cfgs(dict(cfg, default_scope='mmdet'), ('train', )) == []
+    # a list without labels (ImageNet's test split) is read line by line as it stands: a trailing space is part of
+    # the file name for MMPretrain (with labels it splits the stripped line)
+    (tmp_path / 'test').mkdir()
+    imwrite(np.zeros((8, 8, 3), np.uint8), str(tmp_path / 'test' / '0.jpg'))
+    (tmp_path / 'meta' / 'test.txt').write_text('0.jpg \n')
+    test_cfg = dict(cfg, test_dataloader=dict(dataset=dict(type='ImageNet', data_root=str(tmp_path), split='test')))
+    with pytest.raises(DatasetCheckError, match=re.escape(f'line 1: image not found: {tmp_path / "test" / "0.jpg"} ')):
+        check_cls_dataset_cfgs(test_cfg, ('test', ))
+    (tmp_path / 'meta' / 'test.txt').write_text('0.jpg\n')
+    assert check_cls_dataset_cfgs(test_cfg, ('test', )) == [('test_dataloader.dataset', 1)]

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os.path as osp
 import pickle
+import re
 import sys
 import warnings
 
@@ -539,3 +540,46 @@ def test_a_checkpoint_the_user_may_not_read(tmp_path, monkeypatch):
     monkeypatch.setattr('builtins.open', refused)
     with pytest.raises(CheckpointError, match=r'locked\.pth: cannot read the file: Permission denied$'):
         read_checkpoint(str(path))
+
+
+def test_checks_read_every_spelling_of_the_config(tmp_path):
+    """The early checks read the same settings whatever their spelling: the model under ``test.py --tta``'s wrapper
+    (``dict(type=TTA, module=model)``), a ``type`` given as the class (pure-Python configs), MMPretrain's
+    ``data_prefix=dict(img_path=...)`` beside the plain string."""
+    from mmengine.config import Config
+    from mmpretrain.datasets import ImageNet
+
+    from stvit_det import STViTR
+    from stvit_det.datasets import DatasetCheckError
+    from stvit_det.datasets import seg_check
+    from stvit_det.datasets.coco_check import check_dataset_cfg, detector_head_classes
+
+    def tta(cfg):
+        wrapped = copy.deepcopy(cfg)
+        wrapped.model = dict(type='DetTTAModel', module=wrapped.model)
+        return wrapped
+
+    det = Config.fromfile(DEMO_CONFIG)
+    assert detector_head_classes(det) and detector_head_classes(tta(det)) == detector_head_classes(det)
+    seg = Config.fromfile(osp.join(ROOT, 'configs', 'stvit-r-seg', 'stvit-r-demo_upernet_1xb4-400_nuclei-224x224.py'))
+    seg.model.decode_head.ignore_index = 7
+    assert seg_check._ignore_index(tta(seg)) == seg_check._ignore_index(seg) == 7
+    assert seg_check._head_classes(seg) and seg_check._head_classes(tta(seg)) == seg_check._head_classes(seg)
+
+    det.model.backbone.init_cfg = ['a', 'b']  # what --cfg-options makes of a {...} value
+    for cfg in (det, tta(det)):
+        for kind in ('STViTR', 'mmdet.STViTR', STViTR):
+            cfg_kind = copy.deepcopy(cfg)
+            (cfg_kind.model.get('module') or cfg_kind.model).backbone.type = kind
+            with pytest.raises(CheckpointError, match=r"model\.backbone\.init_cfg: STViTR's init_cfg is None or one"):
+                check_backbone_init_checkpoint(cfg_kind)
+
+    for kind in ('ImageNet', ImageNet):  # MMPretrain's ImageNet reads data_root/split
+        with pytest.raises(DatasetCheckError, match=r'image directory not found: .*val \(d\.data_root \+ split\)'):
+            check_dataset_cfg(dict(type=kind, data_root=str(tmp_path), split='val'), 'd', scope='mmpretrain')
+    (tmp_path / 'train' / 'cat').mkdir(parents=True)
+    (tmp_path / 'train' / 'cat' / 'notes.txt').write_text('not an image')
+    for prefix, where in (('train', 'data_prefix'), (dict(img_path='train'), 'data_prefix.img_path')):
+        with pytest.raises(DatasetCheckError, match=rf'no image files .* \(d\.{re.escape(where)}\)'):
+            check_dataset_cfg(dict(type='CustomDataset', data_root=str(tmp_path), data_prefix=prefix), 'd',
+                              scope='mmpretrain')

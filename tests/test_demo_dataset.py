@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 from stvit_det.datasets import check_coco_annotations
 from stvit_det.datasets.demo_nuclei import (DIHEDRAL, ann_file_path, apply_dihedral, boxes_intersect,
                                             labels_to_coco_annotations, load_stardist_nuclei, make_demo_dataset,
-                                            quadrant_box, train_crop_boxes)
+                                            quadrant_box, train_crop_boxes, validate_demo_dataset)
 
 MIN_FRAGMENT_AREA = 20  # the default of make_demo_dataset
 
@@ -148,6 +148,16 @@ def test_rebuild_is_skipped_unless_invalid_or_forced(dataset, tmp_path):
         json.dump({'settings': None, 'complete': False}, f)
     _, built = make_demo_dataset(fresh, seed=1)
     assert built
+    # ... as is one whose counts were edited away (a split missing, not a mapping, not an object at all)
+    info_path = osp.join(fresh, 'build_info.json')
+    with open(info_path) as f:
+        info = json.load(f)
+    for damaged in (dict(info, counts={'train': info['counts']['train']}), dict(info, counts=[1, 2]), [info]):
+        with open(info_path, 'w') as f:
+            json.dump(damaged, f)
+        with pytest.raises(ValueError, match='the build did not finish'):
+            validate_demo_dataset(fresh)
+        assert make_demo_dataset(fresh, seed=1)[1]
 
 
 def test_files_no_build_wrote_are_kept_unless_forced(tmp_path):

@@ -56,6 +56,9 @@ def test_entries_point_at_configs(metafile):
         assert 'Results' not in model or model['Results'], model['Name']
         weights = model.get('Weights')
         assert weights is None or weights.startswith('https://'), model['Name']
+        # weights of another code base (another key layout) are where MMPretrain lists them, not under Weights
+        converted = model.get('Converted From', {})
+        assert all(converted.get(k, 'https://').startswith('https://') for k in ('Weights', 'Code')), model['Name']
     if osp.basename(folder) in COMPLETE:
         leaves = {osp.relpath(p, ROOT) for p in glob.glob(osp.join(folder, '*.py'))}
         assert leaves == {m['Config'] for m in data['Models']}, 'every experiment of the folder is listed'

@@ -430,6 +430,9 @@ def test_detector_export_names_unsupported_component():
             TwoStageExport._check_supported(detector)
         nms.clear()
         nms.update(saved)
+    detector.roi_head.shared_head = torch.nn.Identity()  # a ResLayer between the RoI features and the heads
+    with pytest.raises(ExportError, match='RoI head with a shared_head'):
+        TwoStageExport._check_supported(detector)
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -356,6 +356,14 @@ def test_heads_that_do_not_read_the_backbone_maps():
     with pytest.raises(ValueError, match=rf'model.auxiliary_head.in_channels={seg.model.auxiliary_head.in_channels} '
                        rf'.*so model.auxiliary_head.in_channels={widths[1]}$'):
         build_bare_model(seg, meta=True)
+    # mmseg's input_transform='resize_concat' keeps the sum of in_channels: it fits when the maps' widths do
+    seg.model.auxiliary_head = dict(type='FCNHead', in_channels=list(widths), in_index=[0, 1, 2, 3], channels=8,
+                                    input_transform='resize_concat', num_convs=1, num_classes=2)
+    assert build_bare_model(seg, meta=True).auxiliary_head.in_channels == sum(widths)
+    seg.model.auxiliary_head.in_channels = [w + 1 for w in widths]
+    with pytest.raises(ValueError, match=rf"model.auxiliary_head's in_channels sum to {sum(widths) + 4} .*resize_concat"
+                       rf".*so model.auxiliary_head.in_channels={re.escape(str(list(widths)))}$"):
+        build_bare_model(seg, meta=True)
     cls = Config.fromfile(osp.join(ROOT, 'configs', 'stvit-r-cls', 'stvit-r-t_16xb64_in1k.py'))
     cls.model.backbone.update(embed_dims=32, depths=[1, 1, 6, 1], num_heads=[1, 2, 4, 8])  # narrow: 256 channels
     with pytest.raises(ValueError, match='model.head.in_channels=768 does not fit the backbone: STViTR '

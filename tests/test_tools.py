@@ -475,6 +475,12 @@ def test_output_probe_leaves_nothing_behind(tmp_path):
     assert unwritable_reason(str(tmp_path / 'keep.txt' / 'inside.pkl'))  # a file where a folder must be
     assert unwritable_reason(str(tmp_path)) == 'it is a directory'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['keep.txt']
+    # a link to a file not yet there (the tool writes through it): the link stays, no empty target is left
+    (tmp_path / 'link.pkl').symlink_to(tmp_path / 'target.pkl')
+    assert unwritable_reason(str(tmp_path / 'link.pkl')) is None
+    assert (tmp_path / 'link.pkl').is_symlink() and not (tmp_path / 'target.pkl').exists()
+    (tmp_path / 'dead.pkl').symlink_to(tmp_path / 'nowhere' / 'target.pkl')  # into a folder that is not there
+    assert unwritable_reason(str(tmp_path / 'dead.pkl')) and not (tmp_path / 'nowhere').exists()
     make_parent_dir(str(out))
     assert (tmp_path / 'a' / 'b').is_dir()
 
@@ -573,3 +579,21 @@ def test_launch_options_that_cannot_work_stop_in_one_line(tmp_path, monkeypatch)
     msg = _tool_exit(monkeypatch, 'test.py', seg, ckpt, *wd, '--out', str(tmp_path / 'a_file' / 'preds'))
     assert msg == f'test.py: error: --out {tmp_path}/a_file/preds: {tmp_path}/a_file is a file', msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file', 'fake.pth']
+
+
+def test_read_image_names_what_it_cannot_read(tmp_path, monkeypatch):
+    """The image the demo tools read: ``~`` is the home folder (as in the checks before it); an empty file or one
+    that is not an image is named in one line."""
+    import numpy as np
+    from mmcv import imwrite
+
+    from stvit_det.utils.paths import read_image
+
+    monkeypatch.setenv('HOME', str(tmp_path))
+    imwrite(np.full((5, 7, 3), 9, np.uint8), str(tmp_path / 'img.png'))
+    assert read_image('~/img.png').shape == (5, 7, 3)
+    (tmp_path / 'empty.png').write_bytes(b'')
+    (tmp_path / 'text.png').write_text('not an image')
+    for name, problem in (('empty.png', ': the file is empty'), ('text.png', ''), ('none.png', '')):
+        with pytest.raises(ValueError, match=rf'cannot read image ~/{name}{problem}'):
+            read_image(f'~/{name}')

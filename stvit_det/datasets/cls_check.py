@@ -21,16 +21,9 @@ import os.path as osp
 from typing import Any, List, Optional, Sequence, Tuple
 
 from ..utils.paths import is_remote
-from ..utils.values import is_int
+from ..utils.values import is_int, model_config, type_name
 from .coco_check import (DatasetCheckError, _join, config_classes, folder_classes, iter_leaf_datasets,
                          pretrain_split_files)
-
-
-def _classifier(model: Any) -> Any:
-    """The classifier's config, also where test.py --tta wrapped it (``module``)."""
-    if isinstance(model, dict) and 'head' not in model and isinstance(model.get('module'), dict):
-        return model['module']
-    return model
 
 
 def _head_classes(model: Any) -> Optional[int]:
@@ -53,7 +46,7 @@ def classifier_config_problem(cfg: Any, phases: Sequence[str]) -> Optional[str]:
     sentence naming the settings; None when they agree, or for other toolboxes' configs."""
     if cfg.get('default_scope') != 'mmpretrain':
         return None
-    model = _classifier(cfg.get('model'))
+    model = model_config(cfg)
     n = _head_classes(model)
     if n is None:
         return None
@@ -74,8 +67,7 @@ def classifier_config_problem(cfg: Any, phases: Sequence[str]) -> Optional[str]:
                         f'head (and data_preprocessor.num_classes) to {k}')
         evaluators = cfg.get(f'{phase}_evaluator') if phase != 'train' else None
         for metric in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
-            if not isinstance(metric, dict) or not str(getattr(metric.get('type'), '__name__', metric.get('type'))
-                                                       ).split('.')[-1] == 'Accuracy':
+            if not isinstance(metric, dict) or type_name(metric.get('type')) != 'Accuracy':
                 continue
             topk = metric.get('topk', 1)
             ks = topk if isinstance(topk, (list, tuple)) else (topk, )
@@ -92,8 +84,7 @@ LIST_DATASETS = ('CustomDataset', 'ImageNet', 'ImageNet21k')
 
 def _image_list(dataset: dict) -> Optional[Tuple[str, str, bool]]:
     """(list file, image folder, with_label) of a list-reading MMPretrain dataset config; None for others."""
-    kind = str(getattr(dataset.get('type'), '__name__', dataset.get('type', ''))).split('.')[-1]
-    if kind not in LIST_DATASETS:
+    if type_name(dataset.get('type')) not in LIST_DATASETS:
         return None
     ann_file, prefix = pretrain_split_files(dataset)
     prefix = prefix.get('img_path', '') if isinstance(prefix, dict) else prefix
@@ -116,20 +107,21 @@ def check_image_list(list_file: str, image_dir: str, with_label: bool = True, nu
         return 0  # a missing list is named by the dataset check
     stat = os.stat(list_file)
     setting = dict(listing=osp.abspath(list_file), images=osp.abspath(image_dir), with_label=with_label,
-                   num_classes=num_classes)
+                   num_classes=num_classes, rules=2)  # rules: how lines are read (2: label-less lines unstripped)
     memory_file = memory_path(check_cache_dir(), 'list', setting)
     stamp = [stat.st_size, stat.st_mtime_ns]
     memory = load_memory(memory_file)
     if memory.get('stamp') == stamp:
         return int(memory.get('lines', 0))
     with open(list_file, encoding='utf-8', errors='replace') as f:
-        lines = [line.strip() for line in f]
+        lines = [line.rstrip('\n\r') for line in f]  # as mmengine's list_from_file
     for number, line in enumerate(lines, 1):
-        if not line:  # mmengine's list_from_file keeps it, and MMPretrain reads it as an image
+        if not line.strip():  # list_from_file keeps it, and MMPretrain reads it as an image
             raise DatasetCheckError(f'{list_file} line {number} is empty ({where}): MMPretrain reads every line as '
                                     'an image; remove it')
-        name = line
+        name = line  # without labels, the line as it stands (spaces included) is the file name
         if with_label:
+            line = line.strip()  # CustomDataset: x.strip().rsplit(' ', 1)
             parts = line.rsplit(' ', 1)
             label = parts[1] if len(parts) == 2 else None
             if label is None or not label.lstrip('-').isdigit():
@@ -151,7 +143,7 @@ def check_cls_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 't
     configs are skipped). Returns (where, lines) per list checked."""
     if cfg.get('default_scope') != 'mmpretrain':
         return []
-    n = _head_classes(_classifier(cfg.get('model')))
+    n = _head_classes(model_config(cfg))
     checked = []
     for phase in phases:
         loader = cfg.get(f'{phase}_dataloader')

@@ -11,7 +11,7 @@ import os.path as osp
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..utils.paths import is_remote
-from ..utils.values import is_finite_number, is_int
+from ..utils.values import is_finite_number, is_int, model_config, type_name
 from .pipelines import find_step, image_decoding
 
 REQUIRED_KEYS = ('images', 'annotations', 'categories')
@@ -488,7 +488,7 @@ def detector_head_classes(cfg: Any) -> Dict[str, int]:
     """``{'model.roi_head.bbox_head.num_classes': n, ...}``: the class counts of a detector config's box and mask
     heads (two-stage ``roi_head``, cascades' lists numbered, one-stage ``bbox_head``); the RPN's is not a class
     count, nor a ``class_agnostic`` mask head's (one mask per box)."""
-    model = cfg.get('model') or {}
+    model = model_config(cfg)
     out = {}
     places = [('model.roi_head', (model.get('roi_head') or {}), ('bbox_head', 'mask_head')),
               ('model', model, ('bbox_head', ))]
@@ -517,8 +517,7 @@ def pretrain_split_files(dataset_cfg: dict) -> Tuple[Any, Any]:
     any other dataset's as configured."""
     ann_file, prefix, split = dataset_cfg.get('ann_file') or '', dataset_cfg.get('data_prefix') or '', \
         dataset_cfg.get('split')
-    kind = str(getattr(dataset_cfg.get('type'), '__name__', dataset_cfg.get('type', ''))).split('.')[-1]
-    if kind in ('ImageNet', 'ImageNet21k') and isinstance(split, str) and split:
+    if type_name(dataset_cfg.get('type')) in ('ImageNet', 'ImageNet21k') and isinstance(split, str) and split:
         prefix = prefix or split
         meta = osp.join('meta', f'{split}.txt')
         if not ann_file and osp.isfile(_join(dataset_cfg.get('data_root') or '', meta)):
@@ -556,7 +555,7 @@ def _check_image_folder(path: str, dataset_cfg: dict, where: str) -> None:
         metainfo = dataset_cfg.get('metainfo') or {}
         classes = dataset_cfg.get('classes') or (metainfo.get('classes') if isinstance(metainfo, dict) else None)
         n = len(classes) if isinstance(classes, (list, tuple)) else (
-            IMAGENET_CLASSES if classes is None and str(dataset_cfg.get('type', '')).split('.')[-1] == 'ImageNet'
+            IMAGENET_CLASSES if classes is None and type_name(dataset_cfg.get('type')) == 'ImageNet'
             else None)
         if n is not None and len(folders) != n:
             raise DatasetCheckError(f'{path} has {len(folders)} class subfolders but the dataset has {n} classes '
@@ -623,9 +622,12 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[
     elif isinstance(prefixes, str):  # MMPretrain: one image folder
         folders = {'data_prefix': prefixes}
     split = dataset_cfg.get('split')
-    imagenet = str(dataset_cfg.get('type', '')).split('.')[-1] in ('ImageNet', 'ImageNet21k')
+    imagenet = type_name(dataset_cfg.get('type')) in ('ImageNet', 'ImageNet21k')
     if not prefixes and split and root and imagenet:
         folders = {'data_root + split': split}  # MMPretrain's ImageNet (other types lay out otherwise)
+    # the image folder of an MMPretrain dataset, however the config spells it (mmseg's img_path is another matter)
+    pretrain = getattr(registered_dataset(dataset_cfg, scope), '__module__', '').startswith('mmpretrain')
+    image_folders = ('data_prefix', 'data_root + split') + (('data_prefix.img_path', ) if pretrain else ())
     # MMPretrain's ImageNet reads data_root/meta/{split}.txt as its ann_file when the config names none
     listed = bool(pretrain_split_files(dataset_cfg)[0])
     labels_read = find_step(dataset_cfg.get('pipeline'), 'LoadAnnotations') is not None
@@ -637,7 +639,7 @@ def check_dataset_cfg(dataset_cfg: dict, what: str = 'dataset', scope: Optional[
         path = _join(root, prefix)
         if not is_remote(path) and not osp.isdir(path):
             raise DatasetCheckError(f'image directory not found: {path} ({what}.{where})')
-        if where in ('data_prefix', 'data_root + split') and not is_remote(path):
+        if where in image_folders and not is_remote(path):
             if listed:  # the images come from a list file: the folder only has to hold something
                 if not os.listdir(path):
                     raise DatasetCheckError(f'image directory is empty: {path} ({what}.{where})')
@@ -687,8 +689,7 @@ def check_dataset_cfgs(cfg: Any, phases: Sequence[str] = ('train', 'val', 'test'
             if ann_file:
                 # CocoMetric reads COCO instance files (other metrics' files are only found); format_only: results
                 # are written, not evaluated, so an image-info file (test-dev) is enough
-                kind = metric.get('type')
-                coco_metric = getattr(kind, '__name__', str(kind)).split('.')[-1] == 'CocoMetric'
+                coco_metric = type_name(metric.get('type')) == 'CocoMetric'
                 scored = not metric.get('format_only', False)
                 metrics = metric.get('metric', 'bbox')  # CocoMetric's default
                 segm = 'segm' in (metrics if isinstance(metrics, (list, tuple)) else [metrics])

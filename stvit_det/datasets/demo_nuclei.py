@@ -305,16 +305,18 @@ def validate_demo_dataset(out_dir: str, settings: Optional[dict] = None) -> dict
         raise FileNotFoundError(f'{info_path} not found (dataset missing or incompletely built)')
     with open(info_path) as f:
         info = json.load(f)
-    if 'counts' not in info:
-        raise ValueError(f'{info_path}: the build did not finish')
+    counts = info.get('counts') if isinstance(info, dict) else None
+    if not isinstance(counts, dict) or not all(isinstance(counts.get(split), dict) for split in SPLITS):
+        raise ValueError(f'{info_path}: the build did not finish (no image and annotation counts of '
+                         f'{", ".join(SPLITS)})')
     if settings is not None and info.get('settings') != settings:
         raise ValueError(f'{info_path}: built with different settings {info.get("settings")}, wanted {settings}')
     import cv2
 
     for split in SPLITS:
         coco = check_coco_annotations(ann_file_path(out_dir, split))
-        if len(coco['images']) != info['counts'][split]['images'] or \
-                len(coco['annotations']) != info['counts'][split]['annotations']:
+        if len(coco['images']) != counts[split].get('images') or \
+                len(coco['annotations']) != counts[split].get('annotations'):
             raise ValueError(f'{ann_file_path(out_dir, split)}: counts differ from {info_path}')
         for img in coco['images']:
             path = osp.join(out_dir, split, img['file_name'])

@@ -7,6 +7,8 @@ configs).
 """
 from typing import Any, Iterator, List, Optional, Tuple
 
+from ..utils.values import type_name
+
 #: the annotation loaders of the toolboxes, removed for inference on an image without labels (as mmdet's
 #: ``DetInferencer`` removes ``LoadAnnotations``)
 ANNOTATION_LOADERS = ('LoadAnnotations', 'LoadPanopticAnnotations')
@@ -15,8 +17,7 @@ ANNOTATION_LOADERS = ('LoadAnnotations', 'LoadPanopticAnnotations')
 def step_type(step: dict) -> str:
     """The bare type name of a transform step: ``'mmdet.LoadAnnotations'`` and the class both give
     ``'LoadAnnotations'``."""
-    kind = step.get('type')
-    return getattr(kind, '__name__', str(kind)).split('.')[-1]
+    return type_name(step.get('type'))
 
 
 def pipeline_steps(pipeline: Any) -> Iterator[dict]:

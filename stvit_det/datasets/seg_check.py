@@ -32,6 +32,7 @@ import numpy as np
 
 from ..utils.errors import error_summary
 from ..utils.paths import atomic_output
+from ..utils.values import model_config
 from .coco_check import DatasetCheckError, iter_leaf_datasets
 from .pipelines import find_step, image_decoding
 
@@ -280,7 +281,7 @@ def _decode_backend(dataset_cfg: dict) -> str:
 
 
 def _ignore_index(cfg: Any) -> int:
-    head = (cfg.get('model') or {}).get('decode_head')
+    head = model_config(cfg).get('decode_head')
     head = head[0] if isinstance(head, (list, tuple)) and head else head
     return int(head.get('ignore_index', 255)) if isinstance(head, dict) else 255
 
@@ -291,7 +292,7 @@ def _head_classes(cfg: Any) -> Dict[str, int]:
     classes, background and foreground)."""
     out = {}
     for name in ('decode_head', 'auxiliary_head'):
-        heads = (cfg.get('model') or {}).get(name)
+        heads = model_config(cfg).get(name)
         many = isinstance(heads, (list, tuple))
         for i, head in enumerate(heads if many else [heads]):
             n = head.get('num_classes') if isinstance(head, dict) else None

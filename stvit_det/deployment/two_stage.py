@@ -157,6 +157,7 @@ class TwoStageExport(nn.Module):
              and rpn.bbox_coder.clip_border, f'RPN box coder {type(rpn.bbox_coder).__name__}')
         need(type(roi) in (StandardRoIHead, CascadeRoIHead), f'RoI head {type(roi).__name__}')
         need(roi.with_mask, f'{name} has no mask head (boxes-only export is not offered)')
+        need(not roi.with_shared_head, 'RoI head with a shared_head (the export has no place for it)')
         stages = roi.num_stages if isinstance(roi, CascadeRoIHead) else 1
         as_list = (lambda m: list(m) if isinstance(m, nn.ModuleList) else [m])
         for ext in as_list(roi.bbox_roi_extractor) + as_list(roi.mask_roi_extractor):

@@ -11,7 +11,7 @@ What is read, per toolbox, where the model has these parts:
 * a neck with a list ``in_channels`` (mmdet's ``FPN``, ``ChannelMapper``, ``PAFPN``; mmseg's necks): the
   backbone's maps, all of them, in order;
 * without a neck, heads with ``in_channels`` and ``in_index`` (mmseg's decode and auxiliary heads): the maps at
-  ``in_index``;
+  ``in_index`` (their sum for ``input_transform='resize_concat'``, which concatenates them);
 * a classifier's head with an integer ``in_channels`` (mmpretrain's ``LinearClsHead`` after
   ``GlobalAveragePooling``, or without a neck): the last map.
 """
@@ -49,6 +49,12 @@ def _head_problem(name: str, head: nn.Module, widths: Sequence[int], backbone: s
         return (f'{name}.in_index={index!r}, but {backbone} returns {len(widths)} maps: set {name}.in_index to '
                 f'indices below {len(widths)}')
     got = [widths[i] for i in indices]
+    if getattr(head, 'input_transform', None) == 'resize_concat':  # mmseg keeps sum(in_channels): maps concatenated
+        if sum(got) != channels:
+            return (f"{name}'s in_channels sum to {channels} (input_transform='resize_concat'), but the maps it reads "
+                    f'(in_index={index!r}) have {got} channels: {backbone} returns {widths}; so {name}.in_channels='
+                    f'{got}')
+        return None
     if got != wanted:
         fit = got if isinstance(index, (list, tuple)) else got[0]
         return (f'{name}.in_channels={channels!r} does not fit the maps it reads (in_index={index!r}): {backbone} '

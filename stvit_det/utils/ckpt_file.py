@@ -17,7 +17,7 @@ from .ckpt_convert import (classifier_num_classes, compare_state_dicts, describe
                            unwrap_state_dict)
 from .errors import error_summary
 from .paths import is_download_url, is_remote
-from .values import is_int
+from .values import is_int, model_config, type_name
 
 
 class CheckpointError(ValueError):
@@ -243,8 +243,8 @@ def init_cfg_problem(init_cfg) -> Optional[str]:
 
 def _stvit_backbone(cfg: Mapping) -> Optional[Mapping]:
     """The config's ``model.backbone`` when it is an STViTR, else None."""
-    backbone_cfg = (cfg.get('model') or {}).get('backbone')
-    if not isinstance(backbone_cfg, Mapping) or str(backbone_cfg.get('type', '')).split('.')[-1] != 'STViTR':
+    backbone_cfg = model_config(cfg).get('backbone')
+    if not isinstance(backbone_cfg, Mapping) or type_name(backbone_cfg.get('type')) != 'STViTR':
         return None
     return backbone_cfg
 
@@ -366,7 +366,7 @@ def check_checkpoint_for_config(cfg: Mapping, path: str, strict: bool = True,
                                   'published model or a converted file): --resume continues a run where it stopped; '
                                   f'to start a run from these weights, give them as load_from (--cfg-options '
                                   f'load_from={path})')
-    error = head_classes_error(cfg.get('model', {}), ckpt, path)
+    error = head_classes_error(model_config(cfg), ckpt, path)
     if error:
         raise CheckpointError(error)
     own = model_tensor_shapes(cfg) if shapes is None else shapes

@@ -61,7 +61,7 @@ def read_image(path: str):
     if not is_storage_path(path) and os.path.getsize(os.path.expanduser(path)) == 0:
         raise ValueError(f'cannot read image {path}: the file is empty')
     try:
-        image = mmcv.imread(path, channel_order='bgr')
+        image = mmcv.imread(path if is_storage_path(path) else os.path.expanduser(path), channel_order='bgr')
     except (OSError, cv2.error) as e:
         raise ValueError(f'cannot read image {path}: {first_line(e)}') from None
     if image is None:
@@ -109,8 +109,8 @@ def unwritable_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]] =
     one of the tool's ``inputs`` (see :func:`input_clash_reason`).
 
     Probed the way the tools will write it: the parent folders are created and the file is opened for appending
-    (nothing in an existing file changes); a file and folders that did not exist are removed again, so that a
-    tool stopped by a later check leaves nothing behind.
+    (nothing in an existing file changes, and a link is written through); a file and folders that did not exist are
+    removed again, so that a tool stopped by a later check leaves nothing behind.
     """
     clash = input_clash_reason(path, inputs)
     if clash:
@@ -129,9 +129,9 @@ def unwritable_reason(path: str, inputs: Optional[Mapping[str, Optional[str]]] =
     except OSError as e:
         return e.strerror or str(e)
     finally:  # another rank's probe may have removed (or filled) them already: leave those
-        if not existed:
+        if not existed:  # the file the probe made: for a link to a file not yet there, its target (the link stays)
             with contextlib.suppress(OSError):
-                os.remove(path)
+                os.remove(os.path.realpath(path))
         remove_new_folders(new_dirs)
     return None
 

@@ -1,10 +1,11 @@
-"""Predicates for configuration values (``bool`` is an ``int`` to Python, but never meant as a number here), and
-the argparse types of the tools' counts."""
+"""Predicates for configuration values (``bool`` is an ``int`` to Python, but never meant as a number here), the
+two readings of a config every check shares (a ``type``'s name, the model under a TTA wrapper), and the argparse
+types of the tools' counts."""
 import argparse
 import math
 import os
 import sys
-from typing import Any
+from typing import Any, Mapping
 
 
 def is_finite_number(value: Any) -> bool:
@@ -25,6 +26,21 @@ def is_count(value: Any) -> bool:
 def is_sequence(value: Any, length: int) -> bool:
     """A list or tuple of ``length`` entries (a config's ``regions=14`` or ``depths='2262'`` is not)."""
     return isinstance(value, (list, tuple)) and len(value) == length
+
+
+def type_name(kind: Any) -> str:
+    """The bare class name of a config's ``type``: ``'STViTR'``, ``'mmdet.STViTR'`` and, in a pure-Python config,
+    the class itself all give ``'STViTR'``."""
+    return getattr(kind, '__name__', str(kind)).split('.')[-1]
+
+
+def model_config(cfg: Mapping) -> Mapping:
+    """``cfg.model``, or the model under the TTA wrapper where ``tools/test.py --tta`` put it
+    (``dict(type=<tta model>, module=<model>)``); ``{}`` where there is none."""
+    model = cfg.get('model') or {}
+    while isinstance(model, Mapping) and 'backbone' not in model and isinstance(model.get('module'), Mapping):
+        model = model['module']
+    return model if isinstance(model, Mapping) else {}
 
 
 def _int_at_least(minimum: int, what: str):
