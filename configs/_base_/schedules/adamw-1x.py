@@ -17,7 +17,7 @@ optim_wrapper = dict(
     type='OptimWrapper',
     paramwise_cfg=dict(
         custom_keys={
-            'absolute_pos_embed': dict(decay_mult=0.),
+            'absolute_pos_embed': dict(decay_mult=0.),  # matches no STViTR parameter; kept as in Swin's recipe
             'relative_position_bias_table': dict(decay_mult=0.),
             'norm': dict(decay_mult=0.)
         }),

@@ -11,7 +11,7 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg=dict(
         custom_keys={
-            'absolute_pos_embed': dict(decay_mult=0.),
+            'absolute_pos_embed': dict(decay_mult=0.),  # matches no STViTR parameter; kept as in Swin's recipe
             'relative_position_bias_table': dict(decay_mult=0.),
             'norm': dict(decay_mult=0.),
             'patch_embed.proj.0.bn': dict(decay_mult=0.),
