@@ -12,6 +12,7 @@ import logging
 import os
 import os.path as osp
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from stvit_det.deployment import (CheckpointMismatchError, ExportError, Exportab
                                   sdpa_as_matmul)
 from stvit_det.deployment.equivalents import (EXPORTABLE_REGION_ATTENTION, adaptive_avg_pool2d_as_slices,
                                               exportable_attention)
-from stvit_det.deployment.onnx_export import failing_operator, label_flips
+from stvit_det.deployment.onnx_export import batch_mismatch, failing_operator, label_flips
 from stvit_det.deployment.two_stage import TwoStageExport
 from stvit_det.models.layers.attention import ATTN_IMPLS
 
@@ -173,6 +174,13 @@ def test_comparison_does_not_skip_nan():
     ref = [np.array([1.0, 2.0, 3.0])]
     assert compare(ref, [np.array([1.0, np.nan, 3.0])]) == dict(max_abs=float('inf'), max_rel=float('inf'))
     assert compare([np.array([1.0, np.nan])], [np.array([1.0, np.nan])])['max_abs'] == 0.0  # NaN in both: equal
+    # an infinity where the other has a number or the other infinity: no agreement (the relative difference was
+    # inf / inf, taken as 0); the same infinity in both: equal, the rest compared at the reference's finite scale
+    inf = float('inf')
+    for actual in ([1e30, 1.0], [-inf, 1.0]):
+        assert compare([np.array([inf, 1.0])], [np.array(actual)]) == dict(max_abs=inf, max_rel=inf)
+    assert compare([np.array([1.0, 2.0])], [np.array([1.0, inf])]) == dict(max_abs=inf, max_rel=inf)
+    assert compare([np.array([inf, 2.0])], [np.array([inf, 2.5])]) == dict(max_abs=0.5, max_rel=0.25)
 
 
 def test_detection_matching_does_not_skip_nan():
@@ -185,6 +193,37 @@ def test_detection_matching_does_not_skip_nan():
     assert m['n_actual'] == 2 and m['max_box_diff'] == float('inf')
     m = match_detections(reference, [boxes + 0.25, reference[1], reference[2], masks], 0.5)
     assert m['max_box_diff'] == 0.25 and m['same_labels'] and m['min_mask_iou'] == 1.0
+
+
+def test_batch_check_weighs_scores_not_labels():
+    """The batch-2 check compares the float outputs: a label flipped at a near-tie (a segmentor's, a classifier's)
+    neither hides a graph that mixes the images of a batch nor fakes one."""
+    class ScoresAndLabels(torch.nn.Module):
+        def forward(self, x):  # (B, 3, H, W) -> scores (B, 3), labels (B,)
+            scores = x.mean(dim=(2, 3))
+            return scores, scores.argmax(dim=1)
+
+    class Session:  # stands in for ONNX Runtime: float noise, optionally mixing the batch, optionally a flip
+        def __init__(self, mix, flip_at):
+            self.mix, self.flip_at = mix, flip_at
+
+        def get_inputs(self):
+            return [SimpleNamespace(name='image', shape=('batch', 3, 4, 4), type='tensor(float)')]
+
+        def run(self, _, feeds):
+            x = feeds['image'] + 1e-7
+            if self.mix and len(x) > 1:
+                x = x.mean(axis=0, keepdims=True).repeat(len(x), axis=0)
+            scores = x.mean(axis=(2, 3))
+            labels = scores.argmax(axis=1)
+            if len(x) == self.flip_at:
+                labels[0] = (labels[0] + 1) % 3
+            return [scores, labels]
+
+    module, image = ScoresAndLabels(), torch.randn(1, 3, 4, 4)
+    assert batch_mismatch(module, Session(mix=False, flip_at=2), image, 'image') is None
+    assert batch_mismatch(module, Session(mix=True, flip_at=0), image, 'image').startswith('at batch 2')
+    assert batch_mismatch(module, Session(mix=True, flip_at=1), image, 'image').startswith('at batch 2')
 
 
 def test_label_flips_are_excused_only_at_near_ties():
@@ -859,25 +898,29 @@ def test_running_out_of_memory_is_blamed_on_the_size(tmp_path, capsys, monkeypat
     assert not out.exists()
 
 
-def test_failed_static_batch_export_removes_the_mixing_file(tmp_path, capsys, monkeypatch):
-    """The dynamic-batch file that mixed images is not left at --out when exporting it again with a static batch
-    fails."""
+def test_failed_static_batch_export_leaves_out_as_it_was(tmp_path, capsys, monkeypatch):
+    """The dynamic-batch graph is checked before it reaches --out: when it mixes images and the export again with a
+    static batch fails, an existing --out is left as it was (and none is made where there was none)."""
     tool = _tool()
     calls = []
 
     def export_once(*args, **kwargs):
         calls.append(args[5])  # dynamic_batch
-        if len(calls) > 1:
+        if len(calls) % 2 == 0:
             raise ExportError('torchscript export failed at operator aten::xyz: RuntimeError: stand-in')
         return export_onnx(*args, **kwargs)
 
     monkeypatch.setattr(tool, 'export_onnx', export_once)
     monkeypatch.setattr(tool, 'batch_mismatch', lambda *args: 'at batch 2 ONNX Runtime differs (stand-in)')
-    out = tmp_path / 'b.onnx'
-    assert tool.main([DEMO_CONFIG, '--shape', '64', '64', '--part', 'backbone', '--out', str(out)]) == 1
-    err = capsys.readouterr().err
-    assert calls == [True, False] and not out.exists()
-    assert err.startswith('error: torchscript export failed at operator aten::xyz') and 'was removed' in err
+    out, kept = tmp_path / 'b.onnx', tmp_path / 'kept.onnx'
+    kept.write_bytes(b'an earlier export')
+    for path in (out, kept):
+        assert tool.main([DEMO_CONFIG, '--shape', '64', '64', '--part', 'backbone', '--out', str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith('error: torchscript export failed at operator aten::xyz'), err
+        assert f'{path} was left as it was' in err
+    assert calls == [True, False] * 2 and not out.exists() and kept.read_bytes() == b'an earlier export'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['kept.onnx']
 
 
 def test_onnx_benchmark_tool_interleaves_files_and_reports_ratios(tmp_path, capsys):

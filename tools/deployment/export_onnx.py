@@ -21,7 +21,6 @@ reference's scores do not nearly tie; detector: other detections above ``--score
 or a mask IoU below 0.98).
 """
 import argparse
-import os
 import sys
 
 import torch
@@ -33,7 +32,7 @@ from stvit_det.deployment.equivalents import EXPORTABLE_REGION_ATTENTION, stand_
 from stvit_det.deployment.onnx_export import EXPORTERS, as_numpy_list, label_flips
 from stvit_det.toolboxes.scope import CfgOptionsAction
 from stvit_det.utils.errors import first_line, is_out_of_memory
-from stvit_det.utils.paths import unwritable_reason
+from stvit_det.utils.paths import atomic_output, unwritable_reason
 from stvit_det.utils.values import positive_float, positive_int, unit_float, warn_oversubscribed
 
 
@@ -117,19 +116,21 @@ def main(argv=None) -> int:
             reference = as_numpy_list(module(image))
         # backbone parts: the outputs' sizes declared in the graph (the detector's depend on the image)
         shapes = None if args.part == 'detector' else [r.shape for r in reference]
-        export_onnx(module, (image, ), args.out, inputs, outputs, dynamic, args.exporter, output_shapes=shapes)
-        session = load_session(args.out, threads)
-        reason = batch_mismatch(module, session, image, inputs[0], reference) if dynamic else None
-        if reason:
-            print(f'dynamic batch: {reason}; the traced graph holds batch 1 as a constant, so {args.out} is '
-                  'exported again with a static batch of 1')
-            try:
-                export_onnx(module, (image, ), args.out, inputs, outputs, False, args.exporter,
-                            output_shapes=shapes)
-            except ExportError as exc:  # the file at --out is the one known to mix images: not left there
-                os.remove(args.out)
-                raise ExportError(f'{exc}; {args.out} (the dynamic-batch export) was removed') from None
-            session = load_session(args.out, threads)
+        # the graph reaches --out only once it has passed the batch check: until then it is staged beside it, so
+        # a failed or interrupted export (or a graph that mixes the images of a batch) leaves --out as it was
+        try:
+            with atomic_output(args.out) as staged:
+                export_onnx(module, (image, ), staged, inputs, outputs, dynamic, args.exporter, output_shapes=shapes)
+                session = load_session(staged, threads)
+                reason = batch_mismatch(module, session, image, inputs[0], reference) if dynamic else None
+                if reason:
+                    print(f'dynamic batch: {reason}; the traced graph holds batch 1 as a constant, so {args.out} '
+                          'is exported again with a static batch of 1')
+                    export_onnx(module, (image, ), staged, inputs, outputs, False, args.exporter,
+                                output_shapes=shapes)
+                    session = load_session(staged, threads)
+        except ExportError as exc:
+            raise ExportError(f'{exc}; {args.out} was left as it was') from None
         feeds = {inputs[0]: image.numpy()}
         actual = run_session(session, feeds)
     except (ValueError, FileNotFoundError, ExportError, OnnxLoadError, CheckpointMismatchError) as exc:
