@@ -23,8 +23,8 @@ from mmengine.logging import MMLogger
 from stvit_det import STViTR
 from stvit_det.deployment import (CheckpointMismatchError, ExportError, ExportableOps, OnnxInputError,
                                   OnnxLoadError, adaptive_max_pool2d_as_slices, build_detector, build_part, compare,
-                                  export_onnx, load_exact, load_session, match_detections, run_session,
-                                  sdpa_as_matmul)
+                                  export_onnx, load_exact, load_session, match_detections, median_latency_ms,
+                                  run_session, sdpa_as_matmul)
 from stvit_det.deployment.equivalents import (EXPORTABLE_REGION_ATTENTION, adaptive_avg_pool2d_as_slices,
                                               exportable_attention)
 from stvit_det.deployment.onnx_export import batch_mismatch, failing_operator, label_flips
@@ -224,6 +224,13 @@ def test_batch_check_weighs_scores_not_labels():
     assert batch_mismatch(module, Session(mix=False, flip_at=2), image, 'image') is None
     assert batch_mismatch(module, Session(mix=True, flip_at=0), image, 'image').startswith('at batch 2')
     assert batch_mismatch(module, Session(mix=True, flip_at=1), image, 'image').startswith('at batch 2')
+
+
+def test_latency_is_timed_in_turns():
+    """The two runtimes are timed call by call in turn (A B A B ...), after a warm-up call of each."""
+    calls = []
+    medians = median_latency_ms([lambda: calls.append('torch'), lambda: calls.append('ort')], repeats=3)
+    assert calls == ['torch', 'ort'] * 4 and len(medians) == 2 and all(m >= 0 for m in medians)
 
 
 def test_label_flips_are_excused_only_at_near_ties():

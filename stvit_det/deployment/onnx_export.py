@@ -396,13 +396,17 @@ def batch_mismatch(module: torch.nn.Module, session, example: torch.Tensor, inpu
     return None
 
 
-def median_latency_ms(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall-clock time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+def median_latency_ms(fns: Sequence[Callable[[], object]], repeats: int = 5, warmup: int = 1) -> List[float]:
+    """Median wall-clock time of each ``fn()`` in milliseconds, the functions called in turn (A B A B ...) after
+    ``warmup`` untimed calls of each: on a shared machine a slow spell then falls on all of them, not on the one
+    timed during it."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(max(repeats, 1)):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for fn, fn_times in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            fn_times.append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(t) for t in times]

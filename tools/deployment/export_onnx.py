@@ -165,9 +165,8 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             module(image)
 
-    t_torch = median_latency_ms(run_torch, args.repeats)
-    t_ort = median_latency_ms(lambda: session.run(None, feeds), args.repeats)
-    print(f'latency, CPU, {threads} threads, median of {args.repeats}: PyTorch eager {t_torch:.1f} ms, '
+    t_torch, t_ort = median_latency_ms([run_torch, lambda: session.run(None, feeds)], args.repeats)
+    print(f'latency, CPU, {threads} threads, median of {args.repeats}, interleaved: PyTorch eager {t_torch:.1f} ms, '
           f'ONNX Runtime {t_ort:.1f} ms ({t_torch / t_ort:.2f}x)')
     if not agree:
         untrained = (' The weights are random (no checkpoint): untrained heads put scores and mask pixels at '
