@@ -344,6 +344,8 @@ def test_convert_ckpt_tool(tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert 'swin_mmdet' in r.stdout and '5 qkv tensors split' in r.stdout and 'missing: patch_embed' in r.stdout
+    # one report, of the source's layout (the check of the converted tensors against the model logs nothing)
+    assert 'stvit layout' not in r.stdout + r.stderr and (r.stdout + r.stderr).count('patch_embed.proj.0.c.weight') == 1
     out = torch.load(dst, weights_only=True)
     model = STViTR(arch='tiny')
     report = model.load_pretrained(out)

@@ -379,6 +379,32 @@ def test_tiled_is_as_precise_as_autocast_in_bfloat16(region):
         assert e_tiled <= 1.25 * e_ref, err
 
 
+def test_window_kernel_rule(monkeypatch):
+    """Other devices fuse; the CPU writes window attention out with autograd and while tracing, and in inference
+    takes the kernel its one measurement per process finds faster by a clear margin; the measurement leaves the
+    global random state as it was."""
+    cpu = torch.device('cpu')
+    assert swin_block.use_fused_window_attention(torch.device('cuda'))
+    measured = []
+    for ratio, fused in ((0.5, True), (0.95, False)):
+        monkeypatch.setattr(swin_block, '_cpu_inference_fused', None)
+        monkeypatch.setattr(swin_block, 'measure_cpu_window_kernels', lambda r=ratio: measured.append(r) or r)
+        assert not swin_block.use_fused_window_attention(cpu)  # autograd on: not measured
+        with torch.no_grad():
+            assert [swin_block.use_fused_window_attention(cpu) for _ in range(3)] == [fused] * 3
+            seen = []
+            torch.jit.trace(lambda x: seen.append(swin_block.use_fused_window_attention(cpu)) or x, torch.zeros(1),
+                            check_trace=False)
+        assert seen == [False]  # written out while tracing
+    assert measured == [0.5, 0.95]  # once per setting, then remembered
+    monkeypatch.undo()
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    assert swin_block.measure_cpu_window_kernels(repeats=1) > 0 and swin_block._cpu_inference_fused is None
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_fused_window_attention_of_other_devices_equals_reference(monkeypatch):
     """The Swin window attention that every device but the CPU runs fused (``use_fused_window_attention``), forced
     on here: the whole backbone still equals the oracle, gradients included."""

@@ -29,6 +29,7 @@ from stvit_det.deployment.equivalents import (EXPORTABLE_REGION_ATTENTION, adapt
                                               exportable_attention)
 from stvit_det.deployment.onnx_export import batch_mismatch, failing_operator, label_flips
 from stvit_det.deployment.two_stage import TwoStageExport
+from stvit_det.models.layers import swin_block
 from stvit_det.models.layers.attention import ATTN_IMPLS
 
 from conftest import randomize_
@@ -366,13 +367,16 @@ COCO_NARROW = {
 
 @pytest.mark.parametrize('config', ['mask-rcnn_stvit-r-t_fpn_1x_coco.py',
                                     'cascade-mask-rcnn_stvit-r-t_fpn_4conv1fc-giou_ms-crop-3x_coco.py'])
-def test_coco_detector_onnx_equals_predict(tmp_path, config):
+def test_coco_detector_onnx_equals_predict(tmp_path, config, monkeypatch):
     """80-class Mask R-CNN and Cascade Mask R-CNN (class-aware boxes, stage-averaged scores and masks) on an image
     padded below and right (img_shape inside the input, as a keep-ratio resize leaves it): the traced module equals
     mmdet's predict (masks over img_shape, boxes clipped to it), and ONNX Runtime gives the same detections (boxes
-    within 1 px, mask IoU >= 0.98)."""
+    within 1 px, mask IoU >= 0.98). PyTorch runs the Swin window attention written out, as the graph does: the
+    random heads' near-ties would otherwise follow the processor's kernel choice (a mask IoU of 0.9799 with the
+    fused kernel on one machine)."""
     from mmdet.structures import DetDataSample
 
+    monkeypatch.setattr(swin_block, '_cpu_inference_fused', False)
     torch.manual_seed(0)
     detector, _ = build_detector(osp.join(ROOT, 'configs', 'stvit-r', config), cfg_options=COCO_NARROW)
     detector.init_weights()

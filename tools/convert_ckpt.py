@@ -131,7 +131,7 @@ def convert_backbone(args):
     model = STViTR(arch=args.arch, sparsify=sparsify, stem=args.stem)
     try:
         sd, report = convert_to_stvit(ckpt, sparsify=sparsify, patch_stem=args.stem == 'patch')
-        loaded = model.load_pretrained(sd, source=args.src)  # validates names and shapes
+        _, loaded = model.check_pretrained(sd, source=args.src)  # names and shapes (no load: the report is below)
     except (TypeError, ValueError) as e:
         msg = str(e) if str(e).startswith(args.src) else f'{args.src}: {e}'
         if 'another arch' in msg or 'wrong arch' in msg:

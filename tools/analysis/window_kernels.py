@@ -7,8 +7,9 @@
 For every stage of the arch at each input size, one ``WindowAttention`` (random weights) runs a W-MSA and an SW-MSA
 call on that stage's windows with each kernel, the timed repeats INTERLEAVED (A B B A ...), as
 ``tools/analysis/benchmark.py`` does; the table gives min / median per kernel and fused / written-out (> 1: the
-written-out kernel is faster). ``stvit_det.models.layers.swin_block.use_fused_window_attention`` is the rule these
-figures set; the tool swaps that rule to time both kernels.
+written-out kernel is faster). The figures depend on the processor, which is why
+``stvit_det.models.layers.swin_block.use_fused_window_attention`` measures the two kernels once per process (in a
+Swin block, as the backbone runs them) before CPU inference picks one; the tool swaps that rule to time both.
 """
 import argparse
 import math
