@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import tiled_attention as tiled_attention_mod
+from .chunking import eager
 from .tiled_attention import TileGeometry, tiled_attention
 from .window_ops import region_index, region_key_bias, region_tiles, tiles_fit
 
@@ -245,7 +246,7 @@ def region_tiled(q: torch.Tensor, kv: torch.Tensor, kv_border: torch.Tensor, reg
     if lay.border_bias is not None:  # one shared outer-border key per window, value alike: 2 x (Q, 1, d)
         kb, vb = kv_border.view(2, 1, h, 1, 1, d).expand(2, B, h, th * tw, 1, d).reshape(2, Q, 1, d).unbind(0)
     step = num_rows = B * h * th
-    if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
+    if eager():
         step = max(1, tiled_attention_mod.LOGIT_CHUNK_BYTES // (tw * Nq * (R * S + 1) * bias.element_size()))
     geo = TileGeometry(T, R, tuple(lo + off * T for off in lay.offsets), th, tw, lay.tiles_above, min(step, num_rows))
     no_autocast = torch.autocast(q.device.type, enabled=False) if q.device.type in ('cpu', 'cuda') else nullcontext()

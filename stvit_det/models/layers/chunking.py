@@ -16,10 +16,15 @@ import torch
 CHUNK_BYTES = 8 * 2**20
 
 
+def eager() -> bool:
+    """True in eager execution: no tracing, ONNX export or compilation under way (a graph wants one op, not a loop,
+    nor a choice made by timing)."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+
+
 def eager_cpu(x: torch.Tensor) -> bool:
     """True for a CPU tensor in eager execution (no tracing / export / compilation)."""
-    return (x.device.type == 'cpu' and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-            and not torch.onnx.is_in_onnx_export())
+    return x.device.type == 'cpu' and eager()
 
 
 def should_chunk(x: torch.Tensor) -> bool:

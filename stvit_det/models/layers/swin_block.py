@@ -18,7 +18,7 @@ import torch.nn as nn
 from timm.layers import DropPath
 
 from .attention import attention, check_attn_impl
-from .chunking import chunked
+from .chunking import chunked, eager
 from .mlp import Mlp
 from .window_ops import pad_to_multiple, shift_window_mask, window_partition, window_reverse
 
@@ -73,8 +73,7 @@ def use_fused_window_attention(device: torch.device) -> bool:
     """
     if device.type != 'cpu':
         return True
-    if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling() or \
-            torch.onnx.is_in_onnx_export():
+    if torch.is_grad_enabled() or not eager():
         return False
     global _cpu_inference_fused
     if _cpu_inference_fused is None:
