@@ -405,6 +405,24 @@ def test_window_kernel_rule(monkeypatch):
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_window_kernel_is_not_measured_under_a_dispatch_mode(monkeypatch):
+    """Under FlopCounterMode (get_flops.py) the one timing per process would be counted as the model's work: it
+    is not run there (written-out kernel, nothing remembered); a choice made before is kept under a mode (the
+    benchmark's memory tracker then sees the kernel its timed calls run)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cpu, measured = torch.device('cpu'), []
+    monkeypatch.setattr(swin_block, 'measure_cpu_window_kernels', lambda: measured.append(1) or 0.5)
+    monkeypatch.setattr(swin_block, '_cpu_inference_fused', None)
+    with torch.no_grad():
+        with FlopCounterMode(display=False):
+            assert not swin_block.use_fused_window_attention(cpu)
+        assert measured == [] and swin_block._cpu_inference_fused is None
+        assert swin_block.use_fused_window_attention(cpu) and measured == [1]  # outside: measured, fused
+        with FlopCounterMode(display=False):
+            assert swin_block.use_fused_window_attention(cpu) and measured == [1]
+
+
 def test_fused_window_attention_of_other_devices_equals_reference(monkeypatch):
     """The Swin window attention that every device but the CPU runs fused (``use_fused_window_attention``), forced
     on here: the whole backbone still equals the oracle, gradients included."""

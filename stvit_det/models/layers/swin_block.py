@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 from timm.layers import DropPath
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .attention import attention, check_attn_impl
 from .chunking import chunked, eager
@@ -69,7 +70,9 @@ def use_fused_window_attention(device: torch.device) -> bool:
     stages 1 and 3 at 800x1216). Hence, on the CPU: the written-out kernel (mmdet's ``WindowMSA``) with
     autograd and while tracing, exporting or compiling; in eager inference the fused one where
     :func:`measure_cpu_window_kernels`, run once per process at the first such call, finds it under
-    :data:`CPU_FUSED_BELOW` of the written-out time. Other devices fuse (not measured here: no GPU was lent).
+    :data:`CPU_FUSED_BELOW` of the written-out time. Not under a dispatch mode, which would see the timing's work
+    (``FlopCounterMode`` of ``get_flops.py`` counted it): there the written-out kernel, until a call outside one
+    has measured. Other devices fuse (not measured here: no GPU was lent).
     """
     if device.type != 'cpu':
         return True
@@ -77,6 +80,8 @@ def use_fused_window_attention(device: torch.device) -> bool:
         return False
     global _cpu_inference_fused
     if _cpu_inference_fused is None:
+        if is_in_torch_dispatch_mode():  # FlopCounterMode, a memory tracker: they would see the timing's work
+            return False  # not measured, nothing remembered
         _cpu_inference_fused = measure_cpu_window_kernels() < CPU_FUSED_BELOW
     return _cpu_inference_fused
 
