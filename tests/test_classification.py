@@ -410,6 +410,61 @@ def test_train_and_test_tools_run_a_classification_config(tmp_path):
     assert report['unexpected'] == [] and sorted(report['outside_backbone']) == ['head.fc.bias', 'head.fc.weight']
 
 
+def test_tools_give_classification_configs_mmpretrain_loader_defaults(tmp_path, monkeypatch):
+    """tools/train.py and tools/test.py add to an MMPretrain config's dataloaders what MMPretrain's own tools add
+    (pinned memory, tensor batches, workers kept between epochs in training), under the config's values and the
+    --no-* flags; --no-validate drops validation; a detection config's loaders stay as its file states them. The
+    tools run in this process up to the Runner, which is replaced by a stand-in that keeps the config."""
+    import runpy
+
+    import _launch
+
+    seen = []
+
+    def keep(cfg):
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(_launch, 'check_inputs', lambda *args, **kwargs: None)  # no ImageNet here
+    monkeypatch.setattr(_launch, 'build_runner', keep)
+    ckpt = tmp_path / 'any.pth'
+    ckpt.write_bytes(b'')  # test.py needs the file to exist; its reading is check_inputs' business
+
+    def config(script, cfg_file, *args):
+        argv = [cfg_file, *([str(ckpt)] if script == 'test.py' else []), '--work-dir', str(tmp_path / 'w'), *args]
+        monkeypatch.setattr(sys, 'argv', [script, *argv])
+        with pytest.raises(SystemExit) as exit:
+            runpy.run_path(osp.join(ROOT, 'tools', script), run_name='__main__')
+        assert exit.value.code in (0, None)
+        return seen.pop()
+
+    leaf = osp.join(CLS, TRAIN_LEAVES['t'])
+    collate = dict(type='default_collate')
+    cfg = config('train.py', leaf)
+    for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg[field]
+        assert (loader.pin_memory, loader.persistent_workers, loader.collate_fn) == (True, True, collate), field
+        assert loader.num_workers == 5 and loader.batch_size == 64  # the config's own values kept
+    # the config's values win over the defaults; no persistent workers without workers (PyTorch refuses them)
+    cfg = config('train.py', leaf, '--cfg-options', 'train_dataloader.num_workers=0', 'val_dataloader.pin_memory=False')
+    assert not cfg.train_dataloader.get('persistent_workers') and cfg.train_dataloader.pin_memory is True
+    assert cfg.val_dataloader.pin_memory is False and cfg.test_dataloader.pin_memory is True
+    cfg = config('train.py', leaf, '--no-pin-memory', '--no-persistent-workers', '--no-validate')
+    assert cfg.train_dataloader.pin_memory is False and cfg.train_dataloader.persistent_workers is False
+    assert cfg.test_dataloader.pin_memory is False and cfg.train_dataloader.collate_fn == collate
+    assert cfg.val_cfg is None and cfg.val_dataloader is None and cfg.val_evaluator is None
+    cfg = config('test.py', leaf)  # MMPretrain's test.py: pinned memory and tensor batches, nothing on workers
+    assert (cfg.test_dataloader.pin_memory, cfg.test_dataloader.collate_fn) == (True, collate)
+    assert 'persistent_workers' not in cfg.test_dataloader
+    assert config('test.py', leaf, '--no-pin-memory').test_dataloader.pin_memory is False
+    detection = osp.join(ROOT, 'configs', 'stvit-r', 'mask-rcnn_stvit-r-demo_fpn_nuclei.py')
+    stated = Config.fromfile(detection)
+    cfg = config('train.py', detection)
+    assert cfg.train_dataloader.to_dict() == stated.train_dataloader.to_dict()
+    assert 'pin_memory' not in cfg.train_dataloader
+    assert config('test.py', detection).test_dataloader.to_dict() == stated.test_dataloader.to_dict()
+
+
 def test_layer_wise_lr_decay_counts_depths_as_mmpretrain_swin():
     """MMPretrain's fine-tuning recipes decay the lr by layer depth (LearningRateDecayOptimWrapperConstructor needs
     get_layer_depth): a Swin-like STViTR counts every parameter's depth as MMPretrain's own Swin does for the same

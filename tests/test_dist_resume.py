@@ -160,6 +160,47 @@ def test_slurm_train_passes_arguments_whole(tmp_path):
     assert proc.returncode == 0 and args[args.index('[--kill-on-bad-exit=1]') + 1] == f'[{venv}/bin/python]'
 
 
+def test_slurm_test_passes_arguments_whole(tmp_path):
+    """tools/slurm_test.sh (mmdet's shape): CONFIG CHECKPOINT, the slurm launcher, test.py's options whole."""
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'srun').write_text('#!/bin/sh\nfor a in "$@"; do echo "[$a]"; done\n')
+    (fake / 'srun').chmod(0o755)
+    proc = subprocess.run(
+        ['bash', osp.join(TOOLS, 'slurm_test.sh'), 'part', 'job', 'cfg.py', 'my ckpt.pth', '--out', 'r s.pkl'],
+        env=dict(env(), PATH=f'{fake}:/usr/bin:/bin', GPUS='2', PORT='29611'), capture_output=True, text=True,
+        timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.splitlines()
+    assert args[:2] == ['[-p]', '[part]'] and '[--job-name=job]' in args and '[--ntasks=2]' in args
+    assert args[-6:] == [f'[{osp.join(TOOLS, "test.py")}]', '[cfg.py]', '[my ckpt.pth]', '[--launcher=slurm]',
+                         '[--out]', '[r s.pkl]']
+
+
+@pytest.mark.parametrize('script,args,message', [
+    ('slurm_train.sh', ['part', 'job', 'cfg.py'], 'error: WORK_DIR is missing; usage: bash tools/slurm_train.sh '
+                                                   'PARTITION JOB_NAME CONFIG WORK_DIR'),
+    # mmseg's slurm_train.sh has no WORK_DIR: its users' options would land in --work-dir=--amp
+    ('slurm_train.sh', ['part', 'job', 'cfg.py', '--amp'], "error: WORK_DIR expected, got the option '--amp'"),
+    ('slurm_train.sh', [], 'error: PARTITION is missing'),
+    ('slurm_test.sh', ['part', 'job', 'cfg.py'], 'error: CHECKPOINT is missing; usage: bash tools/slurm_test.sh '
+                                                  'PARTITION JOB_NAME CONFIG CHECKPOINT'),
+    ('slurm_test.sh', ['part', 'job', 'cfg.py', '--out', 'r.pkl'],
+     "error: CHECKPOINT expected, got the option '--out'"),
+])
+def test_slurm_scripts_refuse_missing_arguments(tmp_path, script, args, message):
+    """A missing or misplaced leading argument ends with the usage line before srun is called (srun here would
+    print that it ran)."""
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'srun').write_text('#!/bin/sh\necho SRUN-RAN\n')
+    (fake / 'srun').chmod(0o755)
+    proc = subprocess.run(['bash', osp.join(TOOLS, script), *args], env=dict(env(), PATH=f'{fake}:/usr/bin:/bin'),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and 'SRUN-RAN' not in proc.stdout
+    assert proc.stderr.strip().startswith(message), proc.stderr
+
+
 def test_resume_after_kill(demo_root):
     work_dir = demo_root / 'work_resume'
     train = [sys.executable, osp.join(TOOLS, 'train.py'), DEMO, '--work-dir', str(work_dir)]

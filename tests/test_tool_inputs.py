@@ -25,10 +25,24 @@ FRAGMENT = osp.join(ROOT, 'configs', '_base_', 'datasets', 'nuclei-demo.py')  # 
 NO_FPN_INPUTS = 'model.backbone.out_indices=[0,1]'  # the FPN expects 4 maps: an assertion in its forward
 
 
+def _log_to_current_stderr():
+    """Point mmengine's loggers at this test's stderr: they keep the stream of the test that created them, which
+    pytest has closed since (a warning then printed '--- Logging error ---' with a traceback)."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    for logger in MMLogger._instance_dict.values():
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.stream = sys.stderr  # not setStream: it flushes the closed one
+
+
 def _run(monkeypatch, capsys, script, *args):
     """Run ``tools/SCRIPT`` as ``__main__`` in this process: (exit status, last line of its error output). Any
     exception other than SystemExit (a traceback for the user) fails the test."""
     monkeypatch.setattr(sys, 'argv', [osp.basename(script), *args])
+    _log_to_current_stderr()
     capsys.readouterr()
     code = 0
     try:
@@ -381,7 +395,8 @@ def test_work_dir_is_probed_by_creating_it(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(paths.os, 'access', lambda *args, **kwargs: True)  # what root is told
     _assert_error(_run(monkeypatch, capsys, 'train.py', DEMO_CONFIG, '--work-dir', '/proc/wd'),
-                  'train.py: error: work dir /proc/wd: ')
+                  'train.py: error: work dir /proc/wd: no file can be made in /proc: ')  # (not "/proc is not writable:
+    # No such file or directory", the probe's own error read as the folder's)
     assert paths.uncreatable_dir_reason('/proc') is not None  # an existing folder nothing can be written into
     assert paths.uncreatable_dir_reason(str(tmp_path / 'a' / 'b')) is None and os.listdir(tmp_path) == []
     assert paths.uncreatable_dir_reason(str(tmp_path)) is None and os.listdir(tmp_path) == []
@@ -410,6 +425,64 @@ def test_run_settings_of_the_wrong_type(monkeypatch, capsys, scratch, tmp_path, 
     _assert_error(_run(monkeypatch, capsys, script, *args, '--work-dir', wd, '--cfg-options', option),
                   f'{script}: error: ', message)
     assert not osp.exists(wd)
+
+
+SEG_DEMO_CONFIG = osp.join(ROOT, 'configs', 'stvit-r-seg', 'stvit-r-demo_upernet_1xb4-400_nuclei-224x224.py')
+
+
+@pytest.mark.parametrize('script,config,option,message', [
+    # merged in, read by nothing: the run would go on as configured
+    ('train.py', DEMO_CONFIG, 'trian_cfg.max_iters=2', "--cfg-options trian_cfg.max_iters: the config has no "
+     "'trian_cfg', and the Runner reads no such setting: a typo? (did you mean 'train_cfg'?)"),
+    # mmengine's CheckpointHook hands it to Runner.save_checkpoint: a TypeError at the first save, after training
+    ('train.py', DEMO_CONFIG, 'default_hooks.checkpoint.intervl=2', "default_hooks.checkpoint.intervl: "
+     "CheckpointHook takes no 'intervl' (did you mean 'interval'?); mmengine would pass it on to "
+     'Runner.save_checkpoint, which fails at the first save'),
+    ('train.py', DEMO_CONFIG, 'train_cfg.max_iter=2',
+     "train_cfg.max_iter: IterBasedTrainLoop takes no 'max_iter' (did you mean 'max_iters'?)"),
+    ('train.py', DEMO_CONFIG, 'val_cfg.fp61=True', "val_cfg.fp61: ValLoop takes no 'fp61' (did you mean 'fp16'?)"),
+    ('test.py', DEMO_CONFIG, 'test_cfg.fp61=True', "test_cfg.fp61: TestLoop takes no 'fp61' (did you mean 'fp16'?)"),
+    ('train.py', SEG_DEMO_CONFIG, 'default_hooks.visualization.draww=True',  # a hook of mmseg's registry
+     "default_hooks.visualization.draww: SegVisualizationHook takes no 'draww' (did you mean 'draw'?)"),
+])
+def test_misspelt_settings_are_named(monkeypatch, capsys, scratch, tmp_path, script, config, option, message):
+    """A setting that nothing reads, or that the loop / hook it configures does not take: one line naming it and
+    the likely meant one, before any work (mmdet's tools would go on, or fail once the Runner is up)."""
+    wd = str(tmp_path / 'wd')
+    args = (config, ) if script == 'train.py' else (config, scratch['ckpt'])
+    _assert_error(_run(monkeypatch, capsys, script, *args, '--work-dir', wd, '--cfg-options', option),
+                  f'{script}: error: ', message)
+    assert not osp.exists(wd)
+
+
+def test_settings_that_are_read_are_not_refused():
+    """The settings check refuses nothing that the Runner reads: every config here, and settings the Runner reads
+    without a config stating them (randomness, a hook's priority, the checkpoint hook's own arguments)."""
+    import glob
+
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import _launch
+    from stvit_det.toolboxes.scope import load_config
+
+    _log_to_current_stderr()
+    configs = sorted(glob.glob(osp.join(ROOT, 'configs', 'stvit-r*', '*.py')))
+    assert len(configs) >= 20
+    for path in configs:
+        assert _launch.settings_problem(load_config(path, need_model=True), ('train', 'val', 'test')) is None, path
+    options = {'randomness.seed': 1, 'default_hooks.checkpoint.max_keep_ckpts': 1, 'find_unused_parameters': True,
+               'default_hooks.checkpoint.priority': 'VERY_LOW', 'env_cfg.cudnn_benchmark': True,
+               'custom_hooks': [dict(type='EMAHook', momentum=0.001, priority=49)]}
+    cfg = load_config(DEMO_CONFIG, need_model=True)
+    assert _launch.new_run_key_problem(cfg, options) is None
+    cfg.merge_from_dict(options)
+    assert _launch.settings_problem(cfg, ('train', 'val', 'test')) is None
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', by_epoch=False, max_iters=10)  # given to the loop itself
+    assert _launch.settings_problem(cfg, ('train', )) == "train_cfg.by_epoch: IterBasedTrainLoop takes no 'by_epoch'"
+    cfg.train_cfg = dict(by_epoch=False, max_iters=10, val_interval=5)  # no type: the Runner picks the loop
+    assert _launch.settings_problem(cfg, ('train', )) is None
+    cfg.custom_hooks = [dict(type='CheckInvalidLossHook', intervl=50)]  # a hook of mmdet's registry, misspelt
+    assert _launch.settings_problem(cfg, ('train', )) == ("custom_hooks[0].intervl: CheckInvalidLossHook takes no "
+                                                          "'intervl' (did you mean 'interval'?)")
 
 
 def test_a_download_url_given_for_a_checkpoint_is_refused(monkeypatch, capsys, tmp_path):

@@ -9,20 +9,24 @@ own tools do (``--cfg-options``, launcher, work dir), the early input checks tha
 No model logic lives here: the networks come from the configs, through the registries of their toolbox.
 """
 import argparse
+import difflib
+import inspect
 import os
 import os.path as osp
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Collection, Mapping, Optional, Sequence
 
 import torch
 from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import Config
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.config import Config, ConfigDict
+from mmengine.hooks import CheckpointHook
+from mmengine.registry import HOOKS, LOOPS, RUNNERS
+from mmengine.runner import EpochBasedTrainLoop, FlexibleRunner, IterBasedTrainLoop, Runner, TestLoop, ValLoop
 
 import stvit_det  # noqa: F401  (registers STViTR)
 from stvit_det.datasets import DatasetCheckError, check_dataset_cfgs, check_seg_dataset_cfgs
 from stvit_det.datasets.cls_check import check_cls_dataset_cfgs, classifier_config_problem
-from stvit_det.toolboxes.scope import CfgOptionsAction, ConfigError, apply_cfg_options, load_config
+from stvit_det.toolboxes.scope import (CfgOptionsAction, ConfigError, apply_cfg_options, config_scope,
+                                      init_toolbox_scope, load_config)
 from stvit_det.utils import allow_checkpoint_globals, prepare_cpu_distributed
 from stvit_det.utils.ckpt_file import (CheckpointError, check_backbone_init_checkpoint, check_checkpoint_for_config,
                                       model_tensor_shapes)
@@ -66,6 +70,9 @@ def load_tool_config(tool: str, args: argparse.Namespace) -> Config:
     try:
         cfg = load_config(args.config, need_model=True)
         cfg.launcher = args.launcher
+        problem = new_run_key_problem(cfg, args.cfg_options)
+        if problem:
+            raise SystemExit(f'{tool}: error: {problem}')
         apply_cfg_options(cfg, args.cfg_options)  # after the launcher, as mmdet's tools do
     except ConfigError as e:
         raise SystemExit(f'{tool}: error: {e}') from None
@@ -79,6 +86,147 @@ def load_tool_config(tool: str, args: argparse.Namespace) -> Config:
     if reason:
         raise SystemExit(f'{tool}: error: work dir {cfg.work_dir}: {reason}')
     return cfg
+
+
+def add_loader_args(parser: argparse.ArgumentParser, persistent_workers: bool = True) -> None:
+    """MMPretrain 1.2's ``--no-pin-memory`` (and, for training, ``--no-persistent-workers``): see
+    :func:`apply_loader_defaults`."""
+    parser.add_argument('--no-pin-memory', action='store_true',
+                        help='MMPretrain configs: disable the pin_memory option of the dataloaders')
+    if persistent_workers:
+        parser.add_argument('--no-persistent-workers', action='store_true',
+                            help='MMPretrain configs: disable the persistent_workers option of the dataloaders')
+
+
+def apply_loader_defaults(cfg: Config, args: argparse.Namespace, fields: Sequence[str], training: bool) -> None:
+    """What MMPretrain 1.2's ``tools/train.py`` / ``tools/test.py`` add to the dataloaders of its configs, which
+    state none of it: ``pin_memory=True``, ``collate_fn=dict(type='default_collate')`` (batches of tensors, where
+    mmengine's default keeps lists) and, for training, ``persistent_workers=True`` (workers kept between epochs;
+    here only with ``num_workers > 0``, where PyTorch allows it). A value the config states wins, the ``--no-*``
+    flags win over both. Other toolboxes' configs are left as their tools leave them."""
+    if config_scope(cfg) != 'mmpretrain':
+        return
+    for field in fields:
+        loader = cfg.get(field)
+        if not isinstance(loader, Mapping):
+            continue
+        merged = ConfigDict(pin_memory=True, collate_fn=dict(type='default_collate'))
+        if training and is_int(loader.get('num_workers')) and loader['num_workers'] > 0:
+            merged.persistent_workers = True
+        merged.update(loader)
+        if args.no_pin_memory:
+            merged.pin_memory = False
+        if training and args.no_persistent_workers:
+            merged.persistent_workers = False
+        cfg[field] = merged
+
+
+#: top-level settings read by the Runner (``Runner.from_cfg`` and the methods reading ``runner.cfg``; also
+#: FlexibleRunner's) and by these tools, beyond those a config states
+RUN_KEYS = frozenset(
+    set(inspect.signature(Runner.__init__).parameters) | set(inspect.signature(FlexibleRunner.__init__).parameters)
+    | {'runner_type', 'custom_imports', 'tta_model', 'tta_pipeline', 'sync_bn', 'model_wrapper_cfg',
+       'find_unused_parameters', 'efficient_conv_bn_eval', 'compile', 'activation_checkpointing'}) - {'self', 'cfg'}
+
+
+def _did_you_mean(name: str, choices: Collection[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ''
+
+
+def new_run_key_problem(cfg: Config, cfg_options: Optional[Mapping]) -> Optional[str]:
+    """An option of ``--cfg-options`` whose first key neither the config has nor the Runner reads
+    (``trian_cfg.max_iters=2``): merged in, it would be read by nothing and the run would go on as configured."""
+    for key in cfg_options or {}:
+        first = key.split('.', 1)[0]
+        if first not in cfg and first not in RUN_KEYS:
+            return (f"--cfg-options {key}: the config has no '{first}', and the Runner reads no such setting: a "
+                    f'typo?{_did_you_mean(first, set(cfg.keys()) | RUN_KEYS)}')
+    return None
+
+
+def _named(fn: Callable, skip: Collection[str] = ()) -> set:
+    """The arguments ``fn`` takes by name, less ``skip``."""
+    params = inspect.signature(fn).parameters.values()
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {'self', *skip}
+
+
+def _keywords(fn: Callable, skip: Collection[str] = ()) -> Optional[set]:
+    """The keyword arguments ``fn`` takes, less ``skip``; None when it takes any (``**kwargs``)."""
+    if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
+        return None
+    return _named(fn, skip)
+
+
+def _unknown_setting(settings: Mapping, accepted: Optional[Collection[str]], where: str, owner: str,
+                     extra: Collection[str] = ()) -> Optional[str]:
+    if accepted is None:
+        return None
+    for key in settings:
+        if key not in accepted and key not in extra and key not in ('type', '_scope_'):  # _scope_: of a base's
+            return f"{where}.{key}: {owner} takes no '{key}'{_did_you_mean(key, accepted)}"
+    return None
+
+
+def _registered(registry, type_) -> Optional[type]:
+    """The class a config's ``type`` names (a class itself in new-style configs), looked up as the Runner builds it
+    (the default scope's registry first, e.g. mmseg's hooks, then mmengine's); None when not found."""
+    if isinstance(type_, type):
+        return type_
+    if not isinstance(type_, str):
+        return None
+    try:
+        with registry.switch_scope_and_registry(None) as scoped:
+            return scoped.get(type_)
+    except KeyError:  # mmengine raises for a scope prefix it cannot import
+        return None
+
+
+#: the loops the Runner builds from train_cfg / val_cfg / test_cfg without a ``type``, and the arguments it
+#: gives them itself
+DEFAULT_LOOPS = {'train_cfg': ('train', ('runner', 'dataloader')), 'val_cfg': ('val', ('runner', 'dataloader',
+                 'evaluator')), 'test_cfg': ('test', ('runner', 'dataloader', 'evaluator'))}
+
+
+def settings_problem(cfg: Config, phases: Sequence[str]) -> Optional[str]:
+    """A setting that the class it configures does not take, named with the likely meant one: in the loops of
+    ``phases`` (``train_cfg.max_iter``: a traceback once the Runner has started) and in the hooks
+    (``default_hooks.checkpoint.intervl``: mmengine's CheckpointHook passes what it does not know on to
+    ``Runner.save_checkpoint``, which fails at the first save, after the training up to it)."""
+    init_toolbox_scope(config_scope(cfg))  # the toolbox's own loops and hooks, e.g. mmdet's visualisation hook
+    for key, (phase, given) in DEFAULT_LOOPS.items():
+        loop = cfg.get(key)
+        if phase not in phases or not isinstance(loop, Mapping):
+            continue
+        if 'type' in loop:
+            cls = _registered(LOOPS, loop['type'])
+        elif key == 'train_cfg':
+            cls = EpochBasedTrainLoop if loop.get('by_epoch') else IterBasedTrainLoop
+        else:
+            cls = ValLoop if key == 'val_cfg' else TestLoop
+        if cls is not None:
+            extra = ('by_epoch', ) if key == 'train_cfg' and 'type' not in loop else ()
+            problem = _unknown_setting(loop, _keywords(cls.__init__, given), key, cls.__name__, extra)
+            if problem:
+                return problem
+    runner_cls = _registered(RUNNERS, cfg.get('runner_type', 'Runner')) or Runner
+    hooks = [(f'default_hooks.{name}', hook) for name, hook in (cfg.get('default_hooks') or {}).items()]
+    hooks += [(f'custom_hooks[{i}]', hook) for i, hook in enumerate(cfg.get('custom_hooks') or [])]
+    for where, hook in hooks:
+        cls = _registered(HOOKS, hook.get('type')) if isinstance(hook, Mapping) else None
+        if cls is None:
+            continue
+        accepted = _keywords(cls.__init__)
+        if accepted is None and issubclass(cls, CheckpointHook):  # its **kwargs go to the Runner's save_checkpoint
+            passed = ('out_dir', 'filename', 'file_client_args', 'save_optimizer', 'save_param_scheduler', 'meta',
+                      'by_epoch', 'backend_args')  # by the hook itself
+            saves = _keywords(runner_cls.save_checkpoint, passed)
+            accepted = None if saves is None else _named(cls.__init__) | saves
+        problem = _unknown_setting(hook, accepted, where, cls.__name__, extra=('priority', ))  # popped by the Runner
+        if problem:
+            return problem + ('; mmengine would pass it on to Runner.save_checkpoint, which fails at the first save, '
+                              'after the training up to it' if issubclass(cls, CheckpointHook) else '')
+    return None
 
 
 def _non_negative_int(v) -> bool:
@@ -142,8 +290,9 @@ def check_inputs(tool: str, cfg: Config, phases: Sequence[str], checkpoint: Opti
     nothing else), loosely for fine-tuning (``train.py``: see :func:`check_checkpoint_for_config`). For training,
     also the file of an STViTR backbone's ``init_cfg=Pretrained`` (:func:`check_backbone_init_checkpoint`); with
     ``resume``, that the checkpoint is one of a training run. First, the run settings of :data:`RUN_VALUES`
-    (:func:`run_value_problem`) and an MMPretrain config's class counts (:func:`classifier_config_problem`)."""
-    problem = run_value_problem(cfg, phases) or classifier_config_problem(cfg, phases)
+    (:func:`run_value_problem`), settings the loops and hooks do not take (:func:`settings_problem`) and an
+    MMPretrain config's class counts (:func:`classifier_config_problem`)."""
+    problem = run_value_problem(cfg, phases) or settings_problem(cfg, phases) or classifier_config_problem(cfg, phases)
     if problem:
         raise SystemExit(f'{tool}: error: {problem}')
     try:

@@ -1,6 +1,6 @@
-# Sourced by tools/_torchrun.sh (for dist_train.sh, dist_test.sh) and tools/slurm_train.sh: unless PYTHON names an
-# interpreter, use the environment tools/install.sh made ($STVIT_VENV, else the repository's .venv) when it exists,
-# else `python`.
+# Sourced by tools/_torchrun.sh (for dist_train.sh, dist_test.sh) and tools/_srun.sh (slurm_train.sh, slurm_test.sh):
+# unless PYTHON names an interpreter, use the environment tools/install.sh made ($STVIT_VENV, else the repository's
+# .venv) when it exists, else `python`.
 if [ -z "${PYTHON:-}" ]; then
     _stvit_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
     _stvit_venv=${STVIT_VENV:-$_stvit_root/.venv}

@@ -15,11 +15,12 @@ the current directory, as in mmseg's and mmpretrain's tools.
 ``--out`` dumps the raw predictions (``DetDataSample`` / ``SegDataSample`` / ``DataSample``) to a pickle for every
 toolbox. ``--tta`` takes the config's ``tta_model`` / ``tta_pipeline``; an MMPretrain config without them gets
 mmpretrain's defaults (scores averaged over the image and its horizontal mirror). MMPretrain classifiers
-(``configs/stvit-r-cls``) run the same way. The checkpoint is checked strictly before the Runner starts: an
-unreadable file, missing, unexpected or reshaped tensors, a classifier head with another number of classes than the
-config's, or another class order end with one line (``stvit_det.utils.ckpt_file``); so are an MMPretrain config's
-class counts that disagree (``stvit_det.datasets.cls_check``: head, Mixup / CutMix targets, data, top-k). What
-both tools share (launcher arguments, config loading, the early checks, the Runner) is in ``tools/_launch.py``.
+(``configs/stvit-r-cls``) run the same way, with MMPretrain's dataloader defaults (``--no-pin-memory`` as in its
+tool). The checkpoint is checked strictly before the Runner starts: an unreadable file, missing, unexpected or
+reshaped tensors, a classifier head with another number of classes than the config's, or another class order end
+with one line (``stvit_det.utils.ckpt_file``); so are an MMPretrain config's class counts that disagree
+(``stvit_det.datasets.cls_check``: head, Mixup / CutMix targets, data, top-k). What both tools share (launcher
+arguments, config loading, the early checks, the Runner) is in ``tools/_launch.py``.
 """
 import argparse
 import copy
@@ -33,8 +34,8 @@ from mmengine.config import ConfigDict
 from mmengine.evaluator import DumpResults
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _launch import (add_launch_args, build_runner, check_inputs, check_output_file, load_tool_config,  # noqa: E402
-                     set_local_rank)
+from _launch import (add_launch_args, add_loader_args, apply_loader_defaults, build_runner, check_inputs,  # noqa: E402
+                     check_output_file, load_tool_config, set_local_rank)
 from stvit_det.toolboxes.scope import config_scope  # noqa: E402
 from stvit_det.utils.paths import missing_file_error, uncreatable_dir_reason  # noqa: E402
 
@@ -56,6 +57,7 @@ def parse_args():
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     add_launch_args(parser)
     parser.add_argument('--tta', action='store_true')
+    add_loader_args(parser, persistent_workers=False)
     args = parser.parse_args()
     set_local_rank(args)
     return args
@@ -102,6 +104,7 @@ def main():
     cfg = load_tool_config('test.py', args)
     scope = config_scope(cfg)
     cfg.load_from = args.checkpoint
+    apply_loader_defaults(cfg, args, ('test_dataloader', ), training=False)
     pickled = args.out is not None and args.out.endswith(('.pkl', '.pickle'))
     if args.out is not None and not pickled:
         if scope != 'mmseg':

@@ -1,13 +1,15 @@
 """Train a model with an stvit_det config (the shape of MMDetection 3.3's ``tools/train.py``).
 
-    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]] [--cfg-options k=v ...]
+    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr] [--resume [CKPT]] [--no-validate]
+        [--cfg-options k=v ...] [--no-pin-memory] [--no-persistent-workers]
 
 Any toolbox's config: the config's ``default_scope`` decides (mmdet detectors, mmseg segmentors), as in each
 toolbox's own ``tools/train.py``, which this script equals apart from the additions: ``import stvit_det`` (registers
 STViTR into every installed toolbox), allow-listing the classes mmengine stores in checkpoints for
 ``torch.load(weights_only=True)``, a clear message when the config's toolbox is not installed, and an early check of
 the config's datasets (COCO files; segmentation images and label maps) that ends with a one-line message instead of
-a traceback from inside the Runner. MMPretrain classifiers (``configs/stvit-r-cls``) train the same way; a
+a traceback from inside the Runner. MMPretrain classifiers (``configs/stvit-r-cls``) train the same way (with
+MMPretrain's dataloader defaults and its ``--no-validate`` / ``--no-pin-memory`` / ``--no-persistent-workers``); a
 ``load_from`` checkpoint is checked like ``tools/test.py`` checks its checkpoint. What both tools share (launcher
 arguments, config loading, the early checks, the Runner) is in ``tools/_launch.py``.
 """
@@ -19,7 +21,8 @@ from mmengine.device import get_device
 from mmengine.runner import find_latest_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _launch import add_launch_args, build_runner, check_inputs, load_tool_config, set_local_rank  # noqa: E402
+from _launch import (add_launch_args, add_loader_args, apply_loader_defaults, build_runner, check_inputs,  # noqa: E402
+                     load_tool_config, set_local_rank)
 from stvit_det.utils.paths import missing_file_error  # noqa: E402
 
 
@@ -37,6 +40,9 @@ def parse_args():
         const='auto',
         help='If specify checkpoint path, resume from it, while if not specify, try to auto resume from the latest '
         'checkpoint in the work directory.')
+    parser.add_argument('--no-validate', action='store_true',
+                        help='train without validation (no val_cfg, val_dataloader, val_evaluator)')
+    add_loader_args(parser)
     add_launch_args(parser)
     args = parser.parse_args()
     set_local_rank(args)
@@ -49,6 +55,9 @@ def main():
     if missing:
         raise SystemExit(f'train.py: error: {missing}')
     cfg = load_tool_config('train.py', args)
+    if args.no_validate:  # as MMPretrain's tools/train.py
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    apply_loader_defaults(cfg, args, ('train_dataloader', 'val_dataloader', 'test_dataloader'), training=True)
 
     # enable automatic-mixed-precision training
     if args.amp is True:

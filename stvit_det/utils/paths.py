@@ -164,7 +164,7 @@ def uncreatable_dir_reason(path: str) -> Optional[str]:
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        return f'{existing} is not writable: {e.strerror or e}'
+        return f'no file can be made in {existing}: {e.strerror or e}'
     return None
 
 
