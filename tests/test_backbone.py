@@ -317,7 +317,9 @@ def test_training_after_an_inference_mode_forward(impl):
 @pytest.mark.parametrize('kwargs,match', [
     (dict(depths=(2, 2, 8, 2)), 'multiple of 6'),
     (dict(depths=(2, 2, 0, 2)), r'depths must be 4 positive integers, got \(2, 2, 0, 2\)'),
-    (dict(arch='huge'), 'arch'),
+    (dict(arch='huge'), r"arch must be one of \('tiny', 'small', 'base'\), got 'huge'"),
+    (dict(arch=dict(embed_dims=64, depths=(2, 2, 6, 2), num_heads=(2, 4, 8, 16))),
+     r'got \{.*\} \(for other sizes keep an arch and give embed_dims / depths / num_heads as arguments\)'),
     (dict(pad_mask='partial'), 'pad_mask'),
     (dict(attn_impl='flash3'), 'attn_impl'),
     (dict(stem='vit'), 'stem'),

@@ -171,8 +171,11 @@ class STViTR(BaseModule):
         if problem:
             raise ValueError(problem)
         super().__init__(init_cfg=init_cfg)
-        if arch not in ARCH_SETTINGS:
-            raise ValueError(f"arch must be one of {tuple(ARCH_SETTINGS)}, got '{arch}'")
+        if not isinstance(arch, str) or arch not in ARCH_SETTINGS:
+            # mmpretrain's Swin takes arch=dict(embed_dims=..., depths=..., num_heads=...): here those are arguments
+            hint = (' (for other sizes keep an arch and give embed_dims / depths / num_heads as arguments)'
+                    if isinstance(arch, dict) else '')
+            raise ValueError(f'arch must be one of {tuple(ARCH_SETTINGS)}, got {arch!r}{hint}')
         setting = ARCH_SETTINGS[arch]
         embed_dims = setting['embed_dims'] if embed_dims is None else embed_dims
         depths = setting['depths'] if depths is None else depths

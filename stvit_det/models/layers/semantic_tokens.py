@@ -180,5 +180,5 @@ class SemanticTokenBlock(SemanticBlockBase):
         if self.scope == 'local':
             s = window_reverse(t, self.samples, Hs, Ws)  # (B, Hs, Ws, C)
         else:
-            s = t.view(B, Hs, Ws, C)
+            s = t.view(B, Hs, Ws, C)  # (B, 1, Ns, C) -> (B, Hs, Ws, C)
         return x, self.mlp_residual(s)
