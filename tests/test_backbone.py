@@ -124,6 +124,28 @@ def test_every_parameter_gets_a_gradient():
     assert missing == []
 
 
+@pytest.mark.parametrize('sparsifier', ['stvit', 'tokenlearner'])
+def test_every_parameter_can_change_the_output(sparsifier):
+    """Moving any one parameter tensor moves the outputs: none is cancelled by what follows it (TokenLearner's
+    selection-MLP bias, one constant per token before a softmax over positions, and TokenFuser's mixing bias, one
+    constant per token before a LayerNorm over channels, were; they got round-off gradients and weight decay)."""
+    torch.manual_seed(0)
+    model = randomize_(small_stvit(embed_dims=16, depths=(1, 1, 6, 1), sparsifier=sparsifier)).eval()
+    x = torch.randn(2, 3, 97, 129)
+    with torch.no_grad():
+        ref = model(x)
+        scale = max(float(o.abs().max()) for o in ref)
+        inert = []
+        for name, p in model.named_parameters():
+            saved = p.clone()
+            p.add_(torch.randn_like(p))
+            change = max(float((a - b).abs().max()) for a, b in zip(model(x), ref))
+            p.copy_(saved)
+            if change <= 1e-4 * scale:
+                inert.append((name, change / scale))
+    assert inert == []
+
+
 @pytest.mark.parametrize('train', [False, True])
 def test_gradient_of_one_image_does_not_depend_on_its_batch(train):
     """Alone or beside another image, an image gets the same input and parameter gradients (stem BNs in eval, so

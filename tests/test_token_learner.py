@@ -40,7 +40,6 @@ def test_learner_pools_each_window_with_softmax_weights(pad_mask):
     H, W, C = 9, 16, 8  # padded to 14 x 21: 2 x 3 windows, bottom row and right column of windows padded
     learner = TokenLearner(C, pad_mask=pad_mask, layer_scale_init=0.0)
     torch.nn.init.zeros_(learner.selector.fc2.weight)
-    torch.nn.init.zeros_(learner.selector.fc2.bias)
     learner.record_attn = True
     x = torch.randn(2, H, W, C) * 3 + 1
     x_out, s = learner(x, None)

@@ -87,7 +87,9 @@ class TokenLearner(TokenLearnerBlockBase):
     def __init__(self, dim: int, window_size: int = 7, samples: int = 3, bottleneck: int = 64, **kwargs) -> None:
         super().__init__(dim, window_size, samples, **kwargs)
         self.norm1 = nn.LayerNorm(dim)
-        self.selector = Mlp(dim, bottleneck, self.num_tokens, act_layer=nn.GELU)
+        # fc2 without a bias: one constant per token over all positions would cancel in the softmax over positions
+        # (scenic's Dense has one, which can never change the output)
+        self.selector = Mlp(dim, bottleneck, self.num_tokens, act_layer=nn.GELU, bias=(True, False))
 
     def forward(self, x: torch.Tensor, s: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """
@@ -116,8 +118,9 @@ class TokenLearner(TokenLearnerBlockBase):
 
 
 class TokenMixing(nn.Module):
-    """TokenFuser's Dense layer along the token axis, as a residual: t + (W t + b) with W (S, S), b (S,) ZERO
-    initialised (per channel, tokens mixed).
+    """TokenFuser's Dense layer along the token axis, as a residual: t + W t with W (S, S) ZERO initialised (per
+    channel, tokens mixed). No bias: it would add one constant per token to all its channels, which the LayerNorm
+    over channels that follows removes (scenic's Dense has one, which can never change the output).
 
     scenic's ``TokenFuser`` zero-initialises the Dense kernel and follows it with a LayerNorm; LN of an all-zero
     input is 0, which leaves LN1 of the tokens, the gate MLP and LN2's weight without any gradient at the first
@@ -129,11 +132,10 @@ class TokenMixing(nn.Module):
     def __init__(self, num_tokens: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(num_tokens, num_tokens))
-        self.bias = nn.Parameter(torch.zeros(num_tokens))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """(..., S, C) -> (..., S, C)."""
-        return t + torch.einsum('ij,...jc->...ic', self.weight, t) + self.bias[:, None]
+        return t + torch.einsum('ij,...jc->...ic', self.weight, t)
 
 
 class TokenFuser(TokenLearnerBlockBase):
