@@ -463,6 +463,9 @@ def test_tools_give_classification_configs_mmpretrain_loader_defaults(tmp_path, 
     assert cfg.train_dataloader.to_dict() == stated.train_dataloader.to_dict()
     assert 'pin_memory' not in cfg.train_dataloader
     assert config('test.py', detection).test_dataloader.to_dict() == stated.test_dataloader.to_dict()
+    cfg = config('train.py', detection, '--no-persistent-workers', '--no-pin-memory')  # the flags: every toolbox
+    assert stated.train_dataloader.persistent_workers is True and cfg.train_dataloader.persistent_workers is False
+    assert cfg.train_dataloader.pin_memory is False and 'collate_fn' not in cfg.train_dataloader
 
 
 def test_layer_wise_lr_decay_counts_depths_as_mmpretrain_swin():

@@ -438,6 +438,9 @@ SEG_DEMO_CONFIG = osp.join(ROOT, 'configs', 'stvit-r-seg', 'stvit-r-demo_upernet
     ('train.py', DEMO_CONFIG, 'default_hooks.checkpoint.intervl=2', "default_hooks.checkpoint.intervl: "
      "CheckpointHook takes no 'intervl' (did you mean 'interval'?); mmengine would pass it on to "
      'Runner.save_checkpoint, which fails at the first save'),
+    ('train.py', DEMO_CONFIG, 'default_hooks.chekpoint.interval=2', "default_hooks.chekpoint has no type: the "
+     "config's default hooks are timer, logger, param_scheduler, checkpoint, sampler_seed, visualization (did you "
+     "mean 'checkpoint'?)"),
     ('train.py', DEMO_CONFIG, 'train_cfg.max_iter=2',
      "train_cfg.max_iter: IterBasedTrainLoop takes no 'max_iter' (did you mean 'max_iters'?)"),
     ('train.py', DEMO_CONFIG, 'val_cfg.fp61=True', "val_cfg.fp61: ValLoop takes no 'fp61' (did you mean 'fp16'?)"),
@@ -483,6 +486,36 @@ def test_settings_that_are_read_are_not_refused():
     cfg.custom_hooks = [dict(type='CheckInvalidLossHook', intervl=50)]  # a hook of mmdet's registry, misspelt
     assert _launch.settings_problem(cfg, ('train', )) == ("custom_hooks[0].intervl: CheckInvalidLossHook takes no "
                                                           "'intervl' (did you mean 'interval'?)")
+    cfg.custom_hooks = []
+    # a CheckpointHook subclass passing its parent's arguments on by **kwargs: they are its arguments too; what
+    # neither takes is refused for training only (a test run never saves)
+    from mmengine.hooks import CheckpointHook
+    from mmengine.runner import Runner
+
+    class KeepingCheckpointHook(CheckpointHook):
+        def __init__(self, keep_best=False, **kwargs):
+            super().__init__(**kwargs)
+
+    cfg.default_hooks.checkpoint = dict(type=KeepingCheckpointHook, interval=1, keep_best=True, max_keep_ckpts=2)
+    assert _launch.settings_problem(cfg, ('train', )) is None
+    cfg.default_hooks.checkpoint.intervl = 1
+    assert _launch.settings_problem(cfg, ('train', )).startswith(
+        "default_hooks.checkpoint.intervl: KeepingCheckpointHook takes no 'intervl' (did you mean 'interval'?); "
+        'mmengine would pass it on to Runner.save_checkpoint')
+    assert _launch.settings_problem(cfg, ('test', )) is None
+    # settings that another Runner reads: FlexibleRunner's own, and a Runner subclass's loops and top-level keys
+    cfg = load_config(DEMO_CONFIG, need_model=True)
+    cfg.runner_type = 'FlexibleRunner'
+    assert _launch.new_run_key_problem(cfg, {'init_weights_for_test_or_val': False, 'strategy.type': 'X'}) is None
+
+    class OwnLoopRunner(Runner):
+        def build_train_loop(self, loop):
+            return super().build_train_loop({k: v for k, v in loop.items() if k != 'warmup'})
+
+    cfg.runner_type = OwnLoopRunner
+    cfg.train_cfg.warmup = 5
+    assert _launch.new_run_key_problem(cfg, {'own_setting': 1}) is None
+    assert _launch.settings_problem(cfg, ('train', )) is None
 
 
 def test_a_download_url_given_for_a_checkpoint_is_refused(monkeypatch, capsys, tmp_path):

@@ -89,13 +89,13 @@ def load_tool_config(tool: str, args: argparse.Namespace) -> Config:
 
 
 def add_loader_args(parser: argparse.ArgumentParser, persistent_workers: bool = True) -> None:
-    """MMPretrain 1.2's ``--no-pin-memory`` (and, for training, ``--no-persistent-workers``): see
-    :func:`apply_loader_defaults`."""
+    """MMPretrain 1.2's ``--no-pin-memory`` (and, for training, ``--no-persistent-workers``), here for every
+    toolbox's config: see :func:`apply_loader_defaults`."""
     parser.add_argument('--no-pin-memory', action='store_true',
-                        help='MMPretrain configs: disable the pin_memory option of the dataloaders')
+                        help='disable the pin_memory option of the dataloaders')
     if persistent_workers:
         parser.add_argument('--no-persistent-workers', action='store_true',
-                            help='MMPretrain configs: disable the persistent_workers option of the dataloaders')
+                            help='disable the persistent_workers option of the dataloaders')
 
 
 def apply_loader_defaults(cfg: Config, args: argparse.Namespace, fields: Sequence[str], training: bool) -> None:
@@ -103,15 +103,14 @@ def apply_loader_defaults(cfg: Config, args: argparse.Namespace, fields: Sequenc
     state none of it: ``pin_memory=True``, ``collate_fn=dict(type='default_collate')`` (batches of tensors, where
     mmengine's default keeps lists) and, for training, ``persistent_workers=True`` (workers kept between epochs;
     here only with ``num_workers > 0``, where PyTorch allows it). A value the config states wins, the ``--no-*``
-    flags win over both. Other toolboxes' configs are left as their tools leave them."""
-    if config_scope(cfg) != 'mmpretrain':
-        return
+    flags win over both; other toolboxes' configs get only the flags (mmdet's dataset bases keep their workers)."""
+    pretrain = config_scope(cfg) == 'mmpretrain'
     for field in fields:
         loader = cfg.get(field)
         if not isinstance(loader, Mapping):
             continue
-        merged = ConfigDict(pin_memory=True, collate_fn=dict(type='default_collate'))
-        if training and is_int(loader.get('num_workers')) and loader['num_workers'] > 0:
+        merged = ConfigDict(pin_memory=True, collate_fn=dict(type='default_collate')) if pretrain else ConfigDict()
+        if pretrain and training and is_int(loader.get('num_workers')) and loader['num_workers'] > 0:
             merged.persistent_workers = True
         merged.update(loader)
         if args.no_pin_memory:
@@ -126,7 +125,8 @@ def apply_loader_defaults(cfg: Config, args: argparse.Namespace, fields: Sequenc
 RUN_KEYS = frozenset(
     set(inspect.signature(Runner.__init__).parameters) | set(inspect.signature(FlexibleRunner.__init__).parameters)
     | {'runner_type', 'custom_imports', 'tta_model', 'tta_pipeline', 'sync_bn', 'model_wrapper_cfg',
-       'find_unused_parameters', 'efficient_conv_bn_eval', 'compile', 'activation_checkpointing'}) - {'self', 'cfg'}
+       'find_unused_parameters', 'efficient_conv_bn_eval', 'compile', 'activation_checkpointing',
+       'init_weights_for_test_or_val'}) - {'self', 'cfg'}
 
 
 def _did_you_mean(name: str, choices: Collection[str]) -> str:
@@ -137,6 +137,9 @@ def _did_you_mean(name: str, choices: Collection[str]) -> str:
 def new_run_key_problem(cfg: Config, cfg_options: Optional[Mapping]) -> Optional[str]:
     """An option of ``--cfg-options`` whose first key neither the config has nor the Runner reads
     (``trian_cfg.max_iters=2``): merged in, it would be read by nothing and the run would go on as configured."""
+    runner_cls = _registered(RUNNERS, cfg.get('runner_type', 'Runner'))
+    if runner_cls not in (None, Runner, FlexibleRunner):  # another Runner reads what it will
+        return None
     for key in cfg_options or {}:
         first = key.split('.', 1)[0]
         if first not in cfg and first not in RUN_KEYS:
@@ -177,9 +180,10 @@ def _registered(registry, type_) -> Optional[type]:
         return None
     try:
         with registry.switch_scope_and_registry(None) as scoped:
-            return scoped.get(type_)
-    except KeyError:  # mmengine raises for a scope prefix it cannot import
+            found = scoped.get(type_)
+    except Exception:  # noqa: BLE001 - a module that fails to import: the Runner will say so, not this check
         return None
+    return found if isinstance(found, type) else None  # a registered function takes what it takes
 
 
 #: the loops the Runner builds from train_cfg / val_cfg / test_cfg without a ``type``, and the arguments it
@@ -194,10 +198,14 @@ def settings_problem(cfg: Config, phases: Sequence[str]) -> Optional[str]:
     (``default_hooks.checkpoint.intervl``: mmengine's CheckpointHook passes what it does not know on to
     ``Runner.save_checkpoint``, which fails at the first save, after the training up to it)."""
     init_toolbox_scope(config_scope(cfg))  # the toolbox's own loops and hooks, e.g. mmdet's visualisation hook
+    runner_cls = _registered(RUNNERS, cfg.get('runner_type', 'Runner')) or Runner
     for key, (phase, given) in DEFAULT_LOOPS.items():
         loop = cfg.get(key)
-        if phase not in phases or not isinstance(loop, Mapping):
-            continue
+        builder = f'build_{phase}_loop'
+        if (phase not in phases or not isinstance(loop, Mapping)
+                or getattr(runner_cls, builder, None) not in (getattr(Runner, builder),
+                                                              getattr(FlexibleRunner, builder))):
+            continue  # a Runner of its own may read other loop settings
         if 'type' in loop:
             cls = _registered(LOOPS, loop['type'])
         elif key == 'train_cfg':
@@ -209,23 +217,32 @@ def settings_problem(cfg: Config, phases: Sequence[str]) -> Optional[str]:
             problem = _unknown_setting(loop, _keywords(cls.__init__, given), key, cls.__name__, extra)
             if problem:
                 return problem
-    runner_cls = _registered(RUNNERS, cfg.get('runner_type', 'Runner')) or Runner
-    hooks = [(f'default_hooks.{name}', hook) for name, hook in (cfg.get('default_hooks') or {}).items()]
+    default_hooks = cfg.get('default_hooks') or {}
+    for name, hook in default_hooks.items():  # a misspelt name merges in a hook without a type (a traceback)
+        if isinstance(hook, Mapping) and 'type' not in hook:
+            known = [k for k, h in default_hooks.items() if isinstance(h, Mapping) and 'type' in h]
+            return (f"default_hooks.{name} has no type: the config's default hooks are {', '.join(known)}"
+                    f'{_did_you_mean(name, known)}')
+    hooks = [(f'default_hooks.{name}', hook) for name, hook in default_hooks.items()]
     hooks += [(f'custom_hooks[{i}]', hook) for i, hook in enumerate(cfg.get('custom_hooks') or [])]
     for where, hook in hooks:
         cls = _registered(HOOKS, hook.get('type')) if isinstance(hook, Mapping) else None
         if cls is None:
             continue
         accepted = _keywords(cls.__init__)
-        if accepted is None and issubclass(cls, CheckpointHook):  # its **kwargs go to the Runner's save_checkpoint
+        saving = accepted is None and issubclass(cls, CheckpointHook)  # its **kwargs go to save_checkpoint
+        if saving and 'train' in phases:  # (a test or validation run never saves)
             passed = ('out_dir', 'filename', 'file_client_args', 'save_optimizer', 'save_param_scheduler', 'meta',
                       'by_epoch', 'backend_args')  # by the hook itself
             saves = _keywords(runner_cls.save_checkpoint, passed)
-            accepted = None if saves is None else _named(cls.__init__) | saves
+            # the arguments of CheckpointHook and of any subclass between it and cls (theirs reach it by **kwargs)
+            own = set().union(*(_named(c.__init__) for c in cls.__mro__
+                                if issubclass(c, CheckpointHook) and '__init__' in vars(c)))
+            accepted = None if saves is None else own | saves
         problem = _unknown_setting(hook, accepted, where, cls.__name__, extra=('priority', ))  # popped by the Runner
         if problem:
             return problem + ('; mmengine would pass it on to Runner.save_checkpoint, which fails at the first save, '
-                              'after the training up to it' if issubclass(cls, CheckpointHook) else '')
+                              'after the training up to it' if saving else '')
     return None
 
 
