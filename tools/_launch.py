@@ -137,8 +137,7 @@ def _did_you_mean(name: str, choices: Collection[str]) -> str:
 def new_run_key_problem(cfg: Config, cfg_options: Optional[Mapping]) -> Optional[str]:
     """An option of ``--cfg-options`` whose first key neither the config has nor the Runner reads
     (``trian_cfg.max_iters=2``): merged in, it would be read by nothing and the run would go on as configured."""
-    runner_cls = _registered(RUNNERS, cfg.get('runner_type', 'Runner'))
-    if runner_cls not in (None, Runner, FlexibleRunner):  # another Runner reads what it will
+    if _runner_class(cfg) not in (Runner, FlexibleRunner):  # another Runner reads what it will
         return None
     for key in cfg_options or {}:
         first = key.split('.', 1)[0]
@@ -186,6 +185,11 @@ def _registered(registry, type_) -> Optional[type]:
     return found if isinstance(found, type) else None  # a registered function takes what it takes
 
 
+def _runner_class(cfg: Config) -> type:
+    """The class of the config's ``runner_type`` (mmengine's ``Runner`` without one, or when it is not found)."""
+    return _registered(RUNNERS, cfg.get('runner_type', 'Runner')) or Runner
+
+
 #: the loops the Runner builds from train_cfg / val_cfg / test_cfg without a ``type``, and the arguments it
 #: gives them itself
 DEFAULT_LOOPS = {'train_cfg': ('train', ('runner', 'dataloader')), 'val_cfg': ('val', ('runner', 'dataloader',
@@ -198,7 +202,7 @@ def settings_problem(cfg: Config, phases: Sequence[str]) -> Optional[str]:
     (``default_hooks.checkpoint.intervl``: mmengine's CheckpointHook passes what it does not know on to
     ``Runner.save_checkpoint``, which fails at the first save, after the training up to it)."""
     init_toolbox_scope(config_scope(cfg))  # the toolbox's own loops and hooks, e.g. mmdet's visualisation hook
-    runner_cls = _registered(RUNNERS, cfg.get('runner_type', 'Runner')) or Runner
+    runner_cls = _runner_class(cfg)
     for key, (phase, given) in DEFAULT_LOOPS.items():
         loop = cfg.get(key)
         builder = f'build_{phase}_loop'

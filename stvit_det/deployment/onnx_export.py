@@ -396,10 +396,10 @@ def batch_mismatch(module: torch.nn.Module, session, example: torch.Tensor, inpu
     return None
 
 
-def median_latency_ms(fns: Sequence[Callable[[], object]], repeats: int = 5, warmup: int = 1) -> List[float]:
-    """Median wall-clock time of each ``fn()`` in milliseconds, the functions called in turn (A B A B ...) after
-    ``warmup`` untimed calls of each: on a shared machine a slow spell then falls on all of them, not on the one
-    timed during it."""
+def interleaved_times_ms(fns: Sequence[Callable[[], object]], repeats: int = 5, warmup: int = 1) -> List[List[float]]:
+    """Wall-clock times of each ``fn()`` in milliseconds (``max(repeats, 1)`` per function), the functions called
+    in turn (A B A B ...) after ``warmup`` untimed calls of each: on a shared machine a slow spell then falls on all
+    of them, not on the one timed during it."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -409,4 +409,9 @@ def median_latency_ms(fns: Sequence[Callable[[], object]], repeats: int = 5, war
             start = time.perf_counter()
             fn()
             fn_times.append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def median_latency_ms(fns: Sequence[Callable[[], object]], repeats: int = 5, warmup: int = 1) -> List[float]:
+    """Median of each function's :func:`interleaved_times_ms`."""
+    return [statistics.median(t) for t in interleaved_times_ms(fns, repeats, warmup)]

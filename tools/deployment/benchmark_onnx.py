@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'analysis'))
 from _common import print_table  # noqa: E402
 from stvit_det.deployment import OnnxInputError, OnnxLoadError, load_session  # noqa: E402
-from stvit_det.deployment.onnx_export import graph_inputs  # noqa: E402
+from stvit_det.deployment.onnx_export import graph_inputs, interleaved_times_ms  # noqa: E402
 from stvit_det.utils.errors import first_line  # noqa: E402
 from stvit_det.utils.values import non_negative_int, positive_int, warn_oversubscribed  # noqa: E402
 
@@ -95,15 +94,8 @@ def main(argv=None) -> int:
     except (OnnxLoadError, OnnxInputError, OnnxRunError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    for _ in range(args.warmup - 1):  # the first call above was one
-        for session, feed in zip(sessions, feeds):
-            session.run(None, feed)
-    times = [[] for _ in sessions]
-    for _ in range(max(args.repeats, 1)):
-        for session, feed, t in zip(sessions, feeds, times):
-            start = time.perf_counter()
-            session.run(None, feed)
-            t.append((time.perf_counter() - start) * 1e3)
+    calls = [lambda session=session, feed=feed: session.run(None, feed) for session, feed in zip(sessions, feeds)]
+    times = interleaved_times_ms(calls, args.repeats, warmup=max(args.warmup - 1, 0))  # first_run was one warm-up
 
     threads = sessions[0].get_session_options().intra_op_num_threads
     print(f'ONNX Runtime, CPU, {threads} threads; {args.repeats} timed calls per file after {max(args.warmup, 1)} '
