@@ -237,3 +237,36 @@ def test_resume_after_kill(demo_root):
         assert len(loss_history.data[0]) == k + 1  # the message hub kept run 1's history
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def test_tta_on_a_box_detector_takes_mmdets_defaults(demo_root):
+    """tools/test.py --tta on a detection config without tta_model / tta_pipeline (mmdet's test configs state none)
+    fills in mmdet's defaults as its own tool does (DetTTAModel, the image and its mirror, boxes merged by NMS; it
+    was refused), and evaluates COCO boxes. The box-only demo detector, seeded random weights, every score kept."""
+    import stvit_det  # noqa: F401
+    from mmengine.registry import MODELS, init_default_scope
+
+    config = demo_root / 'demo_boxes.py'
+    config.write_text(f"_base_ = '{DEMO}'\n"
+                      "model = dict(roi_head=dict(mask_roi_extractor=None, mask_head=None),\n"
+                      "             test_cfg=dict(rcnn=dict(score_thr=0.0)))\n"
+                      "test_evaluator = dict(metric='bbox')\n")
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(str(config)).model)
+    ckpt = demo_root / 'demo_boxes.pth'
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    work_dir = demo_root / 'work_tta'
+    try:
+        proc = subprocess.run(
+            [sys.executable, osp.join(TOOLS, 'test.py'), str(config), str(ckpt), '--tta', '--work-dir', str(work_dir),
+             '--cfg-options', 'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'],
+            cwd=demo_root, env=dict(env(), PYTHONWARNINGS='default'), capture_output=True, text=True, timeout=300)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-5000:]
+        assert 'Cannot find ``tta_model`` in config, we will set it as default.' in log
+        assert 'Cannot find ``tta_pipeline`` in config, we will set it as default.' in log
+        assert 'coco/bbox_mAP:' in log and 'segm' not in log.split('Evaluating bbox')[-1]
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        ckpt.unlink()

@@ -556,7 +556,8 @@ def test_data_is_checked_by_torchrun_rank_0_only(tmp_path, monkeypatch):
 
 def test_launch_options_that_cannot_work_stop_in_one_line(tmp_path, monkeypatch):
     """Before the Runner: --cfg-options that cannot merge into the config (a key under a None or into a tuple),
-    mixed precision without a GPU, --tta without a tta_pipeline, a --show-dir that cannot be made."""
+    mixed precision without a GPU, --tta on a Mask R-CNN (mmdet's DetTTAModel merges no masks) and on a config
+    with a tta_model but no tta_pipeline where the toolbox has no default (mmseg), a --show-dir that cannot be made."""
     ckpt = _write(tmp_path / 'fake.pth', 'never loaded')
     _write(tmp_path / 'a_file', '')
     wd = ['--work-dir', str(tmp_path / 'wd')]
@@ -569,13 +570,16 @@ def test_launch_options_that_cannot_work_stop_in_one_line(tmp_path, monkeypatch)
     if not torch.cuda.is_available():
         msg = _tool_exit(monkeypatch, 'train.py', DEMO_CONFIG, *wd, '--amp')
         assert msg.startswith("train.py: error: mixed precision (--amp, or the config's AmpOptimWrapper) needs a GPU")
-    msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--tta', '--cfg-options', 'tta_model.type=x')
+    msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--tta')  # mmdet: an assertion at batch 1
+    assert msg.startswith("test.py: error: --tta: mmdet's DetTTAModel merges boxes only, and this detector predicts "
+                          'instance masks') and '\n' not in msg, msg
+    seg = osp.join(ROOT, 'configs', 'stvit-r-seg', 'stvit-r-demo_upernet_1xb4-400_nuclei-224x224.py')
+    msg = _tool_exit(monkeypatch, 'test.py', seg, ckpt, *wd, '--tta')  # a tta_model, no tta_pipeline (mmseg: none)
     assert msg == 'test.py: error: --tta needs `tta_model` and `tta_pipeline` in the config', msg
     msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--show-dir', str(tmp_path / 'a_file' / 'vis'))
     assert msg == f'test.py: error: --show-dir {tmp_path}/a_file/vis: {tmp_path}/a_file is a file', msg
     msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--out', str(tmp_path / 'preds'))
     assert msg == f'test.py: error: --out must be a .pkl or .pickle file, got {tmp_path}/preds', msg
-    seg = osp.join(ROOT, 'configs', 'stvit-r-seg', 'stvit-r-demo_upernet_1xb4-400_nuclei-224x224.py')
     msg = _tool_exit(monkeypatch, 'test.py', seg, ckpt, *wd, '--out', str(tmp_path / 'a_file' / 'preds'))
     assert msg == f'test.py: error: --out {tmp_path}/a_file/preds: {tmp_path}/a_file is a file', msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file', 'fake.pth']

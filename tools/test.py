@@ -13,10 +13,11 @@ and ground truth | prediction by ``SegLocalVisualizer``; its ``interval``, 50 in
 classification under ``DIR`` (mmpretrain's ``VisualizationHook``). A relative ``DIR`` of the last two is relative to
 the current directory, as in mmseg's and mmpretrain's tools.
 ``--out`` dumps the raw predictions (``DetDataSample`` / ``SegDataSample`` / ``DataSample``) to a pickle for every
-toolbox. ``--tta`` takes the config's ``tta_model`` / ``tta_pipeline``; an MMPretrain config without them gets
-mmpretrain's defaults (scores averaged over the image and its horizontal mirror). MMPretrain classifiers
-(``configs/stvit-r-cls``) run the same way, with MMPretrain's dataloader defaults (``--no-pin-memory`` as in its
-tool). The checkpoint is checked strictly before the Runner starts: an unreadable file, missing, unexpected or
+toolbox. ``--tta`` takes the config's ``tta_model`` / ``tta_pipeline``; a config without them gets its toolbox's
+defaults (mmdet: boxes of the image and its horizontal mirror merged by NMS, refused for a detector that predicts
+instance masks, which mmdet's ``DetTTAModel`` cannot merge; mmpretrain: scores averaged over both). MMPretrain
+classifiers (``configs/stvit-r-cls``) run the same way, with MMPretrain's dataloader defaults (``--no-pin-memory``
+as in its tool). The checkpoint is checked strictly before the Runner starts: an unreadable file, missing, unexpected or
 reshaped tensors, a classifier head with another number of classes than the config's, or another class order end
 with one line (``stvit_det.utils.ckpt_file``); so are an MMPretrain config's class counts that disagree
 (``stvit_det.datasets.cls_check``: head, Mixup / CutMix targets, data, top-k). What both tools share (launcher
@@ -27,6 +28,7 @@ import copy
 import os
 import os.path as osp
 import sys
+import warnings
 
 from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
@@ -96,6 +98,67 @@ VISUALIZATION_TRIGGERS = {'mmdet': trigger_visualization_hook, 'mmseg': trigger_
                           'mmpretrain': trigger_cls_visualization_hook}
 
 
+def _tta_defaults(cfg, scope):
+    """The ``tta_model`` / ``tta_pipeline`` that the toolbox's own ``tools/test.py --tta`` fills in when a config has
+    none, as (model, pipeline); None where that tool fills in nothing (mmseg)."""
+    pipeline = copy.deepcopy(_innermost_dataset(cfg.test_dataloader.dataset).pipeline)
+    flips = [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)]
+    if scope == 'mmpretrain':  # scores averaged over the image and its mirror; the config's packing step kept
+        pipeline[-1] = dict(type='TestTimeAug', transforms=[flips, [pipeline[-1]]])
+        return dict(type='mmpretrain.AverageClsScoreTTA'), pipeline
+    if scope == 'mmdet':  # boxes of the image and its mirror merged by NMS
+        pack = dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
+                                                     'flip', 'flip_direction'))
+        pipeline[-1] = dict(type='TestTimeAug', transforms=[flips, [pack]])
+        model = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+        return model, pipeline
+    return None
+
+
+def _innermost_dataset(dataset_cfg):
+    while 'dataset' in dataset_cfg:  # through dataset wrappers
+        dataset_cfg = dataset_cfg['dataset']
+    return dataset_cfg
+
+
+def _predicts_instance_masks(cfg) -> bool:
+    """A detector with a mask head (Mask / Cascade Mask R-CNN, ...), or one evaluated on ``segm``."""
+    def has_mask_head(node):
+        if isinstance(node, dict):
+            return node.get('mask_head') is not None or any(has_mask_head(v) for v in node.values())
+        return isinstance(node, (list, tuple)) and any(has_mask_head(v) for v in node)
+
+    evaluators = cfg.get('test_evaluator') or []
+    evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
+    metrics = [m for e in evaluators for m in ([e.get('metric')] if isinstance(e.get('metric'), str)
+                                               else e.get('metric') or [])]
+    return has_mask_head(cfg.model) or 'segm' in metrics
+
+
+def apply_tta(cfg, scope):
+    """``--tta``: the model wrapped in the config's ``tta_model``, the test data read through its ``tta_pipeline``;
+    where the config has none, the defaults of the toolbox's own tool (mmdet: ``DetTTAModel``, NMS over the image and
+    its mirror; mmpretrain: ``AverageClsScoreTTA``), with mmdet's warning. mmdet's ``DetTTAModel`` merges boxes only
+    (it asserts 'TTA of instance segmentation does not support now' at the first batch): refused before the Runner
+    for a model that predicts instance masks."""
+    missing = [key for key in ('tta_model', 'tta_pipeline') if cfg.get(key) is None]
+    defaults = _tta_defaults(cfg, scope) if missing else None
+    for key, default in zip(('tta_model', 'tta_pipeline'), defaults or ()):
+        if key in missing:
+            if scope == 'mmdet':
+                warnings.warn(f'Cannot find ``{key}`` in config, we will set it as default.')
+            cfg[key] = default
+    if cfg.get('tta_model') is None or cfg.get('tta_pipeline') is None:
+        raise SystemExit('test.py: error: --tta needs `tta_model` and `tta_pipeline` in the config')
+    if scope == 'mmdet' and str(cfg.tta_model.get('type')).split('.')[-1] == 'DetTTAModel' and \
+            _predicts_instance_masks(cfg):
+        raise SystemExit("test.py: error: --tta: mmdet's DetTTAModel merges boxes only, and this detector predicts "
+                         'instance masks (mmdet stops at the first batch: "TTA of instance segmentation does not '
+                         'support now"); test without --tta, or give a tta_model that merges masks')
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    _innermost_dataset(cfg.test_dataloader.dataset).pipeline = cfg.tta_pipeline
+
+
 def main():
     args = parse_args()
     missing = missing_file_error('checkpoint', args.checkpoint)
@@ -130,21 +193,7 @@ def main():
             raise SystemExit(f'test.py: error: --show-dir {args.show_dir}: {reason}')
 
     if args.tta:
-        if scope == 'mmpretrain':  # as mmpretrain's tools/test.py: average the scores of the image and its mirror
-            if 'tta_model' not in cfg:
-                cfg.tta_model = dict(type='mmpretrain.AverageClsScoreTTA')
-            if 'tta_pipeline' not in cfg:
-                pipeline = copy.deepcopy(cfg.test_dataloader.dataset.pipeline)
-                flips = [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)]
-                pipeline[-1] = dict(type='TestTimeAug', transforms=[flips, [pipeline[-1]]])  # before packing
-                cfg.tta_pipeline = pipeline
-        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-            raise SystemExit('test.py: error: --tta needs `tta_model` and `tta_pipeline` in the config')
-        cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
-        test_data_cfg = cfg.test_dataloader.dataset
-        while 'dataset' in test_data_cfg:
-            test_data_cfg = test_data_cfg['dataset']
-        test_data_cfg.pipeline = cfg.tta_pipeline
+        apply_tta(cfg, scope)
 
     # fail early, in one line: the test dataset, and a checkpoint that cannot be read or whose classifier head has
     # another number of classes than the config's
