@@ -8,6 +8,7 @@ config shrunk to a few iterations on 128x128 crops:
 
 Every checkpoint is deleted at the end (a demo Mask R-CNN checkpoint is ~100 MB).
 """
+import json
 import os
 import os.path as osp
 import shutil
@@ -242,7 +243,8 @@ def test_resume_after_kill(demo_root):
 def test_tta_on_a_box_detector_takes_mmdets_defaults(demo_root):
     """tools/test.py --tta on a detection config without tta_model / tta_pipeline (mmdet's test configs state none)
     fills in mmdet's defaults as its own tool does (DetTTAModel, the image and its mirror, boxes merged by NMS; it
-    was refused), and evaluates COCO boxes. The box-only demo detector, seeded random weights, every score kept."""
+    was refused), and evaluates COCO boxes. The box-only demo detector, seeded random weights, every score kept.
+    Also --out-item metrics (MMPretrain's option): the metrics the run printed, in a JSON file."""
     import stvit_det  # noqa: F401
     from mmengine.registry import MODELS, init_default_scope
 
@@ -260,13 +262,17 @@ def test_tta_on_a_box_detector_takes_mmdets_defaults(demo_root):
     try:
         proc = subprocess.run(
             [sys.executable, osp.join(TOOLS, 'test.py'), str(config), str(ckpt), '--tta', '--work-dir', str(work_dir),
-             '--cfg-options', 'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'],
+             '--out', str(work_dir / 'metrics.json'), '--out-item', 'metrics', '--cfg-options', 'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'],
             cwd=demo_root, env=dict(env(), PYTHONWARNINGS='default'), capture_output=True, text=True, timeout=300)
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-5000:]
         assert 'Cannot find ``tta_model`` in config, we will set it as default.' in log
         assert 'Cannot find ``tta_pipeline`` in config, we will set it as default.' in log
         assert 'coco/bbox_mAP:' in log and 'segm' not in log.split('Evaluating bbox')[-1]
+        metrics = json.loads((work_dir / 'metrics.json').read_text())
+        assert sorted(metrics) == sorted(f'coco/bbox_{k}' for k in ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m',
+                                                                      'mAP_l'))
+        assert f"coco/bbox_mAP: {metrics['coco/bbox_mAP']:.4f}" in log
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
         ckpt.unlink()

@@ -584,8 +584,8 @@ def _tool(script, *args, cwd, code=None):
 
 def test_show_dir_paints_every_image_of_a_stock_mmseg_config():
     """tools/test.py --show-dir on an mmseg config whose SegVisualizationHook paints every 50th image (ADE20K's:
-    the hook's default interval): switched on for every image, saved under the given folder (mmseg's rule), the
-    config's other hooks untouched."""
+    the hook's default interval): switched on for every image (every --interval-th), saved under the given folder
+    (mmseg's rule), the config's other hooks untouched; the same --interval for an MMPretrain config."""
     import argparse
     import importlib.util
 
@@ -594,11 +594,16 @@ def test_show_dir_paints_every_image_of_a_stock_mmseg_config():
     spec.loader.exec_module(tool)
     cfg = load_config(ADE_T)
     assert 'interval' not in cfg.default_hooks.visualization and 'draw' not in cfg.default_hooks.visualization
-    args = argparse.Namespace(show=False, show_dir='painted', wait_time=2)
+    args = argparse.Namespace(show=False, show_dir='painted', wait_time=2, interval=1)  # test.py's defaults
     cfg = tool.VISUALIZATION_TRIGGERS['mmseg'](cfg, args)
     hook = cfg.default_hooks.visualization
     assert (hook.type, hook.draw, hook.interval) == ('SegVisualizationHook', True, 1)
     assert cfg.visualizer.save_dir == 'painted' and cfg.default_hooks.logger.interval == 50
+    args.interval = 7  # --interval 7, as in mmpretrain's tool
+    assert tool.VISUALIZATION_TRIGGERS['mmseg'](load_config(ADE_T), args).default_hooks.visualization.interval == 7
+    cls_cfg = load_config(osp.join(ROOT, 'configs', 'stvit-r-cls', 'stvit-r-t_16xb64_in1k.py'))
+    hook = tool.VISUALIZATION_TRIGGERS['mmpretrain'](cls_cfg, args).default_hooks.visualization
+    assert (hook.type, hook.enable, hook.interval, hook.out_dir) == ('VisualizationHook', True, 7, 'painted')
 
 
 def test_auto_scale_lr_needs_a_base_batch(monkeypatch):

@@ -580,6 +580,13 @@ def test_launch_options_that_cannot_work_stop_in_one_line(tmp_path, monkeypatch)
     assert msg == f'test.py: error: --show-dir {tmp_path}/a_file/vis: {tmp_path}/a_file is a file', msg
     msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--out', str(tmp_path / 'preds'))
     assert msg == f'test.py: error: --out must be a .pkl or .pickle file, got {tmp_path}/preds', msg
+    msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--out-item', 'metrics')
+    assert msg == 'test.py: error: --out-item needs --out, the file to write', msg
+    msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--out-item', 'metrics', '--out', 'm.txt')
+    assert msg == ('test.py: error: --out-item metrics writes .json / .yaml / .yml / .pkl / .pickle files, got '
+                   '--out m.txt'), msg
+    msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--show-dir', 'vis', '--interval', '0')
+    assert msg == 'test.py: error: --interval must be a positive integer, got 0', msg
     msg = _tool_exit(monkeypatch, 'test.py', seg, ckpt, *wd, '--out', str(tmp_path / 'a_file' / 'preds'))
     assert msg == f'test.py: error: --out {tmp_path}/a_file/preds: {tmp_path}/a_file is a file', msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file', 'fake.pth']

@@ -6,22 +6,23 @@ Any toolbox's config: the config's ``default_scope`` decides (mmdet detectors, m
 mmdet's script: ``import stvit_det`` (registers STViTR into every installed toolbox), allow-listing the classes
 mmengine stores in checkpoints for ``torch.load(weights_only=True)``, early checks of the config (its toolbox
 installed), the checkpoint and the test dataset that end with a one-line message; and for mmseg / mmpretrain
-configs what their own ``tools/test.py`` does differently. ``--show-dir DIR`` paints every test image, each
-toolbox with its own hook and visualiser: detection under ``WORK_DIR/TIMESTAMP/DIR`` (mmdet's
-``DetVisualizationHook``); segmentation under ``DIR/vis_data/vis_image`` (mmseg's ``SegVisualizationHook``: image
-and ground truth | prediction by ``SegLocalVisualizer``; its ``interval``, 50 in mmseg's configs, set to 1 here);
+configs what their own ``tools/test.py`` does differently. ``--show-dir DIR`` paints every test image, each toolbox
+with its own hook and visualiser: detection under ``WORK_DIR/TIMESTAMP/DIR`` (mmdet's ``DetVisualizationHook``);
+segmentation under ``DIR/vis_data/vis_image`` (mmseg's ``SegVisualizationHook``: image and ground truth | prediction
+by ``SegLocalVisualizer``; its ``interval``, 50 in mmseg's configs, set to ``--interval``, 1 by default, here);
 classification under ``DIR`` (mmpretrain's ``VisualizationHook``). A relative ``DIR`` of the last two is relative to
-the current directory, as in mmseg's and mmpretrain's tools.
-``--out`` dumps the raw predictions (``DetDataSample`` / ``SegDataSample`` / ``DataSample``) to a pickle for every
-toolbox. ``--tta`` takes the config's ``tta_model`` / ``tta_pipeline``; a config without them gets its toolbox's
-defaults (mmdet: boxes of the image and its horizontal mirror merged by NMS, refused for a detector that predicts
-instance masks, which mmdet's ``DetTTAModel`` cannot merge; mmpretrain: scores averaged over both). MMPretrain
-classifiers (``configs/stvit-r-cls``) run the same way, with MMPretrain's dataloader defaults (``--no-pin-memory``
-as in its tool). The checkpoint is checked strictly before the Runner starts: an unreadable file, missing, unexpected or
-reshaped tensors, a classifier head with another number of classes than the config's, or another class order end
-with one line (``stvit_det.utils.ckpt_file``); so are an MMPretrain config's class counts that disagree
-(``stvit_det.datasets.cls_check``: head, Mixup / CutMix targets, data, top-k). What both tools share (launcher
-arguments, config loading, the early checks, the Runner) is in ``tools/_launch.py``.
+the current directory, as in mmseg's and mmpretrain's tools. ``--out`` dumps the raw predictions (``DetDataSample``
+/ ``SegDataSample`` / ``DataSample``) to a pickle for every toolbox, or with ``--out-item metrics`` (MMPretrain's
+option) the evaluation results (.json / .yaml / .pkl); ``--interval N`` paints every N-th image (segmentation,
+classification). ``--tta`` takes the config's ``tta_model`` / ``tta_pipeline``; a config without them gets its
+toolbox's defaults (mmdet: boxes of the image and its horizontal mirror merged by NMS, refused for a detector that
+predicts instance masks, which mmdet's ``DetTTAModel`` cannot merge; mmpretrain: scores averaged over both).
+MMPretrain classifiers (``configs/stvit-r-cls``) run the same way, with MMPretrain's dataloader defaults
+(``--no-pin-memory`` as in its tool). The checkpoint is checked strictly before the Runner starts: an unreadable
+file, missing, unexpected or reshaped tensors, a classifier head with another number of classes than the config's,
+or another class order end with one line (``stvit_det.utils.ckpt_file``); so are an MMPretrain config's class counts
+that disagree (``stvit_det.datasets.cls_check``: head, Mixup / CutMix targets, data, top-k). What both tools share
+(launcher arguments, config loading, the early checks, the Runner) is in ``tools/_launch.py``.
 """
 import argparse
 import copy
@@ -30,6 +31,7 @@ import os.path as osp
 import sys
 import warnings
 
+import mmengine
 from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
 from mmengine.config import ConfigDict
@@ -51,12 +53,18 @@ def parse_args():
     parser.add_argument('--out', type=str,
                         help='dump predictions to a .pkl file for offline evaluation; segmentation (mmseg) also takes '
                         'a directory, as mmseg\'s tools/test.py: the predicted label maps are kept there as PNGs')
+    parser.add_argument('--out-item', choices=['metrics', 'pred'],
+                        help="what --out holds (MMPretrain's option, for every toolbox here): 'pred' the predictions "
+                        "(default), 'metrics' the evaluation results (.json, .yaml / .yml or .pkl)")
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir',
         help='paint every test image into this directory (detection: under work_dir/timestamp/SHOW_DIR; '
         'segmentation: SHOW_DIR/vis_data/vis_image; classification: SHOW_DIR)')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--interval', type=int, default=1,
+                        help='with --show / --show-dir, paint every N-th test image (segmentation and '
+                        'classification; detection paints every one, as mmdet\'s hook does at test time)')
     add_launch_args(parser)
     parser.add_argument('--tta', action='store_true')
     add_loader_args(parser, persistent_workers=False)
@@ -73,11 +81,11 @@ def _visualization_hook(cfg):
 
 
 def trigger_seg_visualization_hook(cfg, args):
-    """mmseg's ``--show`` / ``--show-dir``: its ``SegVisualizationHook`` draws (every image: ``interval=1``), the
+    """mmseg's ``--show`` / ``--show-dir``: its ``SegVisualizationHook`` draws (every ``--interval``-th image), the
     visualiser saves under the dir."""
     hook = _visualization_hook(cfg)
     hook['draw'] = True
-    hook['interval'] = 1
+    hook['interval'] = args.interval
     if args.show:
         hook['show'] = True
         hook['wait_time'] = args.wait_time
@@ -87,12 +95,15 @@ def trigger_seg_visualization_hook(cfg, args):
 
 
 def trigger_cls_visualization_hook(cfg, args):
-    """mmpretrain's ``--show`` / ``--show-dir`` (its ``tools/test.py`` with ``--interval 1``): its
+    """mmpretrain's ``--show`` / ``--show-dir`` (as its ``tools/test.py``, with ``--interval``): its
     ``VisualizationHook`` is switched on and writes every image to ``out_dir``."""
     hook = _visualization_hook(cfg)
-    hook.update(enable=True, show=args.show, wait_time=args.wait_time, out_dir=args.show_dir, interval=1)
+    hook.update(enable=True, show=args.show, wait_time=args.wait_time, out_dir=args.show_dir, interval=args.interval)
     return cfg
 
+
+#: what ``--out-item metrics`` writes (mmengine.dump's formats)
+METRICS_FORMATS = ('.json', '.yaml', '.yml', '.pkl', '.pickle')
 
 VISUALIZATION_TRIGGERS = {'mmdet': trigger_visualization_hook, 'mmseg': trigger_seg_visualization_hook,
                           'mmpretrain': trigger_cls_visualization_hook}
@@ -168,8 +179,15 @@ def main():
     scope = config_scope(cfg)
     cfg.load_from = args.checkpoint
     apply_loader_defaults(cfg, args, ('test_dataloader', ), training=False)
-    pickled = args.out is not None and args.out.endswith(('.pkl', '.pickle'))
-    if args.out is not None and not pickled:
+    if args.interval < 1:
+        raise SystemExit(f'test.py: error: --interval must be a positive integer, got {args.interval}')
+    if args.out_item and args.out is None:
+        raise SystemExit('test.py: error: --out-item needs --out, the file to write')
+    if args.out_item == 'metrics' and not args.out.endswith(METRICS_FORMATS):
+        raise SystemExit(f"test.py: error: --out-item metrics writes {' / '.join(METRICS_FORMATS)} files, got "
+                         f'--out {args.out}')
+    pickled = args.out is not None and args.out.endswith(('.pkl', '.pickle')) and args.out_item != 'metrics'
+    if args.out is not None and not pickled and args.out_item != 'metrics':
         if scope != 'mmseg':
             raise SystemExit(f'test.py: error: --out must be a .pkl or .pickle file, got {args.out}')
         # mmseg's tools/test.py: --out DIR keeps the predicted label maps there (its IoUMetric's output_dir)
@@ -180,7 +198,7 @@ def main():
         for evaluator in evaluators:
             evaluator.update(output_dir=args.out, keep_results=True)
     # the results are written after the whole evaluation, and must not replace what it reads
-    check_output_file('test.py', args.out if pickled else None,
+    check_output_file('test.py', args.out if pickled or args.out_item == 'metrics' else None,
                       inputs={'config': args.config, 'checkpoint': args.checkpoint})
 
     if args.show or args.show_dir:
@@ -206,7 +224,10 @@ def main():
         runner.test_evaluator.metrics.append(dump(out_file_path=args.out))
 
     # start testing
-    runner.test()
+    metrics = runner.test()
+    if args.out_item == 'metrics':  # as mmpretrain's tools/test.py
+        mmengine.dump(metrics, args.out)
+        print(f'test.py: the metrics are in {args.out}')
 
 
 if __name__ == '__main__':
