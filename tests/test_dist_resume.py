@@ -20,6 +20,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from mmengine.config import Config
 
 from stvit_det.utils import allow_checkpoint_globals
@@ -109,13 +110,16 @@ def test_dist_train_two_processes(demo_root):
         bare['PATH'] = '/usr/bin:/bin'
         proc = subprocess.run(
             ['bash', osp.join(TOOLS, 'dist_test.sh'), str(config), str(work_dir / 'iter_2.pth'), '2', '--work-dir',
-             str(work_dir), '--cfg-options', 'test_dataloader.num_workers=0',
+             str(work_dir), '--out', str(work_dir / 'metrics.yaml'), '--out-item', 'metrics',
+             '--cfg-options', 'test_dataloader.num_workers=0',
              'test_dataloader.persistent_workers=False'],
             cwd=demo_root, env=dict(bare, PORT=str(free_port())), capture_output=True, text=True, timeout=300)
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-5000:]
         assert 'Distributed training: True' in log
         assert 'coco/bbox_mAP:' in log and 'coco/segm_mAP:' in log
+        metrics = yaml.safe_load((work_dir / 'metrics.yaml').read_text())  # written by rank 0 alone
+        assert f"coco/segm_mAP: {metrics['coco/segm_mAP']:.4f}" in log
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

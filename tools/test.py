@@ -35,6 +35,7 @@ import mmengine
 from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
 from mmengine.config import ConfigDict
+from mmengine.dist import is_main_process
 from mmengine.evaluator import DumpResults
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -225,7 +226,7 @@ def main():
 
     # start testing
     metrics = runner.test()
-    if args.out_item == 'metrics':  # as mmpretrain's tools/test.py
+    if args.out_item == 'metrics' and is_main_process():  # as mmpretrain's tools/test.py, written once
         mmengine.dump(metrics, args.out)
         print(f'test.py: the metrics are in {args.out}')
 
