@@ -13,7 +13,7 @@ import os.path as osp
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import MODELS, init_default_scope
+from mmengine.registry import MODELS, DefaultScope
 
 import stvit_det  # noqa: F401  (registers STViTR in mmpretrain's registry)
 from stvit_det.models.layers import ATTN_IMPLS
@@ -26,8 +26,8 @@ RELEASED_S = osp.join(ROOT, 'configs', 'stvit-r-cls', 'stvit-r-s-released_16xb64
 
 @pytest.fixture(scope='module')
 def fixture():
-    init_default_scope('mmpretrain')
-    return torch.load(FIXTURE, weights_only=True)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # the scope of the other test files is left as it was
+        yield torch.load(FIXTURE, weights_only=True)
 
 
 def _loss_weights():
