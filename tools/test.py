@@ -14,7 +14,8 @@ classification under ``DIR`` (mmpretrain's ``VisualizationHook``). A relative ``
 the current directory, as in mmseg's and mmpretrain's tools. ``--out`` dumps the raw predictions (``DetDataSample``
 / ``SegDataSample`` / ``DataSample``) to a pickle for every toolbox, or with ``--out-item metrics`` (MMPretrain's
 option) the evaluation results (.json / .yaml / .pkl); ``--interval N`` paints every N-th image (segmentation,
-classification). ``--tta`` takes the config's ``tta_model`` / ``tta_pipeline``; a config without them gets its
+classification); ``--amp`` (MMPretrain's option) tests in mixed precision (bfloat16 on the CPU, where detection is
+refused). ``--tta`` takes the config's ``tta_model`` / ``tta_pipeline``; a config without them gets its
 toolbox's defaults (mmdet: boxes of the image and its horizontal mirror merged by NMS, refused for a detector that
 predicts instance masks, which mmdet's ``DetTTAModel`` cannot merge; mmpretrain: scores averaged over both).
 MMPretrain classifiers (``configs/stvit-r-cls``) run the same way, with MMPretrain's dataloader defaults
@@ -35,6 +36,7 @@ import mmengine
 from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
 from mmengine.config import ConfigDict
+from mmengine.device import get_device
 from mmengine.dist import is_main_process
 from mmengine.evaluator import DumpResults
 
@@ -57,6 +59,10 @@ def parse_args():
     parser.add_argument('--out-item', choices=['metrics', 'pred'],
                         help="what --out holds (MMPretrain's option, for every toolbox here): 'pred' the predictions "
                         "(default), 'metrics' the evaluation results (.json, .yaml / .yml or .pkl)")
+    parser.add_argument('--amp', action='store_true',
+                        help="mixed-precision testing (MMPretrain's option; the test loop's fp16): float16 on a GPU, "
+                        'bfloat16 on the CPU (segmentation and classification; mmcv\'s compiled detection ops take '
+                        'no bfloat16)')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir',
@@ -180,6 +186,13 @@ def main():
     scope = config_scope(cfg)
     cfg.load_from = args.checkpoint
     apply_loader_defaults(cfg, args, ('test_dataloader', ), training=False)
+    if args.amp:  # as mmpretrain's tools/test.py
+        if scope == 'mmdet' and get_device() == 'cpu':
+            raise SystemExit("test.py: error: --amp without a GPU runs bfloat16 (mmengine's CPU autocast), which "
+                             "mmcv's compiled detection ops (RoIAlign) do not take: test without --amp on the CPU")
+        if cfg.get('test_cfg') is None:
+            cfg.test_cfg = dict()
+        cfg.test_cfg.fp16 = True
     if args.interval < 1:
         raise SystemExit(f'test.py: error: --interval must be a positive integer, got {args.interval}')
     if args.out_item and args.out is None:
