@@ -166,8 +166,14 @@ def test_timm_swin_layout_converts_to_the_same_model():
     ours = STViTR(arch='tiny', stem='patch', sparsify=False, drop_path_rate=0.0).eval()
     report = ours.load_pretrained(sd)
     assert sorted(report['missing']) == sorted(f'norm{i}.{n}' for i in range(4) for n in LIN)
-    assert report['unexpected'] == []
-    assert {'norm.weight', 'head.fc.weight'} <= set(report['dropped'])
+    assert sorted(report['unexpected']) == ['norm.bias', 'norm.weight']  # as the official layout's final norm
+    assert 'head.fc.weight' in report['dropped']
+    # a classifier's backbone takes timm's final norm as its norm3, as it takes the official one (it was dropped)
+    classifier = STViTR(arch='tiny', stem='patch', sparsify=False, out_indices=(3, ))
+    report = classifier.load_pretrained(sd)
+    assert report['missing'] == [] and report['unexpected'] == []
+    assert torch.equal(classifier.norm3.weight, sd['norm.weight']) and torch.equal(classifier.norm3.bias,
+                                                                                  sd['norm.bias'])
     feats = {}
     for i, layer in enumerate(ours.layers):
         layer.register_forward_hook(lambda m, a, out, i=i: feats.__setitem__(i, out))
@@ -376,6 +382,18 @@ def test_convert_ckpt_tool(tmp_path):
     out = torch.load(dst, weights_only=True)['state_dict']
     assert not set(stem) & set(out) and len(out) == len(conv) - len(stem)
     assert STViTR(arch='tiny', stem='patch').load_pretrained(out)['unexpected'] == []
+    # a whole detector: its backbone is converted, and the neck / head tensors left out are said (nothing was)
+    detector = {f'backbone.{k}': v for k, v in swin.state_dict().items()}
+    detector.update({'neck.lateral_convs.0.conv.weight': torch.zeros(256, 96, 1, 1),
+                     'rpn_head.rpn_conv.weight': torch.zeros(256, 256, 3, 3)})
+    torch.save({'state_dict': detector}, src)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools/convert_ckpt.py'), str(src), str(dst)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert ', 2 tensors outside the backbone (not written)' in r.stdout, r.stdout
+    assert ('outside the backbone (not written; --detector / --classifier convert whole models): '
+            'neck (neck.lateral_convs.0.conv.weight), rpn_head (rpn_head.rpn_conv.weight)') in r.stdout, r.stdout
+    assert not any(k.startswith(('neck.', 'rpn_head.')) for k in torch.load(dst, weights_only=True)['state_dict'])
 
 
 @pytest.mark.parametrize('mode,config,message', [

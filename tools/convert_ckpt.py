@@ -35,7 +35,8 @@ import torch
 import stvit_det  # noqa: F401  (registers STViTR, also into the installed toolboxes)
 from stvit_det import STViTR
 from stvit_det.utils.ckpt_convert import (compare_state_dicts, convert_to_stvit, describe_mismatch,
-                                          detector_2x_to_3x, drop_classifier_head, imagenet_to_classifier)
+                                          detector_2x_to_3x, drop_classifier_head, imagenet_to_classifier,
+                                          summarise_keys)
 from stvit_det.utils.ckpt_file import CheckpointError, class_order_error, head_classes_error, read_checkpoint
 from stvit_det.utils.errors import first_line
 from stvit_det.utils.paths import atomic_output, unwritable_reason, write_error
@@ -176,10 +177,15 @@ def main(argv=None):
     print(f'{args.src} ({report["layout"]}) -> {args.dst}: {len(sd)} tensors; {len(report["missing"])} STViTR keys '
           f'not in the source (they keep their initialisation), {len(report["unexpected"])} converted tensors with '
           f'no place in this STViTR (--arch / --stem / --no-sparsify; not written), {len(report["dropped"])} source '
-          f'keys without counterpart, {report["split_qkv"]} qkv tensors split into q/kv')
+          f'keys without counterpart, {report["split_qkv"]} qkv tensors split into q/kv' +
+          (f', {len(report["outside_backbone"])} tensors outside the backbone (not written)'
+           if report['outside_backbone'] else ''))
     for name, label in (('missing', 'missing'), ('unexpected', 'unexpected (not written)'), ('dropped', 'dropped')):
         for k in report[name]:
             print(f'  {label}: {k}')
+    if report['outside_backbone']:  # a whole detector / segmentor / classifier: its neck and heads
+        print(f'  outside the backbone (not written; --detector / --classifier convert whole models): '
+              f'{summarise_keys(report["outside_backbone"])}')
     return report
 
 

@@ -153,9 +153,9 @@ def swin_to_official(sd: Mapping[str, torch.Tensor], layout: str) -> Tuple['Orde
             m = re.match(r'layers\.(\d+)\.downsample\.(.*)$', nk)
             if m:
                 nk = f'layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}'
-        if nk.startswith('head.') or nk.startswith('norm.') or nk.endswith('attn_mask'):
+        if nk.startswith('head.') or nk.endswith('attn_mask'):
             dropped.append(k)
-            continue
+            continue  # (timm's final ``norm`` is the official one: a classifier backbone takes it as norm3)
         out[nk] = v
     return out, dropped
 
