@@ -266,7 +266,8 @@ def test_tta_on_a_box_detector_takes_mmdets_defaults(demo_root):
     try:
         proc = subprocess.run(
             [sys.executable, osp.join(TOOLS, 'test.py'), str(config), str(ckpt), '--tta', '--work-dir', str(work_dir),
-             '--out', str(work_dir / 'metrics.json'), '--out-item', 'metrics', '--cfg-options', 'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'],
+             '--out', str(work_dir / 'metrics.json'), '--out-item', 'metrics', '--cfg-options',
+             'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'],
             cwd=demo_root, env=dict(env(), PYTHONWARNINGS='default'), capture_output=True, text=True, timeout=300)
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-5000:]

@@ -77,8 +77,8 @@ def test_every_path_reproduces_the_released_network(fixture, impl):
     model = _classifier(fixture, impl)
     with torch.no_grad():
         features, logits = _run(model, fixture['input'].float())
-    assert _rel(features, fixture['features']) < 1e-5
-    assert _rel(logits, fixture['logits']) < 1e-5
+    assert _rel(features, fixture['features']) < 5e-6  # measured: 3e-7 / 6e-7
+    assert _rel(logits, fixture['logits']) < 5e-6
 
 
 @pytest.mark.parametrize('impl', ATTN_IMPLS)
@@ -87,7 +87,7 @@ def test_input_gradient_matches_the_released_network(fixture, impl):
     x = fixture['input'].float().requires_grad_()
     logits = _run(model, x)[1]
     (logits * _loss_weights()(logits)).sum().backward()
-    assert _rel(x.grad[:1], fixture['input_grad']) < 1e-4
+    assert _rel(x.grad[:1], fixture['input_grad']) < 3e-5  # measured: 2e-6 to 4e-6
 
 
 def test_the_detection_form_differs_from_the_released_network(fixture):

@@ -7,7 +7,6 @@ Backbones are narrowed to ``conftest.SMALL`` (C=32) and heads to a few channels,
 """
 import copy
 import glob
-import json
 import os
 import os.path as osp
 import re
@@ -18,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from mmengine.config import ConfigDict
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS
@@ -676,10 +676,11 @@ def test_seg_demo_end_to_end(tmp_path, monkeypatch):
     import cv2
     pred = cv2.imread(str(tmp_path / 'preds' / 'nuclei_val_000.png'), cv2.IMREAD_UNCHANGED)
     assert pred.shape == (256, 256) and set(np.unique(pred)) <= {0, 1}
-    # --amp (MMPretrain's option): the test loop's fp16, bfloat16 autocast on the CPU; --out-item metrics: a JSON file
+    # --amp (MMPretrain's option): the test loop's fp16, bfloat16 autocast on the CPU; --out-item metrics: a YAML
+    # file any YAML reader takes (mmseg's metrics are numpy scalars, which mmengine.dump tags as Python objects)
     rc, out, err = _tool('test.py', DEMO, ckpt, '--work-dir', str(tmp_path / 'test_amp'), '--amp', '--out',
-                         str(tmp_path / 'metrics.json'), '--out-item', 'metrics', cwd=tmp_path)
+                         str(tmp_path / 'metrics.yaml'), '--out-item', 'metrics', cwd=tmp_path)
     assert rc == 0, (out + err)[-4000:]
     assert re.search(r"test_cfg = dict\(.*fp16=True", out + err), (out + err)[-4000:]
-    metrics = json.loads((tmp_path / 'metrics.json').read_text())
+    metrics = yaml.safe_load((tmp_path / 'metrics.yaml').read_text())
     assert abs(metrics['mIoU'] - float(miou[-1])) < 10  # bfloat16 moves a few pixels of a barely trained model

@@ -612,3 +612,36 @@ def test_read_image_names_what_it_cannot_read(tmp_path, monkeypatch):
     for name, problem in (('empty.png', ': the file is empty'), ('text.png', ''), ('none.png', '')):
         with pytest.raises(ValueError, match=rf'cannot read image ~/{name}{problem}'):
             read_image(f'~/{name}')
+
+
+def test_tta_reaches_every_dataset_and_knows_the_tta_class():
+    """--tta (tools/test.py ``apply_tta``): the TTA pipeline goes to every dataset that reads data, through wrappers
+    and a ConcatDataset (a traceback before); a DetTTAModel given as the class itself (a pure-Python config) is
+    recognised for the mask refusal like its registry name."""
+    import importlib.util
+
+    from mmdet.models.test_time_augs import DetTTAModel
+    from mmengine.config import Config, ConfigDict
+
+    spec = importlib.util.spec_from_file_location('stvit_test_tool', osp.join(ROOT, 'tools', 'test.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    cfg = Config.fromfile(DEMO_CONFIG)
+    cfg.model.roi_head.mask_head = cfg.model.roi_head.mask_roi_extractor = None
+    cfg.test_evaluator.metric = 'bbox'
+    plain = copy.deepcopy(cfg.test_dataloader.dataset)
+    cfg.test_dataloader.dataset = ConfigDict(type='ConcatDataset', datasets=[
+        copy.deepcopy(plain), dict(type='RepeatDataset', times=2, dataset=copy.deepcopy(plain))])
+    with pytest.warns(UserWarning, match='Cannot find ``tta_pipeline`` in config'):
+        tool.apply_tta(cfg, 'mmdet')
+    assert cfg.model.type == 'DetTTAModel' and cfg.model.module.type == 'MaskRCNN'
+    leaves = [cfg.test_dataloader.dataset.datasets[0], cfg.test_dataloader.dataset.datasets[1].dataset]
+    for leaf in leaves:
+        assert leaf.pipeline[-1].type == 'TestTimeAug' and leaf.pipeline[:-1] == plain.pipeline[:-1]
+
+    cfg = Config.fromfile(DEMO_CONFIG)
+    cfg.tta_model = dict(type=DetTTAModel, tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+    with pytest.raises(SystemExit, match="DetTTAModel merges boxes only, and this detector predicts instance masks"):
+        with pytest.warns(UserWarning):
+            tool.apply_tta(cfg, 'mmdet')

@@ -70,8 +70,9 @@ def parse_args():
         'segmentation: SHOW_DIR/vis_data/vis_image; classification: SHOW_DIR)')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--interval', type=int, default=1,
-                        help='with --show / --show-dir, paint every N-th test image (segmentation and '
-                        'classification; detection paints every one, as mmdet\'s hook does at test time)')
+                        help='with --show / --show-dir, paint every N-th test image (classification; segmentation: '
+                        'every N-th batch, as mmseg\'s hook counts, one image with its test configs\' batch size 1; '
+                        'detection paints every one, as mmdet\'s hook does at test time)')
     add_launch_args(parser)
     parser.add_argument('--tta', action='store_true')
     add_loader_args(parser, persistent_workers=False)
@@ -119,7 +120,7 @@ VISUALIZATION_TRIGGERS = {'mmdet': trigger_visualization_hook, 'mmseg': trigger_
 def _tta_defaults(cfg, scope):
     """The ``tta_model`` / ``tta_pipeline`` that the toolbox's own ``tools/test.py --tta`` fills in when a config has
     none, as (model, pipeline); None where that tool fills in nothing (mmseg)."""
-    pipeline = copy.deepcopy(_innermost_dataset(cfg.test_dataloader.dataset).pipeline)
+    pipeline = copy.deepcopy(_leaf_datasets(cfg.test_dataloader.dataset)[0].pipeline)
     flips = [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)]
     if scope == 'mmpretrain':  # scores averaged over the image and its mirror; the config's packing step kept
         pipeline[-1] = dict(type='TestTimeAug', transforms=[flips, [pipeline[-1]]])
@@ -133,10 +134,14 @@ def _tta_defaults(cfg, scope):
     return None
 
 
-def _innermost_dataset(dataset_cfg):
-    while 'dataset' in dataset_cfg:  # through dataset wrappers
-        dataset_cfg = dataset_cfg['dataset']
-    return dataset_cfg
+def _leaf_datasets(dataset_cfg):
+    """The datasets that read the data, through wrappers (``dataset``: RepeatDataset, ...) and concatenations
+    (``datasets``: ConcatDataset): each takes the TTA pipeline."""
+    if 'dataset' in dataset_cfg:
+        return _leaf_datasets(dataset_cfg['dataset'])
+    if 'datasets' in dataset_cfg:
+        return [leaf for d in dataset_cfg['datasets'] for leaf in _leaf_datasets(d)]
+    return [dataset_cfg]
 
 
 def _predicts_instance_masks(cfg) -> bool:
@@ -168,13 +173,15 @@ def apply_tta(cfg, scope):
             cfg[key] = default
     if cfg.get('tta_model') is None or cfg.get('tta_pipeline') is None:
         raise SystemExit('test.py: error: --tta needs `tta_model` and `tta_pipeline` in the config')
-    if scope == 'mmdet' and str(cfg.tta_model.get('type')).split('.')[-1] == 'DetTTAModel' and \
-            _predicts_instance_masks(cfg):
+    tta_type = cfg.tta_model.get('type')
+    tta_name = getattr(tta_type, '__name__', str(tta_type)).split('.')[-1]  # 'mmdet.DetTTAModel', or the class
+    if scope == 'mmdet' and tta_name == 'DetTTAModel' and _predicts_instance_masks(cfg):
         raise SystemExit("test.py: error: --tta: mmdet's DetTTAModel merges boxes only, and this detector predicts "
                          'instance masks (mmdet stops at the first batch: "TTA of instance segmentation does not '
                          'support now"); test without --tta, or give a tta_model that merges masks')
     cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
-    _innermost_dataset(cfg.test_dataloader.dataset).pipeline = cfg.tta_pipeline
+    for dataset in _leaf_datasets(cfg.test_dataloader.dataset):
+        dataset.pipeline = copy.deepcopy(cfg.tta_pipeline)
 
 
 def main():
@@ -240,7 +247,9 @@ def main():
     # start testing
     metrics = runner.test()
     if args.out_item == 'metrics' and is_main_process():  # as mmpretrain's tools/test.py, written once
-        mmengine.dump(metrics, args.out)
+        # numpy scalars (mmseg's IoUMetric) as plain numbers: YAML would tag them as Python objects
+        mmengine.dump({k: v.item() if hasattr(v, 'item') and getattr(v, 'ndim', None) == 0 else v
+                       for k, v in metrics.items()}, args.out)
         print(f'test.py: the metrics are in {args.out}')
 
 

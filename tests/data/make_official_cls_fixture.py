@@ -1,5 +1,5 @@
 """Capture ``official_classifier.pt``: outputs of the RELEASED STViT-R ImageNet network (random weights), which
-``tests/test_official_fixture.py`` compares with an MMPretrain ``ImageClassifier`` around
+``tests/test_official_classifier_fixture.py`` compares with an MMPretrain ``ImageClassifier`` around
 ``STViTR(stage3_form='classification')`` after ``imagenet_to_classifier`` (what ``tools/convert_ckpt.py
 --classifier`` runs).
 

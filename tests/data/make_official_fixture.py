@@ -18,9 +18,9 @@ seeded normal distribution, rounded to float16 and stored so, and run in float32
 bottom padding, where the released mask ``pad_mask[:, -0:, -pad_r:]`` marks every row). Batches of two, because
 PyTorch 2.13's CPU BatchNorm backward is wrong for a batch of ONE whose output gradient has channels-last strides,
 which the released stem meets (``x.flatten(2).transpose(1, 2)`` after its BatchNorm): its input gradient then
-disagrees with finite differences (our stem, which permutes to NHWC, is not affected). The file holds the official-layout
-state dict (without the recomputed index buffers), the inputs (float16, exact), the four stage outputs in eval mode
-and, for the first 112x150 image, the input gradient of a fixed linear loss.
+disagrees with finite differences (our stem, which permutes to NHWC, is not affected). The file holds the
+official-layout state dict (without the recomputed index buffers), the inputs (float16, exact), the four stage outputs
+in eval mode and, for the first 112x150 image, the input gradient of a fixed linear loss.
 """
 import argparse
 import importlib
