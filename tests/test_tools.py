@@ -573,7 +573,7 @@ def test_launch_options_that_cannot_work_stop_in_one_line(tmp_path, monkeypatch)
     if not torch.cuda.is_available():
         msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--amp')
         assert msg.startswith("test.py: error: --amp without a GPU runs bfloat16 (mmengine's CPU autocast), which "
-                              "mmcv's compiled detection ops (RoIAlign) do not take"), msg
+                              "mmcv's compiled detection ops (RoIAlign, NMS) do not take"), msg
     msg = _tool_exit(monkeypatch, 'test.py', DEMO_CONFIG, ckpt, *wd, '--tta')  # mmdet: an assertion at batch 1
     assert msg.startswith("test.py: error: --tta: mmdet's DetTTAModel merges boxes only, and this detector predicts "
                           'instance masks') and '\n' not in msg, msg

@@ -61,8 +61,8 @@ def parse_args():
                         "(default), 'metrics' the evaluation results (.json, .yaml / .yml or .pkl)")
     parser.add_argument('--amp', action='store_true',
                         help="mixed-precision testing (MMPretrain's option; the test loop's fp16): float16 on a GPU, "
-                        'bfloat16 on the CPU (segmentation and classification; mmcv\'s compiled detection ops take '
-                        'no bfloat16)')
+                        'bfloat16 on the CPU (segmentation and classification; mmcv\'s compiled detection ops, '
+                        'RoIAlign and NMS, take no bfloat16)')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir',
@@ -196,7 +196,8 @@ def main():
     if args.amp:  # as mmpretrain's tools/test.py
         if scope == 'mmdet' and get_device() == 'cpu':
             raise SystemExit("test.py: error: --amp without a GPU runs bfloat16 (mmengine's CPU autocast), which "
-                             "mmcv's compiled detection ops (RoIAlign) do not take: test without --amp on the CPU")
+                             "mmcv's compiled detection ops (RoIAlign, NMS) do not take: test without --amp on the "
+                             'CPU')
         if cfg.get('test_cfg') is None:
             cfg.test_cfg = dict()
         cfg.test_cfg.fp16 = True
