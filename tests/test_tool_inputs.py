@@ -118,7 +118,7 @@ def test_convert_ckpt_saves_atomically(monkeypatch, capsys, tmp_path):
     torch.save({'w': torch.zeros(1)}, src)
     torch.save({'old': torch.ones(1)}, dst)
     before = _md5(dst)
-    report = dict(layout='swin', missing=[], unexpected=[], dropped=[], split_qkv=0)
+    report = dict(layout='swin', missing=[], unexpected=[], dropped=[], split_qkv=0, outside_backbone=[])
     monkeypatch.setitem(tool['main'].__globals__, 'convert_backbone',
                         lambda args: ({'x': torch.zeros(3)}, {}, report))
     real_save = torch.save
@@ -170,7 +170,7 @@ def test_home_folder_in_checkpoint_paths(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as info:
         tool['main'](['~/det.pth', str(tmp_path / 'det.pth')])
     assert str(info.value.code).endswith('it is the same file as the source checkpoint ' + str(tmp_path / 'det.pth'))
-    report = dict(layout='swin', missing=[], unexpected=[], dropped=[], split_qkv=0)
+    report = dict(layout='swin', missing=[], unexpected=[], dropped=[], split_qkv=0, outside_backbone=[])
     monkeypatch.setitem(tool['main'].__globals__, 'convert_backbone', lambda args: ({'x': torch.zeros(3)}, {}, report))
     tool['main'](['~/det.pth', '~/out.pth'])
     assert sorted(os.listdir(tmp_path)) == ['det.pth', 'out.pth'] and _md5(str(tmp_path / 'det.pth')) == before
