@@ -26,10 +26,12 @@ the logits in eval mode, and, for the first image, the input gradient of a fixed
 """
 import argparse
 import os.path as osp
-import subprocess
 import sys
 
 import torch
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # its sibling, also when a test loads this file
+from make_official_fixture import randomize_float16_exact_, released_commit  # noqa: E402
 
 ARCH = dict(img_size=224, num_classes=10, embed_dim=8, depths=[2, 2, 6, 2], num_heads=[1, 1, 2, 4], window_size=7,
             sample_window_size=3, drop_path_rate=0.0, multi_scale='multi_scale_semantic_token1', relative_pos=False,
@@ -57,25 +59,14 @@ def main() -> None:
     SwinTransformer = load_official(args.repo)
     torch.manual_seed(0)
     model = SwinTransformer(**ARCH)
-    with torch.no_grad():  # random weights and BN statistics, float16-exact
-        for name, t in model.state_dict().items():
-            if t.is_floating_point() and not name.endswith('attn_mask'):
-                value = torch.randn_like(t) * 0.3
-                if name.endswith('running_var') or name.split('.')[-2].startswith(('norm', 'bn')) and \
-                        name.endswith('.weight'):
-                    value = 1 + value.abs() if name.endswith('running_var') else 1 + value
-                t.copy_(value.half().float())
+    randomize_float16_exact_(model)
     model.eval()
     features = []
     model.head.register_forward_pre_hook(lambda module, inputs: features.append(inputs[0].detach()))
     x = (torch.randn(BATCH, 3, 224, 224) * 2).half().float().requires_grad_()
     logits = model(x)
     (logits * loss_weights(logits)).sum().backward()
-    try:
-        commit = subprocess.run(['git', '-C', args.repo, 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = 'unknown'
+    commit = released_commit(args.repo)
     state = {k: v.half() for k, v in model.state_dict().items()  # index buffers and shift masks are recomputed
              if not k.endswith(('relative_position_index', 'num_batches_tracked', 'attn_mask'))}
     torch.save(dict(arch=ARCH, state_dict=state, input=x.detach().half(), features=features[0],

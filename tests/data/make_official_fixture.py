@@ -58,6 +58,29 @@ def load_official(repo: str) -> type:
     return importlib.import_module('stvit_official.backbones.swin_transformer').SwinTransformer
 
 
+def randomize_float16_exact_(model: torch.nn.Module) -> None:
+    """Random weights and BatchNorm statistics, rounded to float16 (so the stored float16 file is exact): a seeded
+    normal of std 0.3 around 0, around 1 for norm / BN weights, 1 + |.| for running variances. Recomputed shift
+    masks (``attn_mask`` buffers) are left as built."""
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point() and not name.endswith('attn_mask'):
+                value = torch.randn_like(t) * 0.3
+                if name.endswith('running_var') or name.split('.')[-2].startswith(('norm', 'bn')) and \
+                        name.endswith('.weight'):
+                    value = 1 + value.abs() if name.endswith('running_var') else 1 + value
+                t.copy_(value.half().float())
+
+
+def released_commit(repo: str) -> str:
+    """The commit of the checkout the released code was imported from ('unknown' without git)."""
+    try:
+        return subprocess.run(['git', '-C', repo, 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+
+
 def loss_weights(outs):
     """Fixed, non-uniform weights of the scalar loss sum(w * out) whose input gradient is stored."""
     return [torch.cos(torch.arange(o.numel(), dtype=torch.float32) * 0.37).view_as(o) for o in outs]
@@ -72,14 +95,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = SwinTransformer(**ARCH)
     model.init_weights()
-    with torch.no_grad():  # random weights and BN statistics, float16-exact
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                value = torch.randn_like(t) * 0.3
-                if name.endswith(('norm1.weight', 'norm2.weight', 'bn.weight', 'running_var')) or \
-                        name.split('.')[-2].startswith('norm') and name.endswith('.weight'):
-                    value = 1 + value.abs() if name.endswith('running_var') else 1 + value
-                t.copy_(value.half().float())
+    randomize_float16_exact_(model)
     model.eval()
     cases = []
     for batch, h, w in SIZES:
@@ -90,11 +106,7 @@ def main() -> None:
             sum((o * wt).sum() for o, wt in zip(outs, loss_weights(outs))).backward()
             case['input_grad'] = x.grad[:1].clone()
         cases.append(case)
-    try:
-        commit = subprocess.run(['git', '-C', args.repo, 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = 'unknown'
+    commit = released_commit(args.repo)
     state = {k: v.half() for k, v in model.state_dict().items()  # (Swin's index buffers are recomputed)
              if not k.endswith(('relative_position_index', 'num_batches_tracked'))}
     torch.save(dict(arch=ARCH, state_dict=state, cases=cases, official_commit=commit), args.out)
