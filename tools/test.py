@@ -144,6 +144,12 @@ def _leaf_datasets(dataset_cfg):
     return [dataset_cfg]
 
 
+def _test_evaluators(cfg) -> list:
+    """The config's test evaluator(s) as a list (an evaluator may be given alone or as a list)."""
+    evaluators = cfg.get('test_evaluator') or []
+    return list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
+
+
 def _predicts_instance_masks(cfg) -> bool:
     """A detector with a mask head (Mask / Cascade Mask R-CNN, ...), or one evaluated on ``segm``."""
     def has_mask_head(node):
@@ -151,10 +157,10 @@ def _predicts_instance_masks(cfg) -> bool:
             return node.get('mask_head') is not None or any(has_mask_head(v) for v in node.values())
         return isinstance(node, (list, tuple)) and any(has_mask_head(v) for v in node)
 
-    evaluators = cfg.get('test_evaluator') or []
-    evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
-    metrics = [m for e in evaluators for m in ([e.get('metric')] if isinstance(e.get('metric'), str)
-                                               else e.get('metric') or [])]
+    metrics = set()
+    for evaluator in _test_evaluators(cfg):
+        metric = evaluator.get('metric') or []
+        metrics.update([metric] if isinstance(metric, str) else metric)
     return has_mask_head(cfg.model) or 'segm' in metrics
 
 
@@ -208,19 +214,19 @@ def main():
     if args.out_item == 'metrics' and not args.out.endswith(METRICS_FORMATS):
         raise SystemExit(f"test.py: error: --out-item metrics writes {' / '.join(METRICS_FORMATS)} files, got "
                          f'--out {args.out}')
-    pickled = args.out is not None and args.out.endswith(('.pkl', '.pickle')) and args.out_item != 'metrics'
-    if args.out is not None and not pickled and args.out_item != 'metrics':
+    metrics_file = args.out if args.out_item == 'metrics' else None
+    pickled = args.out if not metrics_file and args.out is not None and args.out.endswith(('.pkl', '.pickle')) else None
+    if args.out is not None and not (pickled or metrics_file):
         if scope != 'mmseg':
             raise SystemExit(f'test.py: error: --out must be a .pkl or .pickle file, got {args.out}')
         # mmseg's tools/test.py: --out DIR keeps the predicted label maps there (its IoUMetric's output_dir)
         reason = uncreatable_dir_reason(args.out)
         if reason:
             raise SystemExit(f'test.py: error: --out {args.out}: {reason}')
-        evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
-        for evaluator in evaluators:
+        for evaluator in _test_evaluators(cfg):
             evaluator.update(output_dir=args.out, keep_results=True)
     # the results are written after the whole evaluation, and must not replace what it reads
-    check_output_file('test.py', args.out if pickled or args.out_item == 'metrics' else None,
+    check_output_file('test.py', pickled or metrics_file,
                       inputs={'config': args.config, 'checkpoint': args.checkpoint})
 
     if args.show or args.show_dir:
@@ -243,15 +249,15 @@ def main():
     # add `DumpResults` dummy metric
     if pickled:
         dump = DumpDetResults if scope == 'mmdet' else DumpResults
-        runner.test_evaluator.metrics.append(dump(out_file_path=args.out))
+        runner.test_evaluator.metrics.append(dump(out_file_path=pickled))
 
     # start testing
     metrics = runner.test()
-    if args.out_item == 'metrics' and is_main_process():  # as mmpretrain's tools/test.py, written once
+    if metrics_file and is_main_process():  # as mmpretrain's tools/test.py, written once
         # numpy scalars (mmseg's IoUMetric) as plain numbers: YAML would tag them as Python objects
         mmengine.dump({k: v.item() if hasattr(v, 'item') and getattr(v, 'ndim', None) == 0 else v
-                       for k, v in metrics.items()}, args.out)
-        print(f'test.py: the metrics are in {args.out}')
+                       for k, v in metrics.items()}, metrics_file)
+        print(f'test.py: the metrics are in {metrics_file}')
 
 
 if __name__ == '__main__':
